@@ -1,0 +1,108 @@
+"""Tenants, operator memberships and devices (with their shadow columns).
+
+Writes go through devices.services and twin.services; these classes only
+describe the data. Table and column names follow the original design
+(`device_state`, `provision_token_hash`, the shadow columns).
+"""
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import F, Q
+
+from devices.choices import DeviceStatus, Role
+
+# Tenant and device ids go into MQTT topics, so MQTT's separators and
+# wildcards (/ + #) can never appear in them.
+TENANT_ID_RE = r"^[a-z0-9](?:[a-z0-9_-]{0,62})$"
+DEVICE_ID_RE = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+tenant_id_validator = RegexValidator(
+    TENANT_ID_RE, "Tenant id: 1-63 of a-z 0-9 _ - starting with a letter or digit."
+)
+device_id_validator = RegexValidator(
+    DEVICE_ID_RE, "Device id: 1-128 of A-Z a-z 0-9 _ . : - (no / + # or spaces)."
+)
+
+
+class Tenant(models.Model):
+    id = models.CharField(primary_key=True, max_length=63, validators=[tenant_id_validator])
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "tenants"
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.id
+
+
+class Membership(models.Model):
+    """Which tenant an operator acts in, and with what role."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.OPERATOR)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "tenant_memberships"
+
+    def __str__(self):
+        return f"{self.user} @ {self.tenant_id} ({self.role})"
+
+
+class Device(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="devices")
+    device_id = models.CharField(max_length=128, validators=[device_id_validator])
+    # sha256 hex of the provision token; the token itself is never stored.
+    provision_token_hash = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ACTIVE)
+    tags = models.JSONField(default=dict, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decommissioned_at = models.DateTimeField(null=True, blank=True)
+
+    # Shadow.
+    desired_state = models.JSONField(default=dict, blank=True)
+    reported_state = models.JSONField(default=dict, blank=True)
+    desired_version = models.PositiveIntegerField(default=0)
+    reported_version = models.PositiveIntegerField(default=0)
+    shadow_updated_at = models.DateTimeField(null=True, blank=True)
+    reported_updated_at = models.DateTimeField(null=True, blank=True)
+
+    # Delivery: the highest desired_version the MQTT bridge has published.
+    desired_published_version = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "device_state"
+        ordering = ["tenant_id", "device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "device_id"], name="uniq_device_state_tenant_device"),
+            models.CheckConstraint(
+                condition=Q(reported_version__lte=F("desired_version")),
+                name="device_state_reported_not_ahead",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["tenant"],
+                name="idx_device_state_shadow_pending",
+                condition=Q(desired_version__gt=F("reported_version")),
+            ),
+            # Stale-device filters and "recently seen" views.
+            models.Index(fields=["tenant", "last_seen"], name="idx_device_state_last_seen"),
+            models.Index(
+                fields=["id"],
+                name="idx_device_state_unpublished",
+                condition=Q(desired_version__gt=F("desired_published_version")),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.tenant_id}/{self.device_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == DeviceStatus.ACTIVE

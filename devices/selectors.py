@@ -1,0 +1,79 @@
+"""Reads that scope everything an operator sees to their tenant."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.db.models.fields.json import KeyTransform
+
+from devices.models import Device, Membership, Tenant
+from iotcloud.errors import InvalidInput, NotFound
+
+
+def operator_membership(user) -> Membership | None:
+    # Cached on the user object for the request: permissions and querysets both ask.
+    if not hasattr(user, "_iotcloud_membership"):
+        user._iotcloud_membership = Membership.objects.select_related("tenant").filter(user=user).first()
+    return user._iotcloud_membership
+
+
+def operator_tenant(user) -> Tenant | None:
+    """The tenant an operator acts in; None for a superuser without one (sees all)."""
+    membership = operator_membership(user)
+    return membership.tenant if membership else None
+
+
+def devices_for_operator(user, *, tenant_id: str | None = None):
+    """Devices the operator may see. Superusers see all, optionally one tenant's."""
+    qs = Device.objects.select_related("tenant")
+    if user.is_superuser:
+        return qs.filter(tenant_id=tenant_id) if tenant_id else qs
+    tenant = operator_tenant(user)
+    if tenant is None:
+        return qs.none()
+    return qs.filter(tenant=tenant)
+
+
+def device_for_operator(user, device_id: str, *, tenant_id: str | None = None, for_update: bool = False) -> Device:
+    """One device by id, or NotFound: another tenant's device does not exist for you."""
+    qs = devices_for_operator(user, tenant_id=tenant_id).filter(device_id=device_id)
+    if for_update:
+        qs = qs.select_for_update(of=("self",))
+    matches = list(qs[:2])
+    if not matches:
+        raise NotFound(f"Device {device_id!r} not found", code="device_not_found")
+    if len(matches) > 1:
+        raise InvalidInput(
+            f"Device id {device_id!r} exists in several tenants; add ?tenant=<tenant id>",
+            code="ambiguous_device",
+        )
+    return matches[0]
+
+
+def tenant_for_write(user, requested: str | None) -> Tenant:
+    """The tenant a new object goes into: the operator's own, or the one a superuser names."""
+    own = operator_tenant(user)
+    if requested is None:
+        if own is None:
+            raise InvalidInput("Say which tenant: add \"tenant\": \"<tenant id>\"", code="tenant_required")
+        return own
+    if own is not None and requested != own.id and not user.is_superuser:
+        raise InvalidInput(f"You can only act in your own tenant ({own.id!r})", code="foreign_tenant")
+    tenant = Tenant.objects.filter(id=requested).first()
+    if tenant is None:
+        raise InvalidInput(f"Tenant {requested!r} does not exist", code="unknown_tenant")
+    return tenant
+
+
+def filter_by_tag(queryset, key: str, value: str | None):
+    """Devices having tag `key` (any value, when value is None) or `key` == `value`.
+
+    Tag keys are user data, so they are never spliced into ORM lookup strings
+    (a key such as "contains" or "a__b" would change the query's meaning).
+    """
+    if value is None:
+        return queryset.filter(tags__has_key=key)
+    if connection.vendor == "postgresql":
+        return queryset.filter(tags__contains={key: value})  # uses the GIN index
+    column = Device._meta.get_field("tags").get_col(Device._meta.db_table)
+    transform = KeyTransform(key, column)
+    return queryset.filter(transform.get_lookup("exact")(transform, value))

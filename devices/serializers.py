@@ -1,0 +1,47 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from devices.models import Device
+from iotcloud.api.fields import JSONObjectField, StrictSerializer
+from twin.selectors import SYNC_STATUSES, device_sync_status
+
+
+class DeviceSerializer(serializers.ModelSerializer):
+    tenant = serializers.CharField(source="tenant_id", read_only=True)
+    sync_status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Device
+        fields = [
+            "device_id", "tenant", "status", "tags", "sync_status", "desired_version", "reported_version",
+            "desired_published_version", "last_seen", "shadow_updated_at", "created_at", "decommissioned_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=SYNC_STATUSES))
+    def get_sync_status(self, device) -> str:
+        return device_sync_status(device)
+
+
+
+class ProvisionSerializer(StrictSerializer):
+    device_id = serializers.CharField(max_length=None, help_text="1-128 of A-Z a-z 0-9 _ . : - (no / + #).")
+    tags = JSONObjectField(required=False, help_text='Flat string tags, e.g. {"site": "paris"}.')
+    tenant = serializers.CharField(required=False, help_text="Superusers only: the tenant to provision into.")
+
+
+class ProvisionedSerializer(DeviceSerializer):
+    provision_token = serializers.CharField(help_text="Shown once; store it on the device.")
+
+    class Meta(DeviceSerializer.Meta):
+        fields = [*DeviceSerializer.Meta.fields, "provision_token"]
+        read_only_fields = fields
+
+
+class DeviceUpdateSerializer(StrictSerializer):
+    tags = JSONObjectField(help_text="Replaces the device's tags.")
+
+
+class TokenSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    provision_token = serializers.CharField()

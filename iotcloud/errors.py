@@ -1,0 +1,46 @@
+"""Domain errors raised by services, mapped to HTTP once (iotcloud.api.errors).
+
+Services raise these; the REST layer, the admin and the MQTT bridge each
+turn them into their own kind of answer (a status code, a form error, a
+rejected message) without re-deciding what went wrong.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A rule was broken. `code` is stable for clients; `extra` goes in the body."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.extra = extra
+
+
+class InvalidInput(DomainError):
+    status = 400
+    code = "invalid"
+
+
+class PayloadTooLarge(DomainError):
+    status = 413
+    code = "too_large"
+
+
+class NotFound(DomainError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    status = 409
+    code = "conflict"
+
+
+class VersionConflict(Conflict):
+    code = "version_conflict"

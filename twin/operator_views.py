@@ -1,0 +1,79 @@
+"""Operator twin API: read the twin, write desired state, read the delta."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices.selectors import device_for_operator
+from iotcloud.errors import InvalidInput
+from twin.selectors import twin_delta, twin_document
+from twin.serializers import DeltaSerializer, DesiredWriteSerializer, ErrorSerializer, TwinSerializer
+from twin.services import DesiredMode, twin_update_desired
+
+TENANT_PARAM = OpenApiParameter("tenant", str, description="Superusers: the device's tenant when ids collide.")
+ERRORS = {status: ErrorSerializer for status in (400, 401, 403, 404, 409, 413)}
+
+
+def _device(request, device_id, **kwargs):
+    return device_for_operator(request.user, device_id, tenant_id=request.query_params.get("tenant"), **kwargs)
+
+
+def _twin_response(device):
+    # The ETag is the desired version, usable as If-Match for the next write.
+    return Response(TwinSerializer(twin_document(device)).data, headers={"ETag": f'"{device.desired_version}"'})
+
+
+class TwinView(APIView):
+    @extend_schema(operation_id="twin_get", responses={200: TwinSerializer, **ERRORS}, parameters=[TENANT_PARAM])
+    def get(self, request, device_id):
+        return _twin_response(_device(request, device_id))
+
+
+class DesiredView(APIView):
+    @extend_schema(
+        operation_id="twin_desired_merge", request=DesiredWriteSerializer,
+        responses={200: TwinSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        description="Merge a JSON merge patch (RFC 7386) into desired; desired_version advances by one.",
+    )
+    def patch(self, request, device_id):
+        return self._write(request, device_id, DesiredMode.MERGE)
+
+    @extend_schema(
+        operation_id="twin_desired_replace", request=DesiredWriteSerializer,
+        responses={200: TwinSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        description="Replace desired; desired_version advances by one.",
+    )
+    def put(self, request, device_id):
+        return self._write(request, device_id, DesiredMode.REPLACE)
+
+    def _write(self, request, device_id, mode):
+        body = DesiredWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        device = _device(request, device_id)
+        device = twin_update_desired(
+            device=device,
+            document=body.validated_data["desired"],
+            mode=mode,
+            expected_version=_expected_version(request, body.validated_data.get("expected_version")),
+        )
+        return _twin_response(device)
+
+
+class DeltaView(APIView):
+    @extend_schema(operation_id="twin_delta", responses={200: DeltaSerializer, **ERRORS}, parameters=[TENANT_PARAM])
+    def get(self, request, device_id):
+        return Response(DeltaSerializer(twin_delta(_device(request, device_id))).data)
+
+
+def _expected_version(request, from_body):
+    header = request.headers.get("If-Match")
+    if header is None:
+        return from_body
+    try:
+        from_header = int(header.strip().removeprefix("W/").strip('"'))
+    except ValueError:
+        raise InvalidInput(f"If-Match must be a version number like \"3\", got {header!r}",
+                           code="invalid_version") from None
+    if from_body is not None and from_body != from_header:
+        raise InvalidInput("If-Match and expected_version disagree", code="invalid_version")
+    return from_header

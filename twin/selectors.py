@@ -1,0 +1,63 @@
+"""Twin reads: sync status as SQL, and the twin document as operators see it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from devices.models import Device
+from twin.shadow import PENDING, STALE, SYNCED, compute_delta, sync_status
+
+SYNC_STATUSES = (SYNCED, PENDING, STALE)
+
+
+def sync_status_q(status: str, *, now: datetime | None = None) -> Q:
+    """The rule of twin.shadow.sync_status, as a filter (kept equal by tests)."""
+    now = now or timezone.now()
+    stale = Q(last_seen__isnull=True) | Q(last_seen__lt=now - settings.TWIN_STALE_AFTER)
+    if status == STALE:
+        return stale
+    if status == SYNCED:
+        return ~stale & Q(reported_version__gte=F("desired_version"))
+    if status == PENDING:
+        return ~stale & Q(desired_version__gt=F("reported_version"))
+    raise ValueError(f"unknown sync status {status!r}")
+
+
+def device_sync_status(device: Device, *, now: datetime | None = None) -> str:
+    return sync_status(
+        device.desired_version, device.reported_version, device.last_seen,
+        now=now, stale_after=settings.TWIN_STALE_AFTER,
+    )
+
+
+def twin_document(device: Device) -> dict:
+    """The twin as the operator API returns it."""
+    return {
+        "device_id": device.device_id,
+        "tenant": device.tenant_id,
+        "status": device.status,
+        "desired": device.desired_state,
+        "reported": device.reported_state,
+        "delta": compute_delta(device.desired_state, device.reported_state),
+        "desired_version": device.desired_version,
+        "reported_version": device.reported_version,
+        "sync_status": device_sync_status(device),
+        "shadow_updated_at": device.shadow_updated_at,
+        "reported_updated_at": device.reported_updated_at,
+        "last_seen": device.last_seen,
+    }
+
+
+def twin_delta(device: Device) -> dict:
+    delta = compute_delta(device.desired_state, device.reported_state)
+    return {
+        "device_id": device.device_id,
+        "delta": delta,
+        "in_sync": not delta and device.reported_version >= device.desired_version,
+        "desired_version": device.desired_version,
+        "reported_version": device.reported_version,
+    }
