@@ -17,12 +17,8 @@ from devices.choices import DeviceStatus, Role
 TENANT_ID_RE = r"^[a-z0-9](?:[a-z0-9_-]{0,62})$"
 DEVICE_ID_RE = r"^[A-Za-z0-9_.:-]{1,128}$"
 
-tenant_id_validator = RegexValidator(
-    TENANT_ID_RE, "Tenant id: 1-63 of a-z 0-9 _ - starting with a letter or digit."
-)
-device_id_validator = RegexValidator(
-    DEVICE_ID_RE, "Device id: 1-128 of A-Z a-z 0-9 _ . : - (no / + # or spaces)."
-)
+tenant_id_validator = RegexValidator(TENANT_ID_RE, "Tenant id: 1-63 of a-z 0-9 _ - starting with a letter or digit.")
+device_id_validator = RegexValidator(DEVICE_ID_RE, "Device id: 1-128 of A-Z a-z 0-9 _ . : - (no / + # or spaces).")
 
 
 class Tenant(models.Model):

@@ -31,7 +31,9 @@ class DevicePagination(CursorPagination):
 
 @extend_schema_view(
     list=extend_schema(operation_id="devices_list", parameters=[TENANT_PARAM]),
-    retrieve=extend_schema(operation_id="devices_get", parameters=[TENANT_PARAM], responses={200: DeviceSerializer, **ERRORS}),
+    retrieve=extend_schema(
+        operation_id="devices_get", parameters=[TENANT_PARAM], responses={200: DeviceSerializer, **ERRORS}
+    ),
 )
 class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = DeviceSerializer
@@ -51,7 +53,8 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         )
 
     @extend_schema(
-        operation_id="devices_provision", request=ProvisionSerializer,
+        operation_id="devices_provision",
+        request=ProvisionSerializer,
         responses={201: ProvisionedSerializer, **ERRORS},
         description="Register a device. The response carries its provision token, shown this once.",
     )
@@ -66,8 +69,10 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(ProvisionedSerializer(device).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        operation_id="devices_update", request=DeviceUpdateSerializer,
-        responses={200: DeviceSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        operation_id="devices_update",
+        request=DeviceUpdateSerializer,
+        responses={200: DeviceSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
     )
     def partial_update(self, request, device_id=None):
         body = DeviceUpdateSerializer(data=request.data)
@@ -76,8 +81,11 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(DeviceSerializer(device).data)
 
     @extend_schema(
-        operation_id="devices_rotate_token", request=None, responses={200: TokenSerializer, **ERRORS},
-        parameters=[TENANT_PARAM], description="Issue a new provision token; the old one stops working at once.",
+        operation_id="devices_rotate_token",
+        request=None,
+        responses={200: TokenSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
+        description="Issue a new provision token; the old one stops working at once.",
     )
     @action(detail=True, methods=["post"], url_path="rotate-token")
     def rotate_token(self, request, device_id=None):
@@ -86,8 +94,11 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response({"device_id": device.device_id, "provision_token": token})
 
     @extend_schema(
-        operation_id="devices_decommission", request=None, responses={200: DeviceSerializer, **ERRORS},
-        parameters=[TENANT_PARAM], description="Retire the device: its token stops working. Idempotent.",
+        operation_id="devices_decommission",
+        request=None,
+        responses={200: DeviceSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
+        description="Retire the device: its token stops working. Idempotent.",
     )
     @action(detail=True, methods=["post"])
     def decommission(self, request, device_id=None):

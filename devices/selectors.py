@@ -54,7 +54,7 @@ def tenant_for_write(user, requested: str | None) -> Tenant:
     own = operator_tenant(user)
     if requested is None:
         if own is None:
-            raise InvalidInput("Say which tenant: add \"tenant\": \"<tenant id>\"", code="tenant_required")
+            raise InvalidInput('Say which tenant: add "tenant": "<tenant id>"', code="tenant_required")
         return own
     if own is not None and requested != own.id and not user.is_superuser:
         raise InvalidInput(f"You can only act in your own tenant ({own.id!r})", code="foreign_tenant")

@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from devices.models import Device
-from iotcloud.api.fields import JSONObjectField, StrictSerializer
+from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
 from twin.selectors import SYNC_STATUSES, device_sync_status
 
 
@@ -13,8 +13,18 @@ class DeviceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Device
         fields = [
-            "device_id", "tenant", "status", "tags", "sync_status", "desired_version", "reported_version",
-            "desired_published_version", "last_seen", "shadow_updated_at", "created_at", "decommissioned_at",
+            "device_id",
+            "tenant",
+            "status",
+            "tags",
+            "sync_status",
+            "desired_version",
+            "reported_version",
+            "desired_published_version",
+            "last_seen",
+            "shadow_updated_at",
+            "created_at",
+            "decommissioned_at",
         ]
         read_only_fields = fields
 
@@ -23,11 +33,10 @@ class DeviceSerializer(serializers.ModelSerializer):
         return device_sync_status(device)
 
 
-
 class ProvisionSerializer(StrictSerializer):
-    device_id = serializers.CharField(max_length=None, help_text="1-128 of A-Z a-z 0-9 _ . : - (no / + #).")
+    device_id = StrictCharField(allow_blank=True, help_text="1-128 of A-Z a-z 0-9 _ . : - (no / + #).")
     tags = JSONObjectField(required=False, help_text='Flat string tags, e.g. {"site": "paris"}.')
-    tenant = serializers.CharField(required=False, help_text="Superusers only: the tenant to provision into.")
+    tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to provision into.")
 
 
 class ProvisionedSerializer(DeviceSerializer):

@@ -32,7 +32,7 @@ TAG_VALUE_MAX = 256
 
 
 def tenant_create(*, tenant_id: str, name: str = "") -> Tenant:
-    if not isinstance(tenant_id, str) or not re.match(TENANT_ID_RE, tenant_id):
+    if not isinstance(tenant_id, str) or not re.fullmatch(TENANT_ID_RE, tenant_id):
         raise InvalidInput(
             f"Invalid tenant id {tenant_id!r}: use 1-63 of a-z 0-9 _ - starting with a letter or digit",
             code="invalid_tenant_id",
@@ -48,7 +48,12 @@ def tenant_create(*, tenant_id: str, name: str = "") -> Tenant:
 
 @transaction.atomic
 def operator_create(
-    *, username: str, tenant: Tenant | None, role: str = Role.OPERATOR, email: str = "", password: str | None = None,
+    *,
+    username: str,
+    tenant: Tenant | None,
+    role: str = Role.OPERATOR,
+    email: str = "",
+    password: str | None = None,
     superuser: bool = False,
 ):
     """An operator account; a superuser may have no tenant (it sees all)."""
@@ -91,7 +96,7 @@ def validate_tags(tags) -> dict[str, str]:
             code="invalid_tags",
         )
     for key, value in tags.items():
-        if not TAG_KEY_RE.match(key):
+        if not (isinstance(key, str) and TAG_KEY_RE.fullmatch(key)):
             raise InvalidInput(f"Invalid tag key {key!r}: use 1-64 of A-Z a-z 0-9 _ . : -", code="invalid_tags")
         if not isinstance(value, str) or len(value) > TAG_VALUE_MAX or "\x00" in value:
             raise InvalidInput(
@@ -102,7 +107,7 @@ def validate_tags(tags) -> dict[str, str]:
 
 def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None) -> tuple[Device, str]:
     """Register a device; returns it with its provision token (shown only now)."""
-    if not isinstance(device_id, str) or not re.match(DEVICE_ID_RE, device_id):
+    if not isinstance(device_id, str) or not re.fullmatch(DEVICE_ID_RE, device_id):
         raise InvalidInput(
             f"Invalid device id {device_id!r}: use 1-128 of A-Z a-z 0-9 _ . : - "
             "(no '/', '+', '#' or spaces: the id is part of MQTT topics)",
@@ -116,9 +121,7 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
                 tenant=tenant, device_id=device_id, tags=tags, provision_token_hash=hash_token(token)
             )
     except IntegrityError:
-        raise Conflict(
-            f"Device {device_id!r} already exists in tenant {tenant.id!r}", code="device_exists"
-        ) from None
+        raise Conflict(f"Device {device_id!r} already exists in tenant {tenant.id!r}", code="device_exists") from None
     logger.info("device provisioned %s/%s", tenant.id, device_id)
     return device, token
 
@@ -130,8 +133,9 @@ def device_rotate_token(*, device: Device) -> str:
         provision_token_hash=hash_token(token)
     )
     if not updated:
-        raise Conflict(f"Device {device.device_id!r} is decommissioned; its token cannot be rotated",
-                       code="device_decommissioned")
+        raise Conflict(
+            f"Device {device.device_id!r} is decommissioned; its token cannot be rotated", code="device_decommissioned"
+        )
     device.provision_token_hash = hash_token(token)
     logger.info("device token rotated %s", device)
     return token
@@ -165,7 +169,7 @@ def device_touch(*, device: Device, now: datetime | None = None) -> None:
     resolution = settings.DEVICE_LAST_SEEN_RESOLUTION
     if device.last_seen is not None and now - device.last_seen < resolution:
         return
-    Device.objects.filter(pk=device.pk).filter(
-        Q(last_seen__isnull=True) | Q(last_seen__lt=now - resolution)
-    ).update(last_seen=now)
+    Device.objects.filter(pk=device.pk).filter(Q(last_seen__isnull=True) | Q(last_seen__lt=now - resolution)).update(
+        last_seen=now
+    )
     device.last_seen = now

@@ -157,10 +157,11 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
+# Operator tokens do not expire unless the deployment sets a lifetime.
+_token_ttl_hours = env.int("OPERATOR_TOKEN_TTL_HOURS", default=0)
 REST_KNOX = {
     "AUTH_HEADER_PREFIX": "Bearer",
-    # Operator tokens do not expire unless the deployment asks for it.
-    "TOKEN_TTL": timedelta(hours=env.int("OPERATOR_TOKEN_TTL_HOURS")) if env.str("OPERATOR_TOKEN_TTL_HOURS", "") else None,
+    "TOKEN_TTL": timedelta(hours=_token_ttl_hours) if _token_ttl_hours else None,
     "AUTO_REFRESH": False,
     "TOKEN_PREFIX": "iotop_",
 }

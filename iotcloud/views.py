@@ -24,9 +24,7 @@ def ready(request):
 
 def not_found(request, exception=None):
     """API clients get JSON, not an HTML page, for an unknown route."""
-    return JsonResponse(
-        {"detail": f"No route for {request.method} {request.path}", "code": "no_route"}, status=404
-    )
+    return JsonResponse({"detail": f"No route for {request.method} {request.path}", "code": "no_route"}, status=404)
 
 
 def server_error(request):

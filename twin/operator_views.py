@@ -31,16 +31,20 @@ class TwinView(APIView):
 
 class DesiredView(APIView):
     @extend_schema(
-        operation_id="twin_desired_merge", request=DesiredWriteSerializer,
-        responses={200: TwinSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        operation_id="twin_desired_merge",
+        request=DesiredWriteSerializer,
+        responses={200: TwinSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
         description="Merge a JSON merge patch (RFC 7386) into desired; desired_version advances by one.",
     )
     def patch(self, request, device_id):
         return self._write(request, device_id, DesiredMode.MERGE)
 
     @extend_schema(
-        operation_id="twin_desired_replace", request=DesiredWriteSerializer,
-        responses={200: TwinSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        operation_id="twin_desired_replace",
+        request=DesiredWriteSerializer,
+        responses={200: TwinSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
         description="Replace desired; desired_version advances by one.",
     )
     def put(self, request, device_id):
@@ -72,8 +76,9 @@ def _expected_version(request, from_body):
     try:
         from_header = int(header.strip().removeprefix("W/").strip('"'))
     except ValueError:
-        raise InvalidInput(f"If-Match must be a version number like \"3\", got {header!r}",
-                           code="invalid_version") from None
+        raise InvalidInput(
+            f'If-Match must be a version number like "3", got {header!r}', code="invalid_version"
+        ) from None
     if from_body is not None and from_body != from_header:
         raise InvalidInput("If-Match and expected_version disagree", code="invalid_version")
     return from_header

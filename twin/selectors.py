@@ -29,8 +29,11 @@ def sync_status_q(status: str, *, now: datetime | None = None) -> Q:
 
 def device_sync_status(device: Device, *, now: datetime | None = None) -> str:
     return sync_status(
-        device.desired_version, device.reported_version, device.last_seen,
-        now=now, stale_after=settings.TWIN_STALE_AFTER,
+        device.desired_version,
+        device.reported_version,
+        device.last_seen,
+        now=now,
+        stale_after=settings.TWIN_STALE_AFTER,
     )
 
 

@@ -9,7 +9,8 @@ from twin.selectors import SYNC_STATUSES
 class DesiredWriteSerializer(StrictSerializer):
     desired = JSONObjectField(help_text="PATCH: a JSON merge patch (null deletes a key). PUT: the whole document.")
     expected_version = StrictIntegerField(
-        required=False, min_value=0,
+        required=False,
+        min_value=0,
         help_text="Optional optimistic lock: 409 unless it equals the current desired_version (If-Match works too).",
     )
 

@@ -14,6 +14,21 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string, taken as sent: no number-to-text coercion, no trimming."""
+
+    default_error_messages = {"not_string": "Must be a string, got {kind}."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_string", kind=json_kind(data))
+        return super().to_internal_value(data)
+
+
 class JSONObjectField(serializers.JSONField):
     default_error_messages = {"not_object": "Must be a JSON object, got {kind}."}
 
@@ -44,12 +59,8 @@ class StrictSerializer(serializers.Serializer):
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
-            raise serializers.ValidationError(
-                {"non_field_errors": [f"Expected a JSON object, got {json_kind(data)}."]}
-            )
+            raise serializers.ValidationError({"non_field_errors": [f"Expected a JSON object, got {json_kind(data)}."]})
         unknown = sorted(set(data) - set(self.fields))
         if unknown:
-            raise serializers.ValidationError(
-                {"non_field_errors": [f"Unknown field(s): {', '.join(unknown)}."]}
-            )
+            raise serializers.ValidationError({"non_field_errors": [f"Unknown field(s): {', '.join(unknown)}."]})
         return super().to_internal_value(data)

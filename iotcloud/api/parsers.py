@@ -26,14 +26,27 @@ class LimitedJSONParser(parsers.JSONParser):
         if not raw.strip():
             raise exceptions.ParseError("Request body is empty; expected a JSON object")
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except UnicodeDecodeError as exc:
             raise exceptions.ParseError(f"Request body is not valid UTF-8: {exc.reason}") from None
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - document is nested too deeply") from None
         except ValueError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+        # A \uD800-style escape decodes to text that can be neither stored nor
+        # echoed back in an error; refuse it here, once, for every endpoint.
+        if b"\\u" in raw and _has_lone_surrogate(data):
+            raise exceptions.ParseError("JSON parse error - unpaired surrogate escape (\\uD800-\\uDFFF)")
+        return data
 
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _has_lone_surrogate(data) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

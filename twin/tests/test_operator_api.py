@@ -16,15 +16,26 @@ def twin_url(device_id, suffix=""):
 
 
 def snapshot(device):
-    return Device.objects.filter(pk=device.pk).values(
-        "desired_state", "desired_version", "reported_state", "reported_version", "shadow_updated_at"
-    ).get()
+    return (
+        Device.objects.filter(pk=device.pk)
+        .values("desired_state", "desired_version", "reported_state", "reported_version", "shadow_updated_at")
+        .get()
+    )
 
 
 def test_get_twin_has_every_contract_field(operator, device):
     body = operator.get(twin_url(device.device_id), expect=200).json()
-    for field in ["device_id", "desired", "reported", "delta", "desired_version", "reported_version",
-                  "sync_status", "shadow_updated_at", "last_seen"]:
+    for field in [
+        "device_id",
+        "desired",
+        "reported",
+        "delta",
+        "desired_version",
+        "reported_version",
+        "sync_status",
+        "shadow_updated_at",
+        "last_seen",
+    ]:
         assert field in body
     assert body["desired"] == {} and body["desired_version"] == 0
     assert body["sync_status"] == "stale"  # never seen
@@ -76,8 +87,13 @@ def test_delta_endpoint(operator, device, device_api):
     operator.patch(twin_url(device.device_id, "/desired"), {"desired": {"a": 1, "b": 2}}, expect=200)
     device_api.post("/device/v1/shadow/reported", {"reported": {"a": 1, "b": 99, "c": 3}, "version": 1}, expect=200)
     body = operator.get(twin_url(device.device_id, "/delta"), expect=200).json()
-    assert body == {"device_id": device.device_id, "delta": {"b": 2}, "in_sync": False,
-                    "desired_version": 1, "reported_version": 1}
+    assert body == {
+        "device_id": device.device_id,
+        "delta": {"b": 2},
+        "in_sync": False,
+        "desired_version": 1,
+        "reported_version": 1,
+    }
     device_api.post("/device/v1/shadow/reported", {"reported": {"a": 1, "b": 2}, "version": 1}, expect=200)
     assert operator.get(twin_url(device.device_id, "/delta"), expect=200).json()["in_sync"] is True
 
@@ -114,8 +130,9 @@ def test_requests_without_or_with_a_bad_bearer_token_are_401(api_client_factory,
 
 
 def test_user_without_tenant_is_403(api_client_factory, device):
-    from devices.services import operator_token_create
     from django.contrib.auth import get_user_model
+
+    from devices.services import operator_token_create
 
     user = get_user_model().objects.create(username="drifter")
     client = api_client_factory(HTTP_AUTHORIZATION=f"Bearer {operator_token_create(user=user)}")
@@ -181,8 +198,9 @@ def test_malformed_json_is_400(operator, device, raw, named):
 
 @override_settings(API_MAX_BODY_BYTES=1024)
 def test_body_over_the_request_limit_is_413(operator, device):
-    response = operator.raw("patch", twin_url(device.device_id, "/desired"),
-                            b'{"desired": {"a": "' + b"x" * 2000 + b'"}}')
+    response = operator.raw(
+        "patch", twin_url(device.device_id, "/desired"), b'{"desired": {"a": "' + b"x" * 2000 + b'"}}'
+    )
     assert response.status_code == 413
     assert "API_MAX_BODY_BYTES" in response.json()["detail"]
 

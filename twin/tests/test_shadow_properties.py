@@ -23,7 +23,7 @@ from twin.shadow import (
 
 # Modest example counts keep the whole file to a few seconds; no example
 # database so that test runs leave nothing behind in the project.
-PROPERTY = settings(max_examples=200, deadline=None, database=None)
+PROPERTY = settings(max_examples=100, deadline=None, database=None)
 
 _MISSING = object()
 
@@ -57,14 +57,14 @@ def json_values(*, null_members: bool = True) -> st.SearchStrategy[Any]:
     values = st.recursive(
         scalars,
         lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
-        max_leaves=10,
+        max_leaves=8,
     )
     # Mapping rather than filtering: no examples are thrown away.
     return values if null_members else values.map(drop_null_members)
 
 
 def json_objects(*, null_members: bool = True) -> st.SearchStrategy[dict[str, Any]]:
-    return st.dictionaries(keys, json_values(), max_size=5).map(
+    return st.dictionaries(keys, json_values(), max_size=4).map(
         lambda doc: doc if null_members else drop_null_members(doc)
     )
 
@@ -93,7 +93,7 @@ wild_keys = keys | st.text(max_size=12) | st.integers() | st.sampled_from(["\x00
 wild_values = st.recursive(
     wild_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(wild_keys, children, max_size=4),
-    max_leaves=12,
+    max_leaves=10,
 )
 
 # Documents that break no content rule; only the limits can refuse them.
@@ -107,9 +107,9 @@ clean_values = st.recursive(
         clean_text,
     ),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(clean_text, children, max_size=4),
-    max_leaves=12,
+    max_leaves=10,
 )
-clean_objects = st.dictionaries(clean_text, clean_values, max_size=5)
+clean_objects = st.dictionaries(clean_text, clean_values, max_size=4)
 
 # ---------------------------------------------------------------------------
 # Helpers (independent of the code under test)
@@ -175,6 +175,29 @@ def json_normal_form(value: Any) -> Any:
     return ("object", {key: json_normal_form(item) for key, item in value.items()})
 
 
+def scalars_in(value: Any) -> Iterator[Any]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
+
+
+def bools_to_ints(value: Any) -> Any:
+    """Turn every bool into the int Python considers equal to it."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, list):
+        return [bools_to_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: bools_to_ints(item) for key, item in value.items()}
+    return value
+
+
 def floatify(value: Any) -> Any:
     """Turn every (non-bool) int into the equal float."""
     if isinstance(value, bool):
@@ -206,6 +229,13 @@ def test_documents_equal_matches_reference_model(a: Any, b: Any) -> None:
 def test_documents_equal_is_reflexive_and_ignores_int_float(value: Any) -> None:
     assert documents_equal(value, copy.deepcopy(value))
     assert documents_equal(value, floatify(value))
+
+
+@PROPERTY
+@given(json_values())
+def test_documents_equal_never_confuses_bools_and_numbers(value: Any) -> None:
+    has_bools = any(isinstance(item, bool) for item in scalars_in(value))
+    assert documents_equal(value, bools_to_ints(value)) is not has_bools
 
 
 # ---------------------------------------------------------------------------
@@ -363,8 +393,9 @@ def test_validate_either_refuses_or_returns_encoded_size(doc: Any) -> None:
     else:
         assert isinstance(doc, dict)
         assert size == encoded_size(doc) <= Limits().max_bytes
-        # What is accepted really is strict JSON and round-trips.
+        # What is accepted really is strict JSON, storable in jsonb, and round-trips.
         text = json.dumps(doc, allow_nan=False, ensure_ascii=False)
+        assert "\x00" not in text
         assert documents_equal(json.loads(text.encode("utf-8")), doc)
 
 
@@ -372,6 +403,35 @@ def test_validate_either_refuses_or_returns_encoded_size(doc: Any) -> None:
 @given(clean_objects)
 def test_validate_accepts_clean_documents_within_limits(doc: dict[str, Any]) -> None:
     assert validate_document(doc, GENEROUS) == encoded_size(doc)
+
+
+@PROPERTY
+@given(
+    clean_objects,
+    st.sampled_from(["\x00", "a\x00b", "\ud800", "a\udfffb", float("nan"), float("-inf"), {1}, b"x", (1,)]),
+)
+def test_validate_finds_one_bad_value_anywhere(doc: dict[str, Any], bad: Any) -> None:
+    wrapped = {"wrap": [doc, {"k": bad}]}
+    try:
+        validate_document(wrapped, GENEROUS, name="desired")
+    except DocumentError as err:
+        assert err.code == "invalid_value"
+        assert err.message.startswith("desired.wrap[1].k ")
+    else:
+        raise AssertionError(f"accepted {bad!r}")
+
+
+@PROPERTY
+@given(clean_objects, st.sampled_from(["\x00", "a\x00b", "\ud800", "a\udfffb"]))
+def test_validate_finds_one_bad_key_anywhere(doc: dict[str, Any], bad: str) -> None:
+    wrapped = {"wrap": [doc, {bad: 1}]}
+    try:
+        validate_document(wrapped, GENEROUS, name="desired")
+    except DocumentError as err:
+        assert err.code == "invalid_value"
+        assert err.message.startswith("desired.wrap[1] has a key ")
+    else:
+        raise AssertionError(f"accepted key {bad!r}")
 
 
 @PROPERTY

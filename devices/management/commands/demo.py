@@ -62,9 +62,9 @@ class Command(BaseCommand):
 
         out = settings.VAR_DIR / "demo.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(
-            {"tenant": tenant, "operator_token": operator_token, "devices": device_tokens}, indent=2
-        ))
+        out.write_text(
+            json.dumps({"tenant": tenant, "operator_token": operator_token, "devices": device_tokens}, indent=2)
+        )
         out.chmod(0o600)
 
         first = next(iter(device_tokens), None)
@@ -81,7 +81,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"  curl -s -X PATCH {base_url}/customer/devices/{first}/twin/desired "
             f"-H 'Authorization: Bearer {operator_token}' -H 'Content-Type: application/json' "
-            "-d '{\"desired\": {\"reporting_interval_s\": 30}}'"
+            '-d \'{"desired": {"reporting_interval_s": 30}}\''
         )
         if first:
             self.stdout.write(f"  curl -s {base_url}/device/v1/shadow -H 'X-Provision-Token: {device_tokens[first]}'")

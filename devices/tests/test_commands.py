@@ -1,0 +1,74 @@
+"""Management commands: create_tenant, create_operator, provision_device, demo."""
+
+import json
+import re
+
+import pytest
+from django.core.management import CommandError, call_command
+from rest_framework.test import APIClient
+
+from devices.models import Device, Tenant
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args):
+    from io import StringIO
+
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_tenant_operator_device_commands_give_working_tokens():
+    run("create_tenant", "acme", "--name", "Acme")
+    output = run("create_operator", "alice", "--tenant", "acme")
+    operator_token = re.search(r"bearer token \(shown once\): (\S+)", output).group(1)
+    output = run("provision_device", "acme", "pump-1", "--tags", '{"site": "paris"}')
+    device_token = re.search(r"provision token \(shown once\): (\S+)", output).group(1)
+
+    operator = APIClient()
+    operator.credentials(HTTP_AUTHORIZATION=f"Bearer {operator_token}")
+    assert operator.get("/customer/devices/pump-1").json()["tags"] == {"site": "paris"}
+    device = APIClient()
+    device.credentials(HTTP_X_PROVISION_TOKEN=device_token)
+    assert device.get("/device/v1/shadow").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create_tenant", "Bad/Id"),
+        ("create_operator", "bob", "--tenant", "missing"),
+        ("create_operator", "bob"),
+        ("provision_device", "missing", "d1"),
+    ],
+)
+def test_commands_fail_clearly(args):
+    with pytest.raises(CommandError):
+        run(*args)
+
+
+def test_provision_device_refuses_bad_input():
+    run("create_tenant", "acme")
+    with pytest.raises(CommandError, match="not valid JSON"):
+        run("provision_device", "acme", "d1", "--tags", "{")
+    with pytest.raises(CommandError, match="Invalid device id"):
+        run("provision_device", "acme", "a/b")
+    run("provision_device", "acme", "d1")
+    with pytest.raises(CommandError, match="already exists"):
+        run("provision_device", "acme", "d1")
+
+
+def test_demo_is_rerunnable_and_prints_working_tokens(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    run("demo")
+    output = run("demo")
+    assert Tenant.objects.filter(id="demo").count() == 1
+    assert Device.objects.filter(tenant_id="demo").count() == 3
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["operator_token"] in output
+    assert "curl" in output
+    device = APIClient()
+    device.credentials(HTTP_X_PROVISION_TOKEN=saved["devices"]["thermo-01"])
+    assert device.get("/device/v1/shadow").status_code == 200

@@ -1,0 +1,55 @@
+"""Project-level routes: OpenAPI, docs, health."""
+
+import pytest
+from django.test import override_settings
+
+pytestmark = pytest.mark.django_db
+
+EXPECTED = {
+    "/customer/devices": {"get", "post"},
+    "/customer/devices/{device_id}": {"get", "patch"},
+    "/customer/devices/{device_id}/rotate-token": {"post"},
+    "/customer/devices/{device_id}/decommission": {"post"},
+    "/customer/devices/{device_id}/twin": {"get"},
+    "/customer/devices/{device_id}/twin/desired": {"patch", "put"},
+    "/customer/devices/{device_id}/twin/delta": {"get"},
+    "/device/v1/shadow": {"get"},
+    "/device/v1/shadow/reported": {"post"},
+}
+
+
+def test_openapi_lists_every_route_with_its_methods(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    schema = response.json()
+    paths = {path: set(ops) - {"parameters"} for path, ops in schema["paths"].items()}
+    for path, methods in EXPECTED.items():
+        assert path in paths, f"{path} missing from OpenAPI"
+        assert methods <= paths[path], f"{path}: {paths[path]}"
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["ProvisionToken"] == {"type": "apiKey", "in": "header", "name": "X-Provision-Token"}
+    device_ops = schema["paths"]["/device/v1/shadow"]["get"]
+    assert device_ops["security"] == [{"ProvisionToken": []}]
+
+
+def test_docs_ui_is_served_without_a_cdn(client):
+    response = client.get("/api/docs")
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
+    assert b"cdn.jsdelivr" not in response.content
+
+
+def test_health_probes(client):
+    assert client.get("/healthz/live").json() == {"status": "ok"}
+    assert client.get("/healthz/ready").json()["status"] == "ok"
+
+
+@override_settings(DEBUG=False)
+def test_unknown_route_is_json_404(client):
+    response = client.get("/customer/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["code"] == "no_route"
+
+
+def test_no_trailing_slash_redirects(client, operator):
+    operator.get("/customer/devices/", expect=404)
