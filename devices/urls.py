@@ -1,8 +1,14 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from devices.auth_views import TokenLoginView, TokenLogoutView
 from devices.operator_views import DeviceViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("customer/devices", DeviceViewSet, basename="device")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("customer/auth/token", TokenLoginView.as_view(), name="auth-token"),
+    path("customer/auth/logout", TokenLogoutView.as_view(), name="auth-logout"),
+    *router.urls,
+]
