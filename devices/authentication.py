@@ -26,7 +26,7 @@ class ProvisionTokenAuthentication(authentication.BaseAuthentication):
         if len(token) > MAX_TOKEN_LENGTH:
             raise exceptions.AuthenticationFailed("Invalid provision token", code="invalid_token")
         digest = hash_token(token)
-        device = Device.objects.select_related("tenant").filter(provision_token_hash=digest).first()
+        device = next(iter(Device.objects.filter(provision_token_hash=digest).order_by()[:1]), None)
         if (
             device is None
             or not hmac.compare_digest(device.provision_token_hash, digest)

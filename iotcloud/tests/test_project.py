@@ -53,3 +53,12 @@ def test_unknown_route_is_json_404(client):
 
 def test_no_trailing_slash_redirects(client, operator):
     operator.get("/customer/devices/", expect=404)
+
+
+def test_browsable_api_works_with_a_session(client, operator, device):
+    client.force_login(operator.user)
+    response = client.get("/customer/devices", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert device.device_id.encode() in response.content
+    response = client.get(f"/customer/devices/{device.device_id}/twin", headers={"Accept": "text/html"})
+    assert response.status_code == 200

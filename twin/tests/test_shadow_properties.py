@@ -32,9 +32,9 @@ _MISSING = object()
 # ---------------------------------------------------------------------------
 
 # A few fixed keys make desired/reported documents overlap often enough to
-# exercise the "both sides have this key" branches.
-# Key content does not matter to delta/merge logic (validation tests use
-# full Unicode below), so a tiny alphabet keeps generation cheap.
+# exercise the "both sides have this key" branches. Key content does not
+# matter to delta/merge logic (the validation strategies below use full
+# Unicode), so a tiny alphabet keeps generation cheap.
 keys = st.sampled_from(["a", "b", "c", "on", "temp"]) | st.text(alphabet="abxyé", max_size=3)
 
 # Ints stay within +-2**53 so that float(i) == i exactly (used by floatify).
@@ -53,7 +53,6 @@ def json_values(*, null_members: bool = True) -> st.SearchStrategy[Any]:
     Nulls inside arrays are still allowed: merge patches replace arrays whole,
     so only object members carry the "null deletes" meaning.
     """
-
     values = st.recursive(
         scalars,
         lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
