@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+
 from django.db import connection
 from django.db.models.fields.json import KeyTransform
 
+from devices.choices import DeviceStatus
 from devices.models import Device, Membership, Tenant
+from devices.tokens import hash_token
 from iotcloud.errors import InvalidInput, NotFound
 
 
@@ -77,3 +81,21 @@ def filter_by_tag(queryset, key: str, value: str | None):
     column = Device._meta.get_field("tags").get_col(Device._meta.db_table)
     transform = KeyTransform(key, column)
     return queryset.filter(transform.get_lookup("exact")(transform, value))
+
+
+MAX_TOKEN_LENGTH = 256
+
+
+def active_device_for_token(token: str) -> Device | None:
+    """The active device a provision token belongs to, or None.
+
+    Looked up by sha256 digest (the token is never stored), then compared
+    again in constant time. Used by HTTP device auth and MQTT broker auth.
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    digest = hash_token(token)
+    device = next(iter(Device.objects.filter(provision_token_hash=digest).order_by()[:1]), None)
+    if device is None or not hmac.compare_digest(device.provision_token_hash, digest):
+        return None
+    return device if device.status == DeviceStatus.ACTIVE else None

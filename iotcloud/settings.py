@@ -122,8 +122,29 @@ STORAGES = {
     },
 }
 
-# --- Integrations (used by the MQTT bridge and live updates) ---------------
+# --- MQTT ---------------------------------------------------------------------
+# mqtt://user:pass@host:1883 or mqtts://... (TLS); ?protocol=5|3.1.1|auto, ?ca_file=/path.
+# Empty: the embedded broker (manage.py mqtt_broker), which make run starts.
 MQTT_URL = env.str("MQTT_URL", default="")
+# Stable id + persistent session: QoS 1 reports queued while the bridge is down
+# are delivered when it returns. Give every bridge instance its own id.
+MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="iotcloud-bridge")
+# Set (e.g. "iotcloud") to subscribe as $share/<group>/... so bridges split reports.
+MQTT_SHARED_GROUP = env.str("MQTT_SHARED_GROUP", default="")
+MQTT_SESSION_EXPIRY_SECONDS = env.int("MQTT_SESSION_EXPIRY_SECONDS", default=7 * 24 * 3600)
+MQTT_KEEPALIVE_SECONDS = env.int("MQTT_KEEPALIVE_SECONDS", default=30)
+MQTT_BATCH_MAX = env.int("MQTT_BATCH_MAX", default=2000)
+MQTT_BATCH_WAIT_MS = env.int("MQTT_BATCH_WAIT_MS", default=20)
+MQTT_MAX_PAYLOAD_BYTES = env.int("MQTT_MAX_PAYLOAD_BYTES", default=64 * 1024)
+MQTT_PUBLISH_TIMEOUT_SECONDS = env.float("MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0)
+MQTT_DELIVERY_BATCH = env.int("MQTT_DELIVERY_BATCH", default=500)
+# Safety-net poll for desired delivery; PostgreSQL also wakes the bridge at once (LISTEN/NOTIFY).
+MQTT_POLL_SECONDS = env.float(
+    "MQTT_POLL_SECONDS", default=5.0 if DATABASES["default"]["ENGINE"].endswith("postgresql") else 0.5
+)
+EMBEDDED_MQTT_HOST = env.str("EMBEDDED_MQTT_HOST", default="127.0.0.1")
+EMBEDDED_MQTT_PORT = env.int("EMBEDDED_MQTT_PORT", default=1884)
+
 REDIS_URL = env.str("REDIS_URL", default="")
 
 # --- Twin limits and timing -------------------------------------------------

@@ -10,19 +10,21 @@ these functions, so the versioning rules exist once:
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, F, JSONField, Value, When
-from django.db.models.functions import Greatest
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from iotcloud.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
+from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
+from mqtt_bridge.services import notify_desired_changed
 from twin.shadow import DocumentError, Limits, merge_patch, validate_document
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ def twin_update_desired(
     Device.objects.filter(pk=locked.pk).update(
         desired_state=desired, desired_version=F("desired_version") + 1, shadow_updated_at=now
     )
+    notify_desired_changed()  # the bridge publishes it once this commits
     locked.desired_state = desired
     locked.desired_version += 1
     locked.shadow_updated_at = now
@@ -92,46 +95,162 @@ def twin_update_desired(
 
 
 @dataclass(frozen=True)
+class Report:
+    """One device report, as received (not yet validated)."""
+
+    tenant_id: str
+    device_id: str
+    reported: object
+    version: object
+
+
+@dataclass(frozen=True)
 class ReportOutcome:
     version: int
 
 
-def twin_record_reported(*, device: Device, reported: dict, version) -> ReportOutcome:
-    """Store a device's report of its state for desired `version`.
-
-    The state is replaced only when the report is not older than the last
-    one applied (an out-of-order report cannot roll the twin back); the
-    version only ever rises; last_seen always moves.
-    """
-    version = check_version(version)
-    if not isinstance(reported, dict):
-        check_document(reported, name="reported")  # raises not_an_object
-    if version < 0:
-        _raise_version_out_of_range(device, version)
-    check_document(reported, name="reported")
-    now = timezone.now()
-    updated = Device.objects.filter(pk=device.pk, status=DeviceStatus.ACTIVE, desired_version__gte=version).update(
-        reported_state=Case(
-            When(reported_version__lte=version, then=Value(reported, output_field=JSONField())),
-            default=F("reported_state"),
-        ),
-        reported_updated_at=Case(
-            When(reported_version__lte=version, then=Value(now)), default=F("reported_updated_at")
-        ),
-        reported_version=Greatest(F("reported_version"), Value(version)),
-        last_seen=now,
-    )
-    if not updated:
-        current = Device.objects.filter(pk=device.pk).first()
-        if current is None or current.status != DeviceStatus.ACTIVE:
-            raise Conflict(f"Device {device.device_id!r} is not active", code="device_decommissioned")
-        _raise_version_out_of_range(current, version)
-    logger.debug("reported %s v%d", device, version)
+def twin_record_reported(*, device: Device, reported, version) -> ReportOutcome:
+    """Store one report (the HTTP path); raises the DomainError that refuses it."""
+    (error,) = twin_record_reports([Report(device.tenant_id, device.device_id, reported, version)])
+    if error is not None:
+        raise error
+    logger.debug("reported %s v%s", device, version)
     return ReportOutcome(version=version)
 
 
-def _raise_version_out_of_range(device: Device, version: int):
-    raise VersionConflict(
-        f"version {version} is outside 0..{device.desired_version} (the current desired_version)",
-        desired_version=device.desired_version,
-    )
+@transaction.atomic
+def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
+    """Validate and store many reports in a few set-based statements.
+
+    Returns one entry per report, in order: None when it was accepted, else
+    the DomainError saying why not (bad document, unknown or decommissioned
+    device, version outside 0..desired_version).
+
+    Rules, the same for HTTP and MQTT:
+    - reported_version = max(reported_version, version): never rolls back;
+    - the state is replaced only by a report at least as new as the last one
+      applied, so out-of-order delivery cannot restore an old state;
+    - last_seen moves on every accepted report.
+    Rows are locked in id order first, so concurrent batches cannot deadlock
+    and the version check sees the committed desired_version.
+    """
+    results: list[DomainError | None] = [None] * len(reports)
+    checked: list[tuple[int, Report, int]] = []
+    for index, report in enumerate(reports):
+        try:
+            version = check_version(report.version)
+            check_document(report.reported, name="reported")
+        except DomainError as exc:
+            results[index] = exc
+        else:
+            checked.append((index, report, version))
+    if not checked:
+        return results
+
+    rows = _lock_devices({(r.tenant_id, r.device_id) for _, r, _ in checked})
+    winners: dict[int, tuple[int, Report]] = {}  # device pk -> (version, report)
+    for index, report, version in checked:
+        row = rows.get((report.tenant_id, report.device_id))
+        if row is None:
+            results[index] = NotFound(
+                f"Device {report.device_id!r} not found in tenant {report.tenant_id!r}", code="device_not_found"
+            )
+        elif row.status != DeviceStatus.ACTIVE:
+            results[index] = Conflict(f"Device {report.device_id!r} is decommissioned", code="device_decommissioned")
+        elif not 0 <= version <= row.desired_version:
+            results[index] = VersionConflict(
+                f"version {version} is outside 0..{row.desired_version} (the current desired_version)",
+                desired_version=row.desired_version,
+            )
+        elif row.pk not in winners or version >= winners[row.pk][0]:
+            # Within one batch only the newest report per device can win.
+            winners[row.pk] = (version, report)
+    if winners:
+        _apply_reports([(pk, version, report.reported) for pk, (version, report) in sorted(winners.items())])
+    return results
+
+
+def _lock_devices(keys: set[tuple[str, str]]) -> dict[tuple[str, str], Device]:
+    by_tenant: dict[str, list[str]] = {}
+    for tenant_id, device_id in keys:
+        by_tenant.setdefault(tenant_id, []).append(device_id)
+    rows = {}
+    for tenant_id, device_ids in by_tenant.items():
+        locked = (
+            Device.objects.filter(tenant_id=tenant_id, device_id__in=device_ids)
+            .order_by("id")
+            .select_for_update()
+            .only("id", "tenant_id", "device_id", "status", "desired_version")
+        )
+        rows.update({(d.tenant_id, d.device_id): d for d in locked})
+    return rows
+
+
+def _apply_reports(items: list[tuple[int, int, object]]) -> None:
+    """One UPDATE for the whole batch (PostgreSQL), or a loop of them (SQLite, the dev default)."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                """
+                UPDATE device_state AS d SET
+                    reported_state = CASE WHEN d.reported_version <= v.version
+                                          THEN v.reported::jsonb ELSE d.reported_state END,
+                    reported_updated_at = CASE WHEN d.reported_version <= v.version
+                                               THEN %s ELSE d.reported_updated_at END,
+                    reported_version = GREATEST(d.reported_version, v.version),
+                    last_seen = %s
+                FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, version, reported)
+                WHERE d.id = v.id AND d.desired_version >= v.version
+                """,
+                [now, now, [i[0] for i in items], [i[1] for i in items], [json.dumps(i[2]) for i in items]],
+            )
+            return
+        for pk, version, reported in items:
+            cursor.execute(
+                """
+                UPDATE device_state SET
+                    reported_state = CASE WHEN reported_version <= %s THEN %s ELSE reported_state END,
+                    reported_updated_at = CASE WHEN reported_version <= %s THEN %s ELSE reported_updated_at END,
+                    reported_version = MAX(reported_version, %s),
+                    last_seen = %s
+                WHERE id = %s AND desired_version >= %s
+                """,
+                [version, json.dumps(reported), version, now, version, now, pk, version],
+            )
+
+
+REPORT_FIELDS = frozenset({"reported", "version"})
+
+
+def parse_report_payload(payload: bytes, *, max_bytes: int) -> tuple[object, object]:
+    """The (reported, version) of a raw report (MQTT), with the HTTP API's envelope rules.
+
+    The document and version themselves are checked by twin_record_reports.
+    """
+    if len(payload) > max_bytes:
+        raise PayloadTooLarge(
+            f"Payload is {len(payload)} bytes; the limit is {max_bytes} bytes (MQTT_MAX_PAYLOAD_BYTES)",
+            code="too_large",
+        )
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise InvalidInput("Payload is not valid UTF-8", code="parse_error") from None
+    except RecursionError:
+        raise InvalidInput("JSON parse error - document is nested too deeply", code="parse_error") from None
+    except ValueError as exc:
+        raise InvalidInput(f"JSON parse error - {exc}", code="parse_error") from None
+    if not isinstance(data, dict):
+        raise InvalidInput('Payload must be a JSON object {"reported": {...}, "version": N}', code="invalid")
+    missing = sorted(REPORT_FIELDS - data.keys())
+    if missing:
+        raise InvalidInput(f"Missing field(s): {', '.join(missing)}", code="invalid")
+    unknown = sorted(data.keys() - REPORT_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unknown field(s): {', '.join(map(repr, unknown))}", code="invalid")
+    return data["reported"], data["version"]
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")

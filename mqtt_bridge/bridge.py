@@ -1,0 +1,260 @@
+"""The MQTT bridge daemon: desired delivery out, reported ingestion in.
+
+Threads, each with its own database connection:
+- paho's network loop (loop_start): receives reports into a queue;
+- ingest: drains the queue in batches, writes each batch in one
+  transaction, then acknowledges its messages (manual ack) in arrival order,
+  so a crash before the commit means the broker redelivers, never a loss;
+- deliver: publishes pending desired states whenever woken (PostgreSQL
+  NOTIFY, a (re)connect) or every MQTT_POLL_SECONDS;
+- listen (PostgreSQL only): LISTEN for desired changes and wake deliver.
+stop() lets the batch in flight finish, then disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.utils import DatabaseError, InterfaceError
+
+from mqtt_bridge import topics
+from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
+from mqtt_bridge.config import BrokerSettings, broker_settings
+from mqtt_bridge.ingest import Incoming, ingest_batch, log_verdicts, rejection_replies
+from mqtt_bridge.listener import NotificationListener
+from mqtt_bridge.services import DESIRED_CHANNEL, Publication, desired_deliver_pending
+
+logger = logging.getLogger(__name__)
+
+
+class Bridge:
+    def __init__(
+        self,
+        *,
+        broker: BrokerSettings | None = None,
+        client_id: str | None = None,
+        shared_group: str | None = None,
+        batch_max: int | None = None,
+        batch_wait: float | None = None,
+        poll_seconds: float | None = None,
+    ):
+        self.broker = broker or broker_settings()
+        self.client_id = client_id or settings.MQTT_CLIENT_ID
+        self.shared_group = settings.MQTT_SHARED_GROUP if shared_group is None else shared_group
+        self.batch_max = batch_max or settings.MQTT_BATCH_MAX
+        self.batch_wait = batch_wait if batch_wait is not None else settings.MQTT_BATCH_WAIT_MS / 1000
+        self.poll_seconds = poll_seconds or settings.MQTT_POLL_SECONDS
+        self.stopping = threading.Event()
+        self.connected = threading.Event()
+        self.wake = threading.Event()
+        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0}
+        self._threads: list[threading.Thread] = []
+        self._listener: NotificationListener | None = None
+        self.client: mqtt.Client | None = None
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self.protocol = detect_protocol(self.broker)
+        self.client = make_client(
+            self.broker, client_id=self.client_id, protocol=self.protocol, persistent=True, manual_ack=True
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        connect_async(self.client, self.broker, protocol=self.protocol, persistent=True)
+        self.client.loop_start()
+        self._spawn("ingest", self._ingest_loop)
+        self._spawn("deliver", self._deliver_loop)
+        if connection.vendor == "postgresql":
+            self._listener = NotificationListener(DESIRED_CHANNEL, on_notify=self.wake.set, stopping=self.stopping)
+            self._spawn("listen", self._listener.run)
+        logger.info(
+            "bridge started broker=%s client_id=%s protocol=%s shared_group=%s",
+            self.broker, self.client_id, "5" if self.protocol == V5 else "3.1.1", self.shared_group or "-",
+        )  # fmt: skip
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the batch in flight, disconnect, close database connections."""
+        self.stopping.set()
+        self.wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+        close_old_connections()
+        connection.close()
+        logger.info("bridge stopped stats=%s", self.stats)
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self.stopping.wait(1):
+                pass
+        finally:
+            self.stop()
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=self._guard(name, target), name=f"bridge-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guard(self, name, target):
+        def run():
+            try:
+                target()
+            except Exception:
+                # A thread dying silently would stall delivery or ingestion; stop
+                # the whole bridge so the supervisor restarts it.
+                logger.exception("bridge thread %s crashed; stopping", name)
+                self.stopping.set()
+            finally:
+                connection.close()
+
+        return run
+
+    # --- paho callbacks (network thread) -------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            logger.error("broker refused connection: %s", reason_code)
+            return
+        logger.info("connected to %s session_present=%s", self.broker, flags.session_present)
+        # Subscribing here means every reconnect resubscribes.
+        filter_ = topics.subscription(topics.REPORTED_FILTER, self.shared_group)
+        if self.protocol == V5:
+            client.subscribe(filter_, options=mqtt.SubscribeOptions(qos=1))
+        else:
+            client.subscribe(filter_, qos=1)
+        self.connected.set()
+        self.wake.set()  # catch up on anything written while we were away
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+        if not self.stopping.is_set():
+            logger.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, message):
+        self.inbox.put(message)
+
+    # --- ingestion -----------------------------------------------------------------
+
+    def _ingest_loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if not batch:
+                if self.stopping.is_set():
+                    return
+                continue
+            self._ingest(batch)
+
+    def _next_batch(self) -> list[mqtt.MQTTMessage]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch) < self.batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _ingest(self, batch: Sequence[mqtt.MQTTMessage]) -> None:
+        incoming = [Incoming(_topic(m), m.payload, m.mid, m.qos) for m in batch]
+        attempt = 0
+        while True:
+            close_old_connections()
+            try:
+                verdicts = ingest_batch(incoming)
+                replies = rejection_replies(verdicts)
+                break
+            except (DatabaseError, InterfaceError):
+                # Nothing was committed and nothing acknowledged: retry; if we
+                # stop instead, the broker redelivers to our persistent session.
+                attempt += 1
+                logger.exception("batch of %d failed (attempt %d); retrying", len(batch), attempt)
+                connection.close()
+                if self.stopping.wait(min(30, 0.5 * 2**attempt)):
+                    return
+        # Committed: now, and only now, acknowledge, in arrival order.
+        for message in batch:
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)
+        for topic, payload in replies:
+            self.client.publish(topic, payload, qos=1)
+        log_verdicts(verdicts)
+        accepted = sum(v.accepted for v in verdicts)
+        self.stats["received"] += len(batch)
+        self.stats["accepted"] += accepted
+        self.stats["rejected"] += len(batch) - accepted
+
+    # --- desired delivery ------------------------------------------------------
+
+    def _deliver_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(self.poll_seconds)
+            self.wake.clear()
+            if self.stopping.is_set():
+                return
+            if not self.connected.is_set():
+                continue
+            close_old_connections()
+            try:
+                while not self.stopping.is_set() and self.connected.is_set():
+                    if not desired_deliver_pending(publish=self._publish_all):
+                        break
+            except (DatabaseError, InterfaceError):
+                logger.exception("desired delivery failed; retrying")
+                connection.close()
+                self.stopping.wait(1)
+
+    def _publish_all(self, publications: Sequence[Publication]) -> list[Publication]:
+        """Publish retained QoS 1; return those the broker acknowledged in time."""
+        infos = [(p, self.client.publish(p.topic, p.payload, qos=1, retain=True)) for p in publications]
+        deadline = time.monotonic() + settings.MQTT_PUBLISH_TIMEOUT_SECONDS
+        acknowledged = []
+        for publication, info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass
+            if info.is_published():
+                acknowledged.append(publication)
+        if len(acknowledged) < len(publications):
+            logger.warning(
+                "broker acknowledged %d of %d desired publications; the rest stay pending",
+                len(acknowledged), len(publications),
+            )  # fmt: skip
+            self._discard_unacknowledged()
+        self.stats["published"] += len(acknowledged)
+        return acknowledged
+
+    def _discard_unacknowledged(self) -> None:
+        # paho would resend these after a reconnect, possibly after another
+        # bridge has published a newer version: drop them, the reconciliation
+        # republishes the latest state instead.
+        client = self.client
+        with client._out_message_mutex:  # paho internals, pinned version (see requirements.txt)
+            client._out_messages.clear()
+            client._inflight_messages = 0
+
+
+def _topic(message: mqtt.MQTTMessage) -> str:
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        return repr(message._topic)

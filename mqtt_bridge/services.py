@@ -1,0 +1,110 @@
+"""Desired-state delivery: reconcile what devices should have retained with the database.
+
+The database is the source of truth. A device needs a (re)publish when
+desired_published_version < desired_version; decommissioning resets
+desired_published_version to 0 so the retained message gets cleared the
+same way. Rows are claimed with FOR UPDATE SKIP LOCKED: several bridges
+split the work, a device is never published by two at once, and because a
+claim reads the latest desired state under the row lock, an older version
+is never published after a newer one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+
+from devices.choices import DeviceStatus
+from devices.models import Device
+from mqtt_bridge import topics
+
+logger = logging.getLogger(__name__)
+
+DESIRED_CHANNEL = "iotcloud_desired"
+
+
+@dataclass(frozen=True)
+class Publication:
+    topic: str
+    payload: bytes  # b"" clears the retained message
+    device_pk: int
+    version: int
+
+
+# publish(publications) -> the subset the broker acknowledged
+Publisher = Callable[[Sequence[Publication]], Sequence[Publication]]
+
+
+def notify_desired_changed() -> None:
+    """Wake the bridges when the current transaction commits (PostgreSQL NOTIFY is transactional)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [DESIRED_CHANNEL])
+
+
+def desired_payload(desired: dict, version: int, updated_at) -> bytes:
+    timestamp = updated_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if updated_at else None
+    return json.dumps({"desired": desired, "version": version, "timestamp": timestamp}, separators=(",", ":")).encode()
+
+
+def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
+    """Publish one batch of pending desired states; returns how many were acknowledged.
+
+    Only acknowledged publications are recorded; the rest stay pending and are
+    retried on the next pass, so a broker outage loses nothing.
+    """
+    limit = limit or settings.MQTT_DELIVERY_BATCH
+    with transaction.atomic():
+        rows = list(
+            Device.objects.filter(desired_version__gt=F("desired_published_version"))
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "tenant_id", "device_id", "status", "desired_state", "desired_version",
+                         "shadow_updated_at")[:limit]
+        )  # fmt: skip
+        if not rows:
+            return 0
+        publications = [
+            Publication(
+                topic=topics.desired(tenant_id, device_id),
+                payload=b"" if status != DeviceStatus.ACTIVE else desired_payload(desired, version, updated_at),
+                device_pk=pk,
+                version=version,
+            )
+            for pk, tenant_id, device_id, status, desired, version, updated_at in rows
+        ]
+        acknowledged = publish(publications)
+        _record_published(acknowledged)
+    for publication in acknowledged:
+        logger.info(
+            "desired %s topic=%s version=%d",
+            "cleared" if not publication.payload else "published", publication.topic, publication.version,
+        )  # fmt: skip
+    return len(acknowledged)
+
+
+def _record_published(publications: Sequence[Publication]) -> None:
+    if not publications:
+        return
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                """
+                UPDATE device_state AS d SET desired_published_version = v.version
+                FROM unnest(%s::bigint[], %s::integer[]) AS v(id, version)
+                WHERE d.id = v.id AND d.desired_published_version < v.version
+                """,
+                [[p.device_pk for p in publications], [p.version for p in publications]],
+            )
+        else:
+            cursor.executemany(
+                "UPDATE device_state SET desired_published_version = %s"
+                " WHERE id = %s AND desired_published_version < %s",
+                [(p.version, p.device_pk, p.version) for p in publications],
+            )

@@ -1,0 +1,48 @@
+"""Every MQTT topic the platform uses: built and parsed here, nowhere else."""
+
+from __future__ import annotations
+
+import re
+
+SHARED_PREFIX = "$share"
+
+# Topic levels are validated ids (no / + #), so a plain split is exact.
+_ID = r"[^/+#\x00]+"
+_REPORTED_RE = re.compile(rf"tenant/({_ID})/device/({_ID})/shadow/reported")
+
+REPORTED_FILTER = "tenant/+/device/+/shadow/reported"
+
+
+def _base(tenant_id: str, device_id: str) -> str:
+    return f"tenant/{tenant_id}/device/{device_id}"
+
+
+def desired(tenant_id: str, device_id: str) -> str:
+    """Platform → device, retained: the current desired state."""
+    return f"{_base(tenant_id, device_id)}/shadow/desired"
+
+
+def reported(tenant_id: str, device_id: str) -> str:
+    """Device → platform: a report."""
+    return f"{_base(tenant_id, device_id)}/shadow/reported"
+
+
+def reported_rejected(tenant_id: str, device_id: str) -> str:
+    """Platform → device: why a report was refused."""
+    return f"{_base(tenant_id, device_id)}/shadow/reported/rejected"
+
+
+def jobs_notify(tenant_id: str, device_id: str) -> str:
+    """Platform → device, retained: the pending jobs list."""
+    return f"{_base(tenant_id, device_id)}/jobs/notify"
+
+
+def parse_reported(topic: str) -> tuple[str, str] | None:
+    """(tenant_id, device_id) of a reported topic, or None for anything else."""
+    match = _REPORTED_RE.fullmatch(topic)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def subscription(topic_filter: str, shared_group: str = "") -> str:
+    """The filter to subscribe to: shared (load split between bridges) when a group is set."""
+    return f"{SHARED_PREFIX}/{shared_group}/{topic_filter}" if shared_group else topic_filter
