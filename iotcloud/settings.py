@@ -88,6 +88,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     if _db["NAME"] != ":memory:":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # A file, not memory, for the test database too: the MQTT tests run the
+    # bridge as a separate process against it.
+    _db.setdefault("TEST", {"NAME": str(VAR_DIR / "test-iotcloud.sqlite3")})
     # WAL and a busy timeout let the web server and the bridge share the file.
     _db.setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}

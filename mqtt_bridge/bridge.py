@@ -13,6 +13,7 @@ stop() lets the batch in flight finish, then disconnects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -228,10 +229,8 @@ class Bridge:
         deadline = time.monotonic() + settings.MQTT_PUBLISH_TIMEOUT_SECONDS
         acknowledged = []
         for publication, info in infos:
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):  # not queued: counts as not acknowledged
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
             if info.is_published():
                 acknowledged.append(publication)
         if len(acknowledged) < len(publications):
