@@ -1,0 +1,80 @@
+"""python manage.py run_platform — the whole platform in one terminal (what `make run` uses).
+
+Starts, as child processes: the embedded MQTT broker (only when MQTT_URL is
+unset), the MQTT bridge, the web server and, with --simulate, the device
+simulator. Output is prefixed with each child's name. Ctrl-C or SIGTERM stops
+them all; if one dies, the others are stopped too.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from mqtt_bridge.config import broker_settings
+
+
+class Command(BaseCommand):
+    help = "Run broker (if embedded), MQTT bridge, web server and optionally the device simulator."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="web server address (host:port)")
+        parser.add_argument("--simulate", action="store_true", help="also simulate the demo devices")
+
+    def handle(self, *args, addr, simulate, **options):
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        children = []
+        if not settings.MQTT_URL:
+            children.append(("broker", [*manage, "mqtt_broker"], "listening"))
+        children.append(("bridge", [*manage, "mqtt_bridge"], "connected to"))
+        children.append(("web", [*manage, "runserver", addr, "--noreload"], None))
+        if simulate:
+            children.append(("devices", [*manage, "simulate_devices"], None))
+
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *a: stop.set())
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        processes: list[tuple[str, subprocess.Popen]] = []
+        self.stdout.write(f"MQTT broker: {broker_settings()}   web: http://{addr}/   (Ctrl-C stops everything)")
+        try:
+            for name, command, ready_text in children:
+                ready = threading.Event()
+                process = subprocess.Popen(  # noqa: S603 (our own fixed commands)
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+                processes.append((name, process))
+                threading.Thread(target=self._pump, args=(name, process, ready, ready_text), daemon=True).start()
+                if ready_text and not ready.wait(30):
+                    self.stderr.write(f"{name} did not start in 30 s")
+                    return
+            while not stop.wait(0.5):
+                for name, process in processes:
+                    if process.poll() is not None:
+                        self.stderr.write(f"{name} exited with {process.returncode}; stopping everything")
+                        stop.set()
+        finally:
+            for _name, process in reversed(processes):
+                if process.poll() is None:
+                    process.terminate()
+            deadline = time.monotonic() + 20
+            for _name, process in reversed(processes):
+                try:
+                    process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+    def _pump(self, name, process, ready, ready_text):
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if ready_text and ready_text in line:
+                ready.set()
+            self.stdout.write(f"{name:>8} | {line}")
+            self.stdout.flush()

@@ -1,0 +1,132 @@
+"""python manage.py simulate_devices — pretend to be devices, over MQTT.
+
+Each simulated device connects with its own credentials (username
+"<tenant>/<device>", password = its provision token), subscribes to its
+retained desired state, "applies" it and reports it back with the version it
+applied, plus a temperature reading now and then. Tokens come from
+var/demo.json (written by `manage.py demo`) or, with --count, from devices it
+provisions (or re-keys) itself.
+"""
+
+import json
+import random
+import signal
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from devices.models import Device, Tenant
+from devices.services import device_provision, device_rotate_token
+from mqtt_bridge import topics
+from mqtt_bridge.config import broker_settings
+
+
+class SimulatedDevice:
+    def __init__(self, broker, tenant_id: str, device_id: str, token: str, log):
+        self.tenant_id, self.device_id, self.log = tenant_id, device_id, log
+        self.state: dict = {}
+        self.version = 0
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{tenant_id}-{device_id}", protocol=mqtt.MQTTv311
+        )
+        self.client.username_pw_set(f"{tenant_id}/{device_id}", token)
+        if broker.tls:
+            self.client.tls_set(ca_certs=broker.ca_file)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 30)
+        self.client.connect_async(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.log(f"{self.device_id}: broker refused the connection ({reason_code})")
+            return
+        client.subscribe(topics.desired(self.tenant_id, self.device_id), qos=1)
+        client.subscribe(topics.reported_rejected(self.tenant_id, self.device_id), qos=1)
+
+    def _on_message(self, client, userdata, message):
+        if message.topic.endswith("/rejected"):
+            self.log(f"{self.device_id}: report rejected: {message.payload.decode(errors='replace')}")
+            return
+        if not message.payload:
+            self.log(f"{self.device_id}: desired state cleared (decommissioned?)")
+            return
+        body = json.loads(message.payload)
+        if body["version"] < self.version:
+            return  # an older version than the one applied: ignore
+        self.state, self.version = body["desired"], body["version"]
+        self.log(f"{self.device_id}: applied desired v{self.version} {json.dumps(self.state)}")
+        self.report()
+
+    def report(self, **readings):
+        payload = {"reported": {**self.state, **readings}, "version": self.version}
+        self.client.publish(topics.reported(self.tenant_id, self.device_id), json.dumps(payload), qos=1)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Command(BaseCommand):
+    help = "Simulate devices over MQTT: apply desired state and report it back."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", default="demo")
+        parser.add_argument(
+            "--count", type=int, default=0, help="simulate N devices sim-0001..N in --tenant (provisioned or re-keyed)"
+        )
+        parser.add_argument(
+            "--telemetry-every", type=float, default=30.0, help="seconds between temperature reports (0: never)"
+        )
+        parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until ^C)")
+
+    def handle(self, *args, tenant, count, telemetry_every, duration, **options):
+        credentials = self._credentials(tenant, count)
+        broker = broker_settings()
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *a: stop.set())
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        devices = [SimulatedDevice(broker, tenant, device_id, token, self._log) for device_id, token in credentials]
+        self._log(f"simulating {len(devices)} device(s) of tenant {tenant} on {broker}")
+        started = time.monotonic()
+        try:
+            while not stop.wait(telemetry_every or 1):
+                if duration and time.monotonic() - started > duration:
+                    break
+                if telemetry_every:
+                    for device in devices:
+                        device.report(temperature_c=round(random.uniform(18, 24), 1))
+        finally:
+            for device in devices:
+                device.close()
+
+    def _credentials(self, tenant_id: str, count: int) -> list[tuple[str, str]]:
+        if count:
+            tenant = Tenant.objects.filter(id=tenant_id).first()
+            if tenant is None:
+                raise CommandError(f"Tenant {tenant_id!r} does not exist")
+            pairs = []
+            for n in range(1, count + 1):
+                device_id = f"sim-{n:04}"
+                device = Device.objects.filter(tenant=tenant, device_id=device_id).first()
+                token = (
+                    device_rotate_token(device=device) if device
+                    else device_provision(tenant=tenant, device_id=device_id)[1]
+                )  # fmt: skip
+                pairs.append((device_id, token))
+            return pairs
+        path = settings.VAR_DIR / "demo.json"
+        if not path.exists():
+            raise CommandError(f"{path} not found: run `python manage.py demo` first, or use --count N")
+        saved = json.loads(path.read_text())
+        if saved.get("tenant") != tenant_id:
+            raise CommandError(f"{path} holds tenant {saved.get('tenant')!r}, not {tenant_id!r}; use --count N")
+        return list(saved["devices"].items())
+
+    def _log(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
