@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-HOST ?= 0.0.0.0
+HOST ?= 127.0.0.1
 PORT ?= 8000
+SIMULATE ?= 1
 
 .PHONY: run test install lint format migrate demo serve bench-http clean
 
@@ -22,9 +23,9 @@ migrate: install
 demo: migrate
 	$(PY) manage.py demo --base-url http://127.0.0.1:$(PORT)
 
-## run: set up, migrate, load demo data and serve the platform on :8000
+## run: set up, migrate, load demo data; web on :8000 + MQTT bridge + embedded broker (+ simulator)
 run: demo
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	$(PY) manage.py run_platform --addr $(HOST):$(PORT) $(if $(SIMULATE),--simulate)
 
 ## test: the whole suite (SQLite by default; DATABASE_URL=postgres://... for PostgreSQL)
 test: install
