@@ -129,12 +129,6 @@ def mqtt_broker():
 
 
 @pytest.fixture
-def shared_subscriptions(mqtt_broker):
-    if mqtt_broker.embedded:
-        pytest.skip("the embedded broker (amqtt) has no shared subscriptions; set MQTT_URL to a Mosquitto")
-
-
-@pytest.fixture
 def restartable_broker():
     """A broker the test may stop and start: a private Mosquitto, or the embedded broker."""
     if shutil.which("mosquitto"):

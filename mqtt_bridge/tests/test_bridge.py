@@ -150,9 +150,7 @@ def test_sigterm_exits_zero(mqtt_broker, mqtt_tenant):
     assert "bridge stopped" in bridge.output()
 
 
-def test_two_bridges_share_reports_and_split_desired(
-    shared_subscriptions, start_bridge, provision, mqtt_client, mqtt_tenant
-):
+def test_two_bridges_share_reports_and_split_desired(start_bridge, provision, mqtt_client, mqtt_tenant):
     group = f"g{mqtt_tenant.id}"
     first = start_bridge(shared_group=group)
     second = start_bridge(shared_group=group)

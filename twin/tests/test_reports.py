@@ -22,14 +22,16 @@ def test_batch_verdicts_are_per_report_and_in_order(tenant, other_tenant, make_d
     for device in (a, b):
         twin_update_desired(device=device, document={"x": 1})
 
-    results = twin_record_reports([
-        report(a, {"x": 1}, 1),
-        report(b, {"x": 1}, 2),
-        report(gone, {}, 0),
-        Report(tenant.id, theirs.device_id, {}, 0),
-        report(b, [1], 0),
-        report(b, {}, "1"),
-    ])
+    results = twin_record_reports(
+        [
+            report(a, {"x": 1}, 1),
+            report(b, {"x": 1}, 2),
+            report(gone, {}, 0),
+            Report(tenant.id, theirs.device_id, {}, 0),
+            report(b, [1], 0),
+            report(b, {}, "1"),
+        ]
+    )
 
     codes = [r.code if r else None for r in results]
     assert codes == [None, "version_conflict", "device_decommissioned", "device_not_found", "not_an_object",

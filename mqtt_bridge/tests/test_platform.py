@@ -1,0 +1,50 @@
+"""make run's default path: embedded broker + bridge + a device with its own MQTT credentials.
+
+Runs even when MQTT_URL points at Mosquitto, so the zero-setup path is always tested.
+"""
+
+import time
+
+from conftest import make_operator_client
+from devices.models import Device
+from mqtt_bridge.management.commands.simulate_devices import SimulatedDevice
+from mqtt_bridge.tests.conftest import EmbeddedTestBroker, wait_until
+
+
+def test_desired_reaches_a_simulated_device_and_it_syncs(start_bridge, provision, mqtt_tenant):
+    broker = EmbeddedTestBroker()
+    broker.start()
+    device_sim = None
+    try:
+        start_bridge(broker=broker.settings)
+        (device,) = provision(1)
+        log = []
+        device_sim = SimulatedDevice(broker.settings, mqtt_tenant.id, device.device_id, device.token, log.append)
+        operator = make_operator_client(mqtt_tenant, f"op-{mqtt_tenant.id}")
+        operator.patch(f"/customer/devices/{device.device_id}/twin/desired", {"desired": {"interval": 15}}, expect=200)
+
+        def synced():
+            twin = operator.get(f"/customer/devices/{device.device_id}/twin", expect=200).json()
+            return twin["sync_status"] == "synced" and twin["reported"] == {"interval": 15}
+
+        wait_until(synced, message="the simulated device to apply and report desired")
+        assert any("applied desired v1" in line for line in log)
+        assert Device.objects.get(pk=device.pk).reported_version == 1
+    finally:
+        if device_sim:
+            device_sim.close()
+        time.sleep(0.1)
+        broker.stop()
+
+
+def test_a_device_with_a_wrong_token_cannot_connect(provision, mqtt_tenant):
+    broker = EmbeddedTestBroker()
+    broker.start()
+    try:
+        (device,) = provision(1)
+        log = []
+        sim = SimulatedDevice(broker.settings, mqtt_tenant.id, device.device_id, "iotd_wrong", log.append)
+        wait_until(lambda: any("refused" in line for line in log), message="refusal")
+        sim.close()
+    finally:
+        broker.stop()
