@@ -21,7 +21,7 @@ from devices.choices import DeviceStatus, Role
 from devices.models import DEVICE_ID_RE, TENANT_ID_RE, Device, Membership, Tenant
 from devices.tokens import hash_token, new_provision_token
 from iotcloud.errors import Conflict, InvalidInput
-from mqtt_bridge.services import notify_desired_changed
+from mqtt_bridge.services import wake_bridge
 
 logger = logging.getLogger(__name__)
 
@@ -146,15 +146,19 @@ def device_rotate_token(*, device: Device) -> str:
 def device_decommission(*, device: Device) -> Device:
     """Retire a device: its token stops working and its retained desired message is cleared. Idempotent.
 
-    Resetting desired_published_version hands the clearing to the bridge's
-    reconciliation, so it happens even if the broker is down right now.
+    Resetting the published versions hands the clearing (desired and jobs
+    notify) to the bridge's reconciliation, so it happens even if the broker
+    is down right now.
     """
     now = timezone.now()
     changed = Device.objects.filter(pk=device.pk, status=DeviceStatus.ACTIVE).update(
-        status=DeviceStatus.DECOMMISSIONED, decommissioned_at=now, desired_published_version=0
+        status=DeviceStatus.DECOMMISSIONED,
+        decommissioned_at=now,
+        desired_published_version=0,
+        jobs_published_version=0,
     )
     if changed:
-        notify_desired_changed()
+        wake_bridge()
     device.refresh_from_db()
     logger.info("device decommissioned %s", device)
     return device

@@ -164,6 +164,13 @@ TWIN_STALE_AFTER = timedelta(seconds=env.int("TWIN_STALE_AFTER_SECONDS", default
 DEVICE_LAST_SEEN_RESOLUTION = timedelta(seconds=env.int("DEVICE_LAST_SEEN_RESOLUTION_SECONDS", default=60))
 DEVICE_MAX_TAGS = env.int("DEVICE_MAX_TAGS", default=32)
 
+# --- Jobs ------------------------------------------------------------------------
+JOB_MAX_DOCUMENT_BYTES = env.int("JOB_MAX_DOCUMENT_BYTES", default=32 * 1024)
+JOB_MAX_STATUS_DETAILS_BYTES = env.int("JOB_MAX_STATUS_DETAILS_BYTES", default=4 * 1024)
+JOBS_PENDING_LIMIT = env.int("JOBS_PENDING_LIMIT", default=10)
+# How often the bridge runs the timeout/expiry sweep (also: manage.py sweep_jobs).
+JOBS_SWEEP_SECONDS = env.float("JOBS_SWEEP_SECONDS", default=5.0)
+
 # --- REST framework -----------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -203,6 +210,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DeviceStatusEnum": "devices.choices.DeviceStatus",
+        "JobStatusEnum": "jobs.choices.JobStatus",
+        "ExecutionStatusEnum": "jobs.choices.ExecutionStatus",
+    },
 }
 
 LOGGING = {

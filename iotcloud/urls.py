@@ -16,6 +16,7 @@ urlpatterns = [
     path("healthz/ready", views.ready, name="health-ready"),
     path("", include("devices.urls")),
     path("", include("twin.urls")),
+    path("", include("jobs.urls")),
 ]
 
 handler404 = "iotcloud.views.not_found"

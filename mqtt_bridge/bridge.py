@@ -5,8 +5,9 @@ Threads, each with its own database connection:
 - ingest: drains the queue in batches, writes each batch in one
   transaction, then acknowledges its messages (manual ack) in arrival order,
   so a crash before the commit means the broker redelivers, never a loss;
-- deliver: publishes pending desired states whenever woken (PostgreSQL
-  NOTIFY, a (re)connect) or every MQTT_POLL_SECONDS;
+- deliver: publishes pending desired states and jobs-notify lists whenever
+  woken (PostgreSQL NOTIFY, a (re)connect) or every MQTT_POLL_SECONDS;
+- sweep: times out stuck job executions and closes expired jobs;
 - listen (PostgreSQL only): LISTEN for desired changes and wake deliver.
 stop() lets the batch in flight finish, then disconnects.
 """
@@ -25,12 +26,13 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.utils import DatabaseError, InterfaceError
 
+from jobs.services import job_sweep
 from mqtt_bridge import topics
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
 from mqtt_bridge.config import BrokerSettings, broker_settings
 from mqtt_bridge.ingest import Incoming, ingest_batch, log_verdicts, rejection_replies
 from mqtt_bridge.listener import NotificationListener
-from mqtt_bridge.services import DESIRED_CHANNEL, Publication, desired_deliver_pending
+from mqtt_bridge.services import DESIRED_CHANNEL, Publication, desired_deliver_pending, jobs_deliver_pending
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class Bridge:
         self.client.loop_start()
         self._spawn("ingest", self._ingest_loop)
         self._spawn("deliver", self._deliver_loop)
+        self._spawn("sweep", self._sweep_loop)
         if connection.vendor == "postgresql":
             self._listener = NotificationListener(DESIRED_CHANNEL, on_notify=self.wake.set, stopping=self.stopping)
             self._spawn("listen", self._listener.run)
@@ -216,12 +219,24 @@ class Bridge:
             close_old_connections()
             try:
                 while not self.stopping.is_set() and self.connected.is_set():
-                    if not desired_deliver_pending(publish=self._publish_all):
+                    desired = desired_deliver_pending(publish=self._publish_all)
+                    jobs = jobs_deliver_pending(publish=self._publish_all)
+                    if not desired and not jobs:
                         break
             except (DatabaseError, InterfaceError):
                 logger.exception("desired delivery failed; retrying")
                 connection.close()
                 self.stopping.wait(1)
+
+    def _sweep_loop(self) -> None:
+        """Job timeouts and expiry; safe to run in every bridge at once (conditional updates)."""
+        while not self.stopping.wait(settings.JOBS_SWEEP_SECONDS):
+            close_old_connections()
+            try:
+                job_sweep()
+            except (DatabaseError, InterfaceError):
+                logger.exception("job sweep failed; retrying")
+                connection.close()
 
     def _publish_all(self, publications: Sequence[Publication]) -> list[Publication]:
         """Publish retained QoS 1; return those the broker acknowledged in time."""

@@ -41,8 +41,12 @@ class Publication:
 Publisher = Callable[[Sequence[Publication]], Sequence[Publication]]
 
 
-def notify_desired_changed() -> None:
-    """Wake the bridges when the current transaction commits (PostgreSQL NOTIFY is transactional)."""
+def wake_bridge() -> None:
+    """Something needs publishing: wake the bridges when the current transaction commits.
+
+    PostgreSQL NOTIFY is transactional (delivered on commit, dropped on
+    rollback); on SQLite the bridge polls instead.
+    """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [DESIRED_CHANNEL])
@@ -80,7 +84,7 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
             for pk, tenant_id, device_id, status, desired, version, updated_at in rows
         ]
         acknowledged = publish(publications)
-        _record_published(acknowledged)
+        _record_published(acknowledged, "desired_published_version")
     for publication in acknowledged:
         logger.info(
             "desired %s topic=%s version=%d",
@@ -89,22 +93,54 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
     return len(acknowledged)
 
 
-def _record_published(publications: Sequence[Publication]) -> None:
+def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
+    """Publish the pending-jobs list of every device whose list changed (same reconciliation as desired)."""
+    from jobs.selectors import pending_jobs_for_devices
+
+    limit = limit or settings.MQTT_DELIVERY_BATCH
+    with transaction.atomic():
+        rows = list(
+            Device.objects.filter(jobs_version__gt=F("jobs_published_version"))
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "tenant_id", "device_id", "status", "jobs_version")[:limit]
+        )
+        if not rows:
+            return 0
+        lists = pending_jobs_for_devices([row[0] for row in rows])
+        publications = [
+            Publication(
+                topic=topics.jobs_notify(tenant_id, device_id),
+                payload=b""
+                if status != DeviceStatus.ACTIVE
+                else json.dumps({"jobs": lists[pk]}, separators=(",", ":")).encode(),
+                device_pk=pk,
+                version=version,
+            )
+            for pk, tenant_id, device_id, status, version in rows
+        ]
+        acknowledged = publish(publications)
+        _record_published(acknowledged, "jobs_published_version")
+    logger.info("jobs notify published for %d device(s)", len(acknowledged))
+    return len(acknowledged)
+
+
+def _record_published(publications: Sequence[Publication], column: str) -> None:
     if not publications:
         return
+    assert column in ("desired_published_version", "jobs_published_version")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
-                """
-                UPDATE device_state AS d SET desired_published_version = v.version
+                f"""
+                UPDATE device_state AS d SET {column} = v.version
                 FROM unnest(%s::bigint[], %s::integer[]) AS v(id, version)
-                WHERE d.id = v.id AND d.desired_published_version < v.version
-                """,
+                WHERE d.id = v.id AND d.{column} < v.version
+                """,  # noqa: S608 (column is one of two constants)
                 [[p.device_pk for p in publications], [p.version for p in publications]],
             )
         else:
             cursor.executemany(
-                "UPDATE device_state SET desired_published_version = %s"
-                " WHERE id = %s AND desired_published_version < %s",
+                f"UPDATE device_state SET {column} = %s WHERE id = %s AND {column} < %s",  # noqa: S608
                 [(p.version, p.device_pk, p.version) for p in publications],
             )

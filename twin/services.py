@@ -24,7 +24,7 @@ from django.utils import timezone
 from devices.choices import DeviceStatus
 from devices.models import Device
 from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
-from mqtt_bridge.services import notify_desired_changed
+from mqtt_bridge.services import wake_bridge
 from twin.shadow import DocumentError, Limits, merge_patch, validate_document
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def twin_update_desired(
     Device.objects.filter(pk=locked.pk).update(
         desired_state=desired, desired_version=F("desired_version") + 1, shadow_updated_at=now
     )
-    notify_desired_changed()  # the bridge publishes it once this commits
+    wake_bridge()  # the bridge publishes it once this commits
     locked.desired_state = desired
     locked.desired_version += 1
     locked.shadow_updated_at = now

@@ -15,6 +15,12 @@ EXPECTED = {
     "/customer/devices/{device_id}/twin/delta": {"get"},
     "/device/v1/shadow": {"get"},
     "/device/v1/shadow/reported": {"post"},
+    "/customer/jobs": {"get", "post"},
+    "/customer/jobs/{job_id}": {"get"},
+    "/customer/jobs/{job_id}/cancel": {"post"},
+    "/customer/jobs/{job_id}/executions": {"get"},
+    "/device/v1/jobs/pending": {"get"},
+    "/device/v1/jobs/{job_id}/execution": {"get", "put"},
 }
 
 

@@ -1,0 +1,22 @@
+import django_filters
+
+from jobs.choices import ExecutionStatus, JobStatus
+from jobs.models import Job, JobExecution
+
+
+class JobFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=JobStatus.choices)
+    document_type = django_filters.CharFilter()
+
+    class Meta:
+        model = Job
+        fields = ["status", "document_type"]
+
+
+class ExecutionFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=ExecutionStatus.choices)
+    device_id = django_filters.CharFilter(field_name="device__device_id")
+
+    class Meta:
+        model = JobExecution
+        fields = ["status", "device_id"]

@@ -1,0 +1,74 @@
+"""Jobs (table `jobs`) and one execution per targeted device (table `job_executions`).
+
+Writes go through jobs.services; the execution state machine lives in
+jobs.choices (DEVICE_TRANSITIONS) and is enforced there by compare-and-set.
+"""
+
+from django.db import models
+from django.db.models import Q
+
+from devices.models import Device, Tenant
+from jobs.choices import ExecutionStatus, JobStatus
+
+JOB_ID_RE = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class Job(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="jobs")
+    job_id = models.CharField(max_length=64)
+    document_type = models.CharField(max_length=64)
+    document_params = models.JSONField(default=dict, blank=True)
+    description = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.IN_PROGRESS)
+    # As given by the operator: {"device_ids": [...], "tags": {...}}.
+    targets = models.JSONField(default=dict, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    in_progress_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Executions not yet terminal; the job completes when it reaches 0 (exactly once, under the row lock).
+    remaining = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    cancel_reason = models.CharField(max_length=256, blank=True, default="")
+
+    class Meta:
+        db_table = "jobs"
+        constraints = [models.UniqueConstraint(fields=["tenant", "job_id"], name="uniq_jobs_tenant_job")]
+        indexes = [models.Index(fields=["tenant", "status", "created_at"], name="idx_jobs_tenant_status")]
+
+    def __str__(self):
+        return f"{self.tenant_id}/{self.job_id}"
+
+
+class JobExecution(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="job_executions")
+    status = models.CharField(max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.QUEUED)
+    status_details = models.JSONField(default=dict, blank=True)
+    # Advanced on every update: the device's optimistic lock.
+    execution_number = models.PositiveIntegerField(default=1)
+    queued_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "job_executions"
+        constraints = [models.UniqueConstraint(fields=["job", "device"], name="uniq_job_executions_job_device")]
+        indexes = [
+            # A device's pending queue, oldest first.
+            models.Index(
+                fields=["device", "queued_at"], name="idx_job_exec_pending", condition=Q(status=ExecutionStatus.QUEUED)
+            ),
+            # Per-status counts and filtered lists of one job.
+            models.Index(fields=["job", "status"], name="idx_job_exec_job_status"),
+            # The sweeper's in-progress scan.
+            models.Index(
+                fields=["started_at"], name="idx_job_exec_in_progress", condition=Q(status=ExecutionStatus.IN_PROGRESS)
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.job_id}:{self.device_id}"

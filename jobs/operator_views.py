@@ -1,0 +1,123 @@
+"""Operator jobs API: create, list, detail with progress, cancel, executions."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+
+from devices.selectors import tenant_for_write
+from jobs import services
+from jobs.choices import ExecutionStatus
+from jobs.filters import ExecutionFilter, JobFilter
+from jobs.models import Job, JobExecution
+from jobs.selectors import job_for_operator, jobs_for_operator
+from jobs.serializers import (
+    ExecutionSerializer,
+    JobCancelSerializer,
+    JobCreateSerializer,
+    JobListSerializer,
+    JobSerializer,
+)
+from twin.operator_views import ERRORS, TENANT_PARAM
+
+
+class JobPagination(CursorPagination):
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class ExecutionPagination(CursorPagination):
+    ordering = "id"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+@extend_schema_view(
+    list=extend_schema(operation_id="jobs_list", parameters=[TENANT_PARAM]),
+    retrieve=extend_schema(
+        operation_id="jobs_get", parameters=[TENANT_PARAM], responses={200: JobSerializer, **ERRORS}
+    ),
+)
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = JobListSerializer
+    filterset_class = JobFilter
+    pagination_class = JobPagination
+    lookup_field = "job_id"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Job.objects.none()
+        return jobs_for_operator(self.request.user, tenant_id=self.request.query_params.get("tenant"))
+
+    def get_object(self):
+        return job_for_operator(
+            self.request.user, self.kwargs["job_id"], tenant_id=self.request.query_params.get("tenant")
+        )
+
+    def retrieve(self, request, job_id=None):
+        return Response(JobSerializer(self.get_object()).data)
+
+    @extend_schema(
+        operation_id="jobs_create",
+        request=JobCreateSerializer,
+        responses={201: JobSerializer, **ERRORS},
+        description="Create a job: one QUEUED execution per target device (device ids and/or a tag selector).",
+    )
+    def create(self, request):
+        body = JobCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        tenant = tenant_for_write(request.user, request.query_params.get("tenant"))
+        job = services.job_create(
+            tenant=tenant,
+            job_id=data.get("job_id"),
+            document_type=data["document_type"],
+            document_params=data.get("document_params"),
+            description=data.get("description", ""),
+            device_ids=data["targets"].get("device_ids"),
+            tags=data["targets"].get("tags"),
+            expires_at=data.get("expires_at"),
+            in_progress_timeout_seconds=data.get("in_progress_timeout_seconds"),
+        )
+        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="jobs_cancel",
+        request=JobCancelSerializer,
+        responses={200: JobSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
+        description="Cancel QUEUED executions; with force, IN_PROGRESS ones too. The job ends CANCELED.",
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, job_id=None):
+        body = JobCancelSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        job = services.job_cancel(job=self.get_object(), force=body.validated_data["force"],
+                                  reason=body.validated_data.get("reason", ""))  # fmt: skip
+        return Response(JobSerializer(job).data)
+
+    @extend_schema(
+        operation_id="jobs_executions",
+        responses={200: ExecutionSerializer(many=True)},
+        parameters=[
+            TENANT_PARAM,
+            OpenApiParameter("status", str, enum=ExecutionStatus.values),
+            OpenApiParameter("device_id", str),
+        ],
+    )
+    @action(detail=True, methods=["get"], pagination_class=ExecutionPagination, serializer_class=ExecutionSerializer)
+    def executions(self, request, job_id=None):
+        job = self.get_object()
+        filterset = ExecutionFilter(
+            request.query_params, queryset=JobExecution.objects.filter(job=job).select_related("job", "device")
+        )
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        page = self.paginate_queryset(filterset.qs)
+        return self.get_paginated_response(ExecutionSerializer(page, many=True).data)

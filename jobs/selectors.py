@@ -1,0 +1,120 @@
+"""Job reads: a device's pending queue, execution and job documents, progress counts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db.models import Count, F, Q, Window
+from django.db.models.functions import RowNumber
+from django.utils import timezone
+
+from devices.models import Device
+from devices.selectors import operator_tenant
+from iotcloud.errors import NotFound
+from jobs.choices import TERMINAL, ExecutionStatus
+from jobs.models import Job, JobExecution
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def pending_summary(execution: JobExecution) -> dict:
+    job = execution.job
+    return {
+        "job_id": job.job_id,
+        "execution_number": execution.execution_number,
+        "document": {"type": job.document_type, "params": job.document_params},
+        "queued_at": _iso(execution.queued_at),
+        "expires_at": _iso(job.expires_at),
+    }
+
+
+def pending_executions(device_pk: int, *, now: datetime | None = None, limit: int | None = None):
+    """QUEUED executions of unexpired jobs, oldest first (uses idx_job_exec_pending)."""
+    now = now or timezone.now()
+    return (
+        JobExecution.objects.filter(device_id=device_pk, status=ExecutionStatus.QUEUED)
+        .filter(Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now))
+        .select_related("job")
+        .order_by("queued_at", "id")[: limit or settings.JOBS_PENDING_LIMIT]
+    )
+
+
+def pending_jobs(device: Device, *, now: datetime | None = None) -> list[dict]:
+    return [pending_summary(e) for e in pending_executions(device.pk, now=now)]
+
+
+def pending_jobs_for_devices(device_pks: list[int], *, now: datetime | None = None) -> dict[int, list[dict]]:
+    """Pending lists for many devices at once (the bridge's jobs notify): one query, top N per device."""
+    now = now or timezone.now()
+    ranked = (
+        JobExecution.objects.filter(device_id__in=device_pks, status=ExecutionStatus.QUEUED)
+        .filter(Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now))
+        .select_related("job")
+        .annotate(rank=Window(RowNumber(), partition_by=F("device_id"), order_by=[F("queued_at"), F("id")]))
+        .filter(rank__lte=settings.JOBS_PENDING_LIMIT)
+        .order_by("device_id", "queued_at", "id")
+    )
+    lists: dict[int, list[dict]] = {pk: [] for pk in device_pks}
+    for execution in ranked:
+        lists[execution.device_id].append(pending_summary(execution))
+    return lists
+
+
+def execution_document(execution: JobExecution) -> dict:
+    job = execution.job
+    return {
+        "job_id": job.job_id,
+        "device_id": execution.device.device_id,
+        "status": execution.status,
+        "status_details": execution.status_details,
+        "execution_number": execution.execution_number,
+        "document": {"type": job.document_type, "params": job.document_params},
+        "queued_at": execution.queued_at,
+        "started_at": execution.started_at,
+        "last_updated_at": execution.last_updated_at,
+        "expires_at": job.expires_at,
+    }
+
+
+def device_execution(device: Device, job_id: str) -> JobExecution:
+    execution = (
+        JobExecution.objects.select_related("job", "device")
+        .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id)
+        .first()
+    )
+    if execution is None:
+        raise NotFound(f"No execution of job {job_id!r} for this device", code="execution_not_found")
+    return execution
+
+
+def jobs_for_operator(user, *, tenant_id: str | None = None):
+    qs = Job.objects.all()
+    if user.is_superuser:
+        return qs.filter(tenant_id=tenant_id) if tenant_id else qs
+    tenant = operator_tenant(user)
+    return qs.filter(tenant=tenant) if tenant else qs.none()
+
+
+def job_for_operator(user, job_id: str, *, tenant_id: str | None = None) -> Job:
+    matches = list(jobs_for_operator(user, tenant_id=tenant_id).filter(job_id=job_id)[:2])
+    if not matches:
+        raise NotFound(f"Job {job_id!r} not found", code="job_not_found")
+    if len(matches) > 1:
+        from iotcloud.errors import InvalidInput
+
+        raise InvalidInput(f"Job id {job_id!r} exists in several tenants; add ?tenant=<tenant id>",
+                           code="ambiguous_job")  # fmt: skip
+    return matches[0]
+
+
+def job_progress(job: Job) -> dict:
+    """Executions per status and the share that reached a terminal status."""
+    rows = JobExecution.objects.filter(job=job).values("status").annotate(n=Count("id")).order_by()
+    counts = {status: 0 for status in ExecutionStatus.values}
+    counts.update({row["status"]: row["n"] for row in rows})
+    total = sum(counts.values())
+    done = sum(counts[s] for s in TERMINAL)
+    return {"counts": counts, "total": total, "percent_done": round(100 * done / total, 1) if total else 100.0}

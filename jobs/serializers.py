@@ -1,0 +1,103 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictIntegerField, StrictSerializer, json_kind
+from jobs.choices import ExecutionStatus, JobStatus
+from jobs.models import Job, JobExecution
+from jobs.selectors import job_progress
+
+
+class TargetsSerializer(StrictSerializer):
+    device_ids = serializers.ListField(child=StrictCharField(), required=False, max_length=100_000)
+    tags = JSONObjectField(required=False, help_text='Devices whose tags include all of these, e.g. {"site": "paris"}.')
+
+
+class JobCreateSerializer(StrictSerializer):
+    job_id = StrictCharField(required=False, help_text="1-64 of A-Z a-z 0-9 _ . : -; generated when absent.")
+    document_type = StrictCharField(help_text='What to do, e.g. "reboot" or "firmware_update".')
+    document_params = JSONObjectField(required=False)
+    description = StrictCharField(required=False, allow_blank=True, max_length=2000)
+    targets = TargetsSerializer()
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    in_progress_timeout_seconds = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=604800)
+
+
+class JobCancelSerializer(StrictSerializer):
+    force = serializers.BooleanField(required=False, default=False, help_text="Also cancel IN_PROGRESS executions.")
+    reason = StrictCharField(required=False, allow_blank=True, max_length=256)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "force" in data and not isinstance(data["force"], bool):
+            raise serializers.ValidationError({"force": [f"Must be true or false, got {json_kind(data['force'])}."]})
+        return super().to_internal_value(data)
+
+
+class JobSerializer(serializers.ModelSerializer):
+    tenant = serializers.CharField(source="tenant_id")
+    document = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "job_id", "tenant", "status", "document", "description", "targets", "expires_at",
+            "in_progress_timeout_seconds", "created_at", "updated_at", "completed_at", "canceled_at",
+            "cancel_reason", "progress",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "properties": {"type": {"type": "string"}, "params": {"type": "object"}}})
+    def get_document(self, job):
+        return {"type": job.document_type, "params": job.document_params}
+
+    @extend_schema_field(
+        {"type": "object", "properties": {"counts": {"type": "object"}, "total": {"type": "integer"},
+                                          "percent_done": {"type": "number"}}}
+    )  # fmt: skip
+    def get_progress(self, job):
+        return job_progress(job)
+
+
+class JobListSerializer(JobSerializer):
+    class Meta(JobSerializer.Meta):
+        fields = [f for f in JobSerializer.Meta.fields if f != "progress"] + ["total", "remaining"]
+        read_only_fields = fields
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    job_id = serializers.CharField(source="job.job_id")
+    device_id = serializers.CharField(source="device.device_id")
+
+    class Meta:
+        model = JobExecution
+        fields = ["job_id", "device_id", "status", "status_details", "execution_number", "queued_at",
+                  "started_at", "last_updated_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class ExecutionUpdateSerializer(StrictSerializer):
+    status = StrictCharField(help_text="IN_PROGRESS (claim), then SUCCEEDED, FAILED or REJECTED.")
+    status_details = JSONObjectField(required=False, allow_null=True)
+    execution_number = StrictIntegerField(
+        required=False, allow_null=True, help_text="Optimistic lock: 409 unless it is the current number."
+    )
+
+
+class DeviceExecutionSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    device_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=ExecutionStatus.choices)
+    status_details = serializers.JSONField()
+    execution_number = serializers.IntegerField()
+    document = serializers.JSONField()
+    queued_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    last_updated_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+
+
+class PendingJobsSerializer(serializers.Serializer):
+    jobs = serializers.ListField(child=serializers.JSONField())
+
+
+JOB_STATUS_CHOICES = JobStatus.choices

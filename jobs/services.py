@@ -1,0 +1,311 @@
+"""Job writes: create, cancel, device execution updates, the timeout/expiry sweep.
+
+The rules, once:
+- an execution moves only along jobs.choices.DEVICE_TRANSITIONS (devices) or
+  to TIMED_OUT / CANCELED (the platform); the check and the write are one
+  conditional UPDATE, so two concurrent claims cannot both win;
+- execution_number advances on every update (optimistic lock for devices);
+- a job's `remaining` counts non-terminal executions and is decremented in
+  the same transaction as each terminal transition; the decrement that
+  reaches 0 completes the job, exactly once (the job row lock serializes it);
+- every change to a device's pending list bumps its jobs_version, and the
+  MQTT bridge republishes the list (nothing lost across outages).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from devices.choices import DeviceStatus
+from devices.models import Device, Tenant
+from devices.selectors import filter_by_tag
+from iotcloud.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from jobs.choices import DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
+from jobs.models import JOB_ID_RE, Job, JobExecution
+from mqtt_bridge.services import wake_bridge
+from twin.shadow import DocumentError, Limits, validate_document
+
+logger = logging.getLogger(__name__)
+
+MAX_TARGET_IDS = 100_000
+
+
+def _limits(max_bytes: int) -> Limits:
+    return Limits(max_bytes=max_bytes, max_depth=settings.TWIN_MAX_DEPTH, max_key_length=settings.TWIN_MAX_KEY_LENGTH)
+
+
+def _check_object(value, *, name: str, max_bytes: int, setting: str) -> dict:
+    try:
+        validate_document(value, _limits(max_bytes), name=name)
+    except DocumentError as exc:
+        message = exc.message.replace("TWIN_MAX_DOCUMENT_BYTES", setting)
+        raise (PayloadTooLarge if exc.code == "too_large" else InvalidInput)(message, code=exc.code) from None
+    return value
+
+
+# --- create ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_create(
+    *,
+    tenant: Tenant,
+    document_type: str,
+    document_params: dict | None = None,
+    job_id: str | None = None,
+    description: str = "",
+    device_ids: list[str] | None = None,
+    tags: dict[str, str] | None = None,
+    expires_at: datetime | None = None,
+    in_progress_timeout_seconds: int | None = None,
+) -> Job:
+    """Create a job and one QUEUED execution per target device, set-based."""
+    job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
+    if not re.fullmatch(JOB_ID_RE, job_id):
+        raise InvalidInput(f"Invalid job id {job_id!r}: use 1-64 of A-Z a-z 0-9 _ . : -", code="invalid_job_id")
+    if not document_type or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", document_type):
+        raise InvalidInput("document_type: use 1-64 of A-Z a-z 0-9 _ . : -", code="invalid_document_type")
+    document_params = _check_object(
+        document_params if document_params is not None else {}, name="document_params",
+        max_bytes=settings.JOB_MAX_DOCUMENT_BYTES, setting="JOB_MAX_DOCUMENT_BYTES",
+    )  # fmt: skip
+    now = timezone.now()
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("expires_at must be in the future", code="invalid_expiry")
+    if in_progress_timeout_seconds is not None and not 1 <= in_progress_timeout_seconds <= 7 * 24 * 3600:
+        raise InvalidInput("in_progress_timeout_seconds must be between 1 and 604800", code="invalid_timeout")
+    targets = _resolve_targets(tenant, device_ids or [], tags or {})
+
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                tenant=tenant, job_id=job_id, document_type=document_type, document_params=document_params,
+                description=description, targets={"device_ids": device_ids or [], "tags": tags or {}},
+                expires_at=expires_at, in_progress_timeout_seconds=in_progress_timeout_seconds,
+            )  # fmt: skip
+    except IntegrityError:
+        raise Conflict(f"Job {job_id!r} already exists in tenant {tenant.id!r}", code="job_exists") from None
+
+    # One INSERT ... SELECT: 100,000 executions without 100,000 round trips.
+    target_sql, target_params = targets.values("id").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO job_executions
+                (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at, last_updated_at)
+            SELECT %s, %s, t.id, %s, %s, 1, %s, %s FROM ({target_sql}) AS t
+            """,  # noqa: S608 (target_sql is the ORM's own, parameterized)
+            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, *target_params],
+        )
+        count = cursor.rowcount
+    Job.objects.filter(pk=job.pk).update(total=count, remaining=count)
+    job.total = job.remaining = count
+    _bump_jobs_version(job_pk=job.pk)
+    logger.info("job created %s type=%s executions=%d", job, document_type, count)
+    return job
+
+
+def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
+    if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
+        raise InvalidInput("targets.device_ids must be a list of device ids", code="invalid_targets")
+    if len(device_ids) > MAX_TARGET_IDS:
+        raise InvalidInput(
+            f"targets.device_ids: at most {MAX_TARGET_IDS} ids; use a tag selector", code="invalid_targets"
+        )
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise InvalidInput("targets.tags must be an object of string values", code="invalid_targets")
+    if not device_ids and not tags:
+        raise InvalidInput("targets: give device_ids, a tags selector, or both", code="no_targets")
+    active = Device.objects.filter(tenant=tenant, status=DeviceStatus.ACTIVE).order_by()
+    if device_ids:
+        wanted = set(device_ids)
+        found = set(active.filter(device_id__in=wanted).values_list("device_id", flat=True))
+        missing = sorted(wanted - found)
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:20]) + (
+                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            )
+            raise InvalidInput(f"Unknown or inactive device(s) in this tenant: {shown}", code="unknown_targets",
+                               unknown=missing[:100])  # fmt: skip
+    by_ids = active.filter(device_id__in=device_ids) if device_ids else active.none()
+    by_tags = active
+    for key, value in tags.items():
+        by_tags = filter_by_tag(by_tags, key, value)
+    selected = (by_ids | by_tags) if device_ids and tags else (by_ids if device_ids else by_tags)
+    if not selected.exists():
+        raise InvalidInput("targets: no active device matches the tag selector", code="no_targets")
+    return selected
+
+
+# --- cancel ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
+    """Cancel QUEUED executions (and IN_PROGRESS ones with force); the job ends CANCELED."""
+    locked = Job.objects.select_for_update().get(pk=job.pk)
+    if locked.status == JobStatus.COMPLETED:
+        raise Conflict(f"Job {job.job_id!r} is already completed", code="job_completed")
+    now = timezone.now()
+    statuses = [ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS] if force else [ExecutionStatus.QUEUED]
+    details = {"reason": reason or ("job force-canceled" if force else "job canceled")}
+    canceled = _close_executions(
+        JobExecution.objects.filter(job=locked, status__in=statuses), ExecutionStatus.CANCELED, details, now
+    )
+    Job.objects.filter(pk=locked.pk).update(
+        status=JobStatus.CANCELED, canceled_at=locked.canceled_at or now, cancel_reason=reason[:256],
+        remaining=F("remaining") - canceled,
+    )  # fmt: skip
+    locked.refresh_from_db()
+    logger.info("job canceled %s force=%s executions=%d", locked, force, canceled)
+    return locked
+
+
+# --- device updates ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def execution_update(
+    *, device: Device, job_id: str, status, status_details=None, execution_number=None
+) -> JobExecution:
+    """A device moves its execution along the state machine (compare-and-set)."""
+    if not isinstance(status, str) or status not in ExecutionStatus.values:
+        raise InvalidInput(
+            f"Unknown status {status!r}; expected one of {', '.join(ExecutionStatus.values)}", code="invalid_status"
+        )
+    if status_details is not None:
+        _check_object(status_details, name="status_details", max_bytes=settings.JOB_MAX_STATUS_DETAILS_BYTES,
+                      setting="JOB_MAX_STATUS_DETAILS_BYTES")  # fmt: skip
+    if execution_number is not None and (isinstance(execution_number, bool) or not isinstance(execution_number, int)):
+        raise InvalidInput("execution_number must be an integer", code="invalid_execution_number")
+    execution = (
+        JobExecution.objects.select_related("job")
+        .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id)
+        .first()
+    )
+    if execution is None:
+        raise NotFound(f"No execution of job {job_id!r} for this device", code="execution_not_found")
+    source = DEVICE_TRANSITIONS.get(status)
+    now = timezone.now()
+    candidates = JobExecution.objects.filter(pk=execution.pk, status=source)
+    if execution_number is not None:
+        candidates = candidates.filter(execution_number=execution_number)
+    if status == ExecutionStatus.IN_PROGRESS and execution.job.expires_at and execution.job.expires_at <= now:
+        candidates = candidates.none()
+    changes = {"status": status, "execution_number": F("execution_number") + 1, "last_updated_at": now}
+    if status_details is not None:
+        changes["status_details"] = status_details
+    if status == ExecutionStatus.IN_PROGRESS:
+        changes["started_at"] = now
+    if source is None or not candidates.update(**changes):
+        _explain_refusal(execution, status, execution_number, now)
+    if status in TERMINAL:
+        _count_terminal(execution.job_id, 1)
+    if status == ExecutionStatus.IN_PROGRESS:  # it left the pending list
+        _bump_jobs_version(device_pks=[device.pk])
+    execution.refresh_from_db()
+    logger.info("execution %s %s -> %s n=%d", execution, job_id, status, execution.execution_number)
+    return execution
+
+
+def _explain_refusal(execution: JobExecution, status: str, execution_number, now) -> None:
+    current = JobExecution.objects.filter(pk=execution.pk).values("status", "execution_number").get()
+    source = DEVICE_TRANSITIONS.get(status)
+    if source is None or current["status"] != source:
+        raise InvalidInput(
+            f"Cannot transition from {current['status']} to {status}", code="invalid_transition",
+            current_status=current["status"], execution_number=current["execution_number"],
+        )  # fmt: skip
+    if execution_number is not None and execution_number != current["execution_number"]:
+        raise Conflict(
+            f"execution_number {execution_number} is stale; the current one is {current['execution_number']}",
+            code="stale_execution_number", execution_number=current["execution_number"],
+        )  # fmt: skip
+    if execution.job.expires_at and execution.job.expires_at <= now:
+        raise Conflict(f"Job {execution.job.job_id!r} expired at {execution.job.expires_at.isoformat()}",
+                       code="job_expired")  # fmt: skip
+    # Lost a race: someone else changed it between our read and our write.
+    raise Conflict("The execution changed concurrently; read it again", code="concurrent_update",
+                   execution_number=current["execution_number"])  # fmt: skip
+
+
+# --- time: timeouts and expiry -------------------------------------------------------------
+
+
+def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Time out stuck IN_PROGRESS executions and close QUEUED ones of expired jobs."""
+    now = now or timezone.now()
+    timed_out = expired = 0
+    with transaction.atomic():
+        jobs_with_timeout = Job.objects.filter(
+            status=JobStatus.IN_PROGRESS, in_progress_timeout_seconds__isnull=False
+        ).values_list("pk", "in_progress_timeout_seconds")
+        for job_pk, timeout in jobs_with_timeout:
+            timed_out += _close_executions(
+                JobExecution.objects.filter(
+                    job_id=job_pk, status=ExecutionStatus.IN_PROGRESS, started_at__lt=now - timedelta(seconds=timeout)
+                ),
+                ExecutionStatus.TIMED_OUT,
+                {"reason": f"in-progress timeout of {timeout}s exceeded"},
+                now,
+                job_pk=job_pk,
+            )
+        for job_pk, expires_at in Job.objects.filter(status=JobStatus.IN_PROGRESS, expires_at__lte=now).values_list(
+            "pk", "expires_at"
+        ):
+            expired += _close_executions(
+                JobExecution.objects.filter(job_id=job_pk, status=ExecutionStatus.QUEUED),
+                ExecutionStatus.TIMED_OUT,
+                {"reason": f"job expired at {expires_at.isoformat()} before the device started it"},
+                now,
+                job_pk=job_pk,
+            )
+    if timed_out or expired:
+        logger.info("job sweep: timed_out=%d expired=%d", timed_out, expired)
+    return {"timed_out": timed_out, "expired": expired}
+
+
+# --- shared steps -------------------------------------------------------------------------------
+
+
+def _close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None) -> int:
+    """Move executions to a terminal status; counts them against their job (when job_pk is given)."""
+    device_pks = list(queryset.order_by("id").select_for_update(skip_locked=False).values_list("device_id", flat=True))
+    if not device_pks:
+        return 0
+    count = queryset.filter(device_id__in=device_pks).update(
+        status=status, status_details=details, execution_number=F("execution_number") + 1, last_updated_at=now
+    )
+    if job_pk is not None:
+        _count_terminal(job_pk, count)
+    _bump_jobs_version(device_pks=device_pks)
+    return count
+
+
+def _count_terminal(job_pk: int, count: int) -> None:
+    """Decrement the job's remaining executions; the decrement that reaches 0 completes it."""
+    if not count:
+        return
+    now = timezone.now()
+    Job.objects.filter(pk=job_pk).update(remaining=F("remaining") - count, updated_at=now)
+    Job.objects.filter(pk=job_pk, status=JobStatus.IN_PROGRESS, remaining=0).update(
+        status=JobStatus.COMPLETED, completed_at=now
+    )
+
+
+def _bump_jobs_version(*, job_pk: int | None = None, device_pks: list[int] | None = None) -> None:
+    """The pending list of these devices changed: let the bridge republish it."""
+    if job_pk is not None:
+        devices = Device.objects.filter(job_executions__job_id=job_pk)
+    else:
+        devices = Device.objects.filter(pk__in=device_pks)
+    devices.update(jobs_version=F("jobs_version") + 1)
+    wake_bridge()

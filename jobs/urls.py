@@ -1,0 +1,14 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from jobs.device_views import ExecutionView, PendingJobsView
+from jobs.operator_views import JobViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("customer/jobs", JobViewSet, basename="job")
+
+urlpatterns = [
+    path("device/v1/jobs/pending", PendingJobsView.as_view(), name="device-jobs-pending"),
+    path("device/v1/jobs/<str:job_id>/execution", ExecutionView.as_view(), name="device-job-execution"),
+    *router.urls,
+]
