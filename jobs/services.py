@@ -296,9 +296,10 @@ def _count_terminal(job_pk: int, count: int) -> None:
         return
     now = timezone.now()
     Job.objects.filter(pk=job_pk).update(remaining=F("remaining") - count, updated_at=now)
-    Job.objects.filter(pk=job_pk, status=JobStatus.IN_PROGRESS, remaining=0).update(
+    if Job.objects.filter(pk=job_pk, status=JobStatus.IN_PROGRESS, remaining=0).update(
         status=JobStatus.COMPLETED, completed_at=now
-    )
+    ):
+        logger.info("job completed pk=%d", job_pk)
 
 
 def _bump_jobs_version(*, job_pk: int | None = None, device_pks: list[int] | None = None) -> None:

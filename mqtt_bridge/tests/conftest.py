@@ -156,6 +156,7 @@ def mqtt_tenant(transactional_db, mqtt_broker):
         with MqttClient(mqtt_broker) as client:
             for device_id in device_ids:
                 client.publish(topics.desired(tenant.id, device_id), b"", retain=True)
+                client.publish(topics.jobs_notify(tenant.id, device_id), b"", retain=True)
 
 
 @pytest.fixture
