@@ -1,9 +1,8 @@
 """Operator device API: list, provision, detail, tags, rotate token, decommission."""
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import status
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from devices import services
@@ -17,16 +16,8 @@ from devices.serializers import (
     ProvisionSerializer,
     TokenSerializer,
 )
+from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
 from twin.operator_views import ERRORS, TENANT_PARAM
-
-
-class DevicePagination(CursorPagination):
-    """Keyset pagination: page N of a million devices costs the same as page 1."""
-
-    ordering = "device_id"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
 
 
 @extend_schema_view(
@@ -35,22 +26,18 @@ class DevicePagination(CursorPagination):
         operation_id="devices_get", parameters=[TENANT_PARAM], responses={200: DeviceSerializer, **ERRORS}
     ),
 )
-class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class DeviceViewSet(TenantScopedViewSet):
+    model = Device
     serializer_class = DeviceSerializer
     filterset_class = DeviceFilter
-    pagination_class = DevicePagination
+    pagination_class = cursor_pagination("device_id")
     lookup_field = "device_id"
-    lookup_value_regex = "[^/]+"
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
-            return Device.objects.none()
-        return devices_for_operator(self.request.user, tenant_id=self.request.query_params.get("tenant"))
+    def scoped(self, user, tenant_id):
+        return devices_for_operator(user, tenant_id=tenant_id)
 
-    def get_object(self):
-        return device_for_operator(
-            self.request.user, self.kwargs["device_id"], tenant_id=self.request.query_params.get("tenant")
-        )
+    def lookup(self, user, key, tenant_id):
+        return device_for_operator(user, key, tenant_id=tenant_id)
 
     @extend_schema(
         operation_id="devices_provision",

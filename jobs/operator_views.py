@@ -1,13 +1,13 @@
 """Operator jobs API: create, list, detail with progress, cancel, executions."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from devices.selectors import tenant_for_write
+from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
 from jobs import services
 from jobs.choices import ExecutionStatus
 from jobs.filters import ExecutionFilter, JobFilter
@@ -23,42 +23,24 @@ from jobs.serializers import (
 from twin.operator_views import ERRORS, TENANT_PARAM
 
 
-class JobPagination(CursorPagination):
-    ordering = "-created_at"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
-class ExecutionPagination(CursorPagination):
-    ordering = "id"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
 @extend_schema_view(
     list=extend_schema(operation_id="jobs_list", parameters=[TENANT_PARAM]),
     retrieve=extend_schema(
         operation_id="jobs_get", parameters=[TENANT_PARAM], responses={200: JobSerializer, **ERRORS}
     ),
 )
-class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class JobViewSet(TenantScopedViewSet):
+    model = Job
     serializer_class = JobListSerializer
     filterset_class = JobFilter
-    pagination_class = JobPagination
+    pagination_class = cursor_pagination("-created_at", page_size=50, max_page_size=500)
     lookup_field = "job_id"
-    lookup_value_regex = "[^/]+"
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Job.objects.none()
-        return jobs_for_operator(self.request.user, tenant_id=self.request.query_params.get("tenant"))
+    def scoped(self, user, tenant_id):
+        return jobs_for_operator(user, tenant_id=tenant_id)
 
-    def get_object(self):
-        return job_for_operator(
-            self.request.user, self.kwargs["job_id"], tenant_id=self.request.query_params.get("tenant")
-        )
+    def lookup(self, user, key, tenant_id):
+        return job_for_operator(user, key, tenant_id=tenant_id)
 
     def retrieve(self, request, job_id=None):
         return Response(JobSerializer(self.get_object()).data)
@@ -73,7 +55,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         body = JobCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        tenant = tenant_for_write(request.user, request.query_params.get("tenant"))
+        tenant = tenant_for_write(request.user, self.tenant_param)
         job = services.job_create(
             tenant=tenant,
             job_id=data.get("job_id"),
@@ -111,7 +93,9 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             OpenApiParameter("device_id", str),
         ],
     )
-    @action(detail=True, methods=["get"], pagination_class=ExecutionPagination, serializer_class=ExecutionSerializer)
+    @action(
+        detail=True, methods=["get"], pagination_class=cursor_pagination("id"), serializer_class=ExecutionSerializer
+    )
     def executions(self, request, job_id=None):
         job = self.get_object()
         filterset = ExecutionFilter(

@@ -63,14 +63,10 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
     Only acknowledged publications are recorded; the rest stay pending and are
     retried on the next pass, so a broker outage loses nothing.
     """
-    limit = limit or settings.MQTT_DELIVERY_BATCH
     with transaction.atomic():
-        rows = list(
-            Device.objects.filter(desired_version__gt=F("desired_published_version"))
-            .order_by("id")
-            .select_for_update(skip_locked=True)
-            .values_list("id", "tenant_id", "device_id", "status", "desired_state", "desired_version",
-                         "shadow_updated_at")[:limit]
+        rows = _claim(
+            "desired_version", "desired_published_version", limit,
+            ("id", "tenant_id", "device_id", "status", "desired_state", "desired_version", "shadow_updated_at"),
         )  # fmt: skip
         if not rows:
             return 0
@@ -97,13 +93,9 @@ def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int
     """Publish the pending-jobs list of every device whose list changed (same reconciliation as desired)."""
     from jobs.selectors import pending_jobs_for_devices
 
-    limit = limit or settings.MQTT_DELIVERY_BATCH
     with transaction.atomic():
-        rows = list(
-            Device.objects.filter(jobs_version__gt=F("jobs_published_version"))
-            .order_by("id")
-            .select_for_update(skip_locked=True)
-            .values_list("id", "tenant_id", "device_id", "status", "jobs_version")[:limit]
+        rows = _claim(
+            "jobs_version", "jobs_published_version", limit, ("id", "tenant_id", "device_id", "status", "jobs_version")
         )
         if not rows:
             return 0
@@ -123,6 +115,16 @@ def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int
         _record_published(acknowledged, "jobs_published_version")
     logger.info("jobs notify published for %d device(s)", len(acknowledged))
     return len(acknowledged)
+
+
+def _claim(version: str, published: str, limit: int | None, fields: tuple[str, ...]) -> list[tuple]:
+    """Lock a batch of devices whose `published` lags `version`; rows other bridges hold are skipped."""
+    return list(
+        Device.objects.filter(**{f"{version}__gt": F(published)})
+        .order_by("id")
+        .select_for_update(skip_locked=True)
+        .values_list(*fields)[: limit or settings.MQTT_DELIVERY_BATCH]
+    )
 
 
 def _record_published(publications: Sequence[Publication], column: str) -> None:
