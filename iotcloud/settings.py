@@ -93,8 +93,15 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # bridge as a separate process against it.
     _db.setdefault("TEST", {"NAME": str(VAR_DIR / "test-iotcloud.sqlite3")})
     # WAL and a busy timeout let the web server and the bridge share the file.
+    # IMMEDIATE transactions take the write lock at BEGIN, so concurrent
+    # writers queue on the busy timeout instead of failing with "database is
+    # locked" when a read lock cannot be upgraded.
     _db.setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
     )
 
 # The original schema's index name (idx_device_state_shadow_pending) is longer

@@ -48,3 +48,31 @@ def test_a_device_with_a_wrong_token_cannot_connect(provision, mqtt_tenant):
         sim.close()
     finally:
         broker.stop()
+
+
+def test_simulated_devices_run_a_job_to_completion(start_bridge, provision, mqtt_tenant, live_server):
+    from jobs.choices import JobStatus
+    from jobs.models import Job
+    from jobs.services import job_create
+
+    broker = EmbeddedTestBroker()
+    broker.start()
+    sims = []
+    try:
+        start_bridge(broker=broker.settings)
+        devices = provision(3)
+        log = []
+        sims = [
+            SimulatedDevice(broker.settings, mqtt_tenant.id, d.device_id, d.token, log.append,
+                            api_url=live_server.url, job_seconds=0.1)
+            for d in devices
+        ]  # fmt: skip
+        job = job_create(tenant=mqtt_tenant, document_type="reboot", device_ids=[d.device_id for d in devices])
+        wait_until(lambda: Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED, timeout=30,
+                   message="the simulated fleet to finish the job")  # fmt: skip
+        assert sum("SUCCEEDED" in line for line in log) == 3
+    finally:
+        for sim in sims:
+            sim.close()
+        time.sleep(0.1)
+        broker.stop()

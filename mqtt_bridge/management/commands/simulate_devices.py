@@ -3,7 +3,9 @@
 Each simulated device connects with its own credentials (username
 "<tenant>/<device>", password = its provision token), subscribes to its
 retained desired state, "applies" it and reports it back with the version it
-applied, plus a temperature reading now and then. Tokens come from
+applied, plus a temperature reading now and then. It also runs its jobs: on
+jobs/notify it claims each pending job over HTTP, waits --job-seconds and
+reports SUCCEEDED (FAILED when the job's params say {"fail": true}). Tokens come from
 var/demo.json (written by `manage.py demo`) or, with --count, from devices it
 provisions (or re-keys) itself.
 """
@@ -13,6 +15,8 @@ import random
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
@@ -25,10 +29,13 @@ from mqtt_bridge.config import broker_settings
 
 
 class SimulatedDevice:
-    def __init__(self, broker, tenant_id: str, device_id: str, token: str, log):
+    def __init__(self, broker, tenant_id: str, device_id: str, token: str, log, api_url: str | None = None,
+                 job_seconds: float = 3.0):  # fmt: skip
         self.tenant_id, self.device_id, self.log = tenant_id, device_id, log
+        self.token, self.api_url, self.job_seconds = token, api_url, job_seconds
         self.state: dict = {}
         self.version = 0
+        self._running_jobs: set[str] = set()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{tenant_id}-{device_id}", protocol=mqtt.MQTTv311
         )
@@ -47,8 +54,16 @@ class SimulatedDevice:
             return
         client.subscribe(topics.desired(self.tenant_id, self.device_id), qos=1)
         client.subscribe(topics.reported_rejected(self.tenant_id, self.device_id), qos=1)
+        if self.api_url:
+            client.subscribe(topics.jobs_notify(self.tenant_id, self.device_id), qos=1)
 
     def _on_message(self, client, userdata, message):
+        if message.topic.endswith("/jobs/notify"):
+            for job in json.loads(message.payload or b'{"jobs": []}')["jobs"]:
+                if job["job_id"] not in self._running_jobs:
+                    self._running_jobs.add(job["job_id"])
+                    threading.Thread(target=self._run_job, args=(job,), daemon=True).start()
+            return
         if message.topic.endswith("/rejected"):
             self.log(f"{self.device_id}: report rejected: {message.payload.decode(errors='replace')}")
             return
@@ -61,6 +76,30 @@ class SimulatedDevice:
         self.state, self.version = body["desired"], body["version"]
         self.log(f"{self.device_id}: applied desired v{self.version} {json.dumps(self.state)}")
         self.report()
+
+    def _run_job(self, job: dict) -> None:
+        """Claim over HTTP, "work", then succeed (or fail when params say {"fail": true})."""
+        url = f"{self.api_url}/device/v1/jobs/{job['job_id']}/execution"
+        try:
+            claimed = self._put(url, {"status": "IN_PROGRESS", "execution_number": job["execution_number"]})
+            self.log(f"{self.device_id}: running job {job['job_id']} ({job['document']['type']})")
+            time.sleep(self.job_seconds)
+            outcome = "FAILED" if job["document"]["params"].get("fail") else "SUCCEEDED"
+            self._put(url, {"status": outcome, "execution_number": claimed["execution_number"],
+                            "status_details": {"simulated": True}})  # fmt: skip
+            self.log(f"{self.device_id}: job {job['job_id']} {outcome}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            self.log(f"{self.device_id}: job {job['job_id']} not run: {exc}")
+        finally:
+            self._running_jobs.discard(job["job_id"])
+
+    def _put(self, url: str, body: dict) -> dict:
+        request = urllib.request.Request(  # noqa: S310 (the operator-given API URL)
+            url, data=json.dumps(body).encode(), method="PUT",
+            headers={"Content-Type": "application/json", "X-Provision-Token": self.token},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
 
     def report(self, **readings):
         payload = {"reported": {**self.state, **readings}, "version": self.version}
@@ -83,14 +122,24 @@ class Command(BaseCommand):
             "--telemetry-every", type=float, default=30.0, help="seconds between temperature reports (0: never)"
         )
         parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until ^C)")
+        parser.add_argument(
+            "--api-url",
+            default="http://127.0.0.1:8000",
+            help="where devices claim and report jobs over HTTP ('' to ignore jobs)",
+        )
+        parser.add_argument("--job-seconds", type=float, default=3.0, help="how long a simulated job runs")
 
-    def handle(self, *args, tenant, count, telemetry_every, duration, **options):
+    def handle(self, *args, tenant, count, telemetry_every, duration, api_url, job_seconds, **options):
         credentials = self._credentials(tenant, count)
         broker = broker_settings()
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *a: stop.set())
         signal.signal(signal.SIGTERM, lambda *a: stop.set())
-        devices = [SimulatedDevice(broker, tenant, device_id, token, self._log) for device_id, token in credentials]
+        devices = [
+            SimulatedDevice(broker, tenant, device_id, token, self._log, api_url=api_url or None,
+                            job_seconds=job_seconds)
+            for device_id, token in credentials
+        ]  # fmt: skip
         self._log(f"simulating {len(devices)} device(s) of tenant {tenant} on {broker}")
         started = time.monotonic()
         try:
