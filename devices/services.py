@@ -158,6 +158,9 @@ def device_decommission(*, device: Device) -> Device:
         jobs_published_version=0,
     )
     if changed:
+        from jobs.services import executions_cancel_for_device  # jobs build on devices, not the reverse
+
+        executions_cancel_for_device(device=device, reason="device decommissioned")
         wake_bridge()
     device.refresh_from_db()
     logger.info("device decommissioned %s", device)

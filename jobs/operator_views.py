@@ -55,7 +55,7 @@ class JobViewSet(TenantScopedViewSet):
         body = JobCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        tenant = tenant_for_write(request.user, self.tenant_param)
+        tenant = tenant_for_write(request.user, data.get("tenant") or self.tenant_param)
         job = services.job_create(
             tenant=tenant,
             job_id=data.get("job_id"),

@@ -20,6 +20,7 @@ class JobCreateSerializer(StrictSerializer):
     targets = TargetsSerializer()
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     in_progress_timeout_seconds = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=604800)
+    tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create the job in.")
 
 
 class JobCancelSerializer(StrictSerializer):

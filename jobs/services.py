@@ -28,7 +28,7 @@ from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import filter_by_tag
 from iotcloud.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from jobs.choices import DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
+from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import JOB_ID_RE, Job, JobExecution
 from mqtt_bridge.services import wake_bridge
 from twin.shadow import DocumentError, Limits, validate_document
@@ -108,7 +108,7 @@ def job_create(
         count = cursor.rowcount
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count)
     job.total = job.remaining = count
-    _bump_jobs_version(job_pk=job.pk)
+    _bump_jobs_version(Device.objects.filter(job_executions__job_id=job.pk))
     logger.info("job created %s type=%s executions=%d", job, document_type, count)
     return job
 
@@ -210,7 +210,7 @@ def execution_update(
     if status in TERMINAL:
         _count_terminal(execution.job_id, 1)
     if status == ExecutionStatus.IN_PROGRESS:  # it left the pending list
-        _bump_jobs_version(device_pks=[device.pk])
+        _bump_jobs_version(Device.objects.filter(pk=device.pk))
     execution.refresh_from_db()
     logger.info("execution %s %s -> %s n=%d", execution, job_id, status, execution.execution_number)
     return execution
@@ -235,6 +235,19 @@ def _explain_refusal(execution: JobExecution, status: str, execution_number, now
     # Lost a race: someone else changed it between our read and our write.
     raise Conflict("The execution changed concurrently; read it again", code="concurrent_update",
                    execution_number=current["execution_number"])  # fmt: skip
+
+
+@transaction.atomic
+def executions_cancel_for_device(*, device: Device, reason: str) -> int:
+    """Close a device's QUEUED and IN_PROGRESS executions (it was decommissioned), so its jobs can complete."""
+    now = timezone.now()
+    closed = 0
+    active = JobExecution.objects.filter(device=device, status__in=ACTIVE)
+    for job_pk in active.order_by("job_id").values_list("job_id", flat=True).distinct():
+        closed += _close_executions(
+            active.filter(job_id=job_pk), ExecutionStatus.CANCELED, {"reason": reason}, now, job_pk=job_pk
+        )
+    return closed
 
 
 # --- time: timeouts and expiry -------------------------------------------------------------
@@ -277,16 +290,18 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
 
 
 def _close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None) -> int:
-    """Move executions to a terminal status; counts them against their job (when job_pk is given)."""
-    device_pks = list(queryset.order_by("id").select_for_update(skip_locked=False).values_list("device_id", flat=True))
-    if not device_pks:
-        return 0
-    count = queryset.filter(device_id__in=device_pks).update(
+    """Move executions to a terminal status; counts them against their job (when job_pk is given).
+
+    Set-based, with no id lists: the pending lists change first (same
+    transaction), then one UPDATE; a concurrent sweeper's UPDATE re-checks the
+    status under the row locks and closes nothing twice.
+    """
+    _bump_jobs_version(Device.objects.filter(pk__in=queryset.values("device_id")))
+    count = queryset.update(
         status=status, status_details=details, execution_number=F("execution_number") + 1, last_updated_at=now
     )
     if job_pk is not None:
         _count_terminal(job_pk, count)
-    _bump_jobs_version(device_pks=device_pks)
     return count
 
 
@@ -302,11 +317,7 @@ def _count_terminal(job_pk: int, count: int) -> None:
         logger.info("job completed pk=%d", job_pk)
 
 
-def _bump_jobs_version(*, job_pk: int | None = None, device_pks: list[int] | None = None) -> None:
+def _bump_jobs_version(devices) -> None:
     """The pending list of these devices changed: let the bridge republish it."""
-    if job_pk is not None:
-        devices = Device.objects.filter(job_executions__job_id=job_pk)
-    else:
-        devices = Device.objects.filter(pk__in=device_pks)
     devices.update(jobs_version=F("jobs_version") + 1)
     wake_bridge()

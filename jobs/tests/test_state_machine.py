@@ -211,3 +211,15 @@ def test_create_refuses_bad_input(tenant, other_tenant, make_device, kwargs, cod
         job_create(tenant=tenant, **kwargs)
     assert error.value.code == code
     assert not Job.objects.exists() and not JobExecution.objects.exists()
+
+
+def test_decommissioning_a_device_closes_its_executions_so_the_job_completes(tenant, make_device):
+    from devices.services import device_decommission
+
+    done, gone = make_device(tenant, "done"), make_device(tenant, "gone")
+    job = make_job(tenant, [done, gone])
+    run_to(done, job, "SUCCEEDED")
+    device_decommission(device=gone)
+    execution = JobExecution.objects.get(job=job, device=gone)
+    assert execution.status == "CANCELED" and execution.status_details == {"reason": "device decommissioned"}
+    assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
