@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import re
 
 from django.db import connection
 from django.db.models.fields.json import KeyTransform
 
 from devices.choices import DeviceStatus
-from devices.models import Device, Membership, Tenant
+from devices.models import DEVICE_ID_RE, Device, Membership, Tenant
 from devices.tokens import hash_token
 from iotcloud.errors import InvalidInput, NotFound
 
@@ -39,6 +40,8 @@ def devices_for_operator(user, *, tenant_id: str | None = None):
 
 def device_for_operator(user, device_id: str, *, tenant_id: str | None = None, for_update: bool = False) -> Device:
     """One device by id, or NotFound: another tenant's device does not exist for you."""
+    if not re.fullmatch(DEVICE_ID_RE, device_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
+        raise NotFound(f"Device {device_id[:200]!r} not found", code="device_not_found")
     qs = devices_for_operator(user, tenant_id=tenant_id).filter(device_id=device_id)
     if for_update:
         qs = qs.select_for_update(of=("self",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
 from jobs.choices import TERMINAL, ExecutionStatus
-from jobs.models import Job, JobExecution
+from jobs.models import JOB_ID_RE, Job, JobExecution
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -79,7 +80,13 @@ def execution_document(execution: JobExecution) -> dict:
     }
 
 
+def _check_job_id(job_id: str) -> None:
+    if not re.fullmatch(JOB_ID_RE, job_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
+        raise NotFound(f"Job {job_id[:200]!r} not found", code="job_not_found")
+
+
 def device_execution(device: Device, job_id: str) -> JobExecution:
+    _check_job_id(job_id)
     execution = (
         JobExecution.objects.select_related("job", "device")
         .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id)
@@ -99,6 +106,7 @@ def jobs_for_operator(user, *, tenant_id: str | None = None):
 
 
 def job_for_operator(user, job_id: str, *, tenant_id: str | None = None) -> Job:
+    _check_job_id(job_id)
     matches = list(jobs_for_operator(user, tenant_id=tenant_id).filter(job_id=job_id)[:2])
     if not matches:
         raise NotFound(f"Job {job_id!r} not found", code="job_not_found")

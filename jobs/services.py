@@ -27,9 +27,11 @@ from django.utils import timezone
 from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import filter_by_tag
-from iotcloud.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from devices.services import validate_tags
+from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
 from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import JOB_ID_RE, Job, JobExecution
+from jobs.selectors import device_execution
 from mqtt_bridge.services import wake_bridge
 from twin.shadow import DocumentError, Limits, validate_document
 
@@ -120,8 +122,10 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
         raise InvalidInput(
             f"targets.device_ids: at most {MAX_TARGET_IDS} ids; use a tag selector", code="invalid_targets"
         )
-    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-        raise InvalidInput("targets.tags must be an object of string values", code="invalid_targets")
+    try:
+        tags = validate_tags(tags)
+    except InvalidInput as exc:
+        raise InvalidInput(f"targets.{exc.message}", code="invalid_targets") from None
     if not device_ids and not tags:
         raise InvalidInput("targets: give device_ids, a tags selector, or both", code="no_targets")
     active = Device.objects.filter(tenant=tenant, status=DeviceStatus.ACTIVE).order_by()
@@ -186,13 +190,7 @@ def execution_update(
                       setting="JOB_MAX_STATUS_DETAILS_BYTES")  # fmt: skip
     if execution_number is not None and (isinstance(execution_number, bool) or not isinstance(execution_number, int)):
         raise InvalidInput("execution_number must be an integer", code="invalid_execution_number")
-    execution = (
-        JobExecution.objects.select_related("job")
-        .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id)
-        .first()
-    )
-    if execution is None:
-        raise NotFound(f"No execution of job {job_id!r} for this device", code="execution_not_found")
+    execution = device_execution(device, job_id)
     source = DEVICE_TRANSITIONS.get(status)
     now = timezone.now()
     candidates = JobExecution.objects.filter(pk=execution.pk, status=source)
