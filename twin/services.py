@@ -110,10 +110,22 @@ class ReportOutcome:
 
 
 def twin_record_reported(*, device: Device, reported, version) -> ReportOutcome:
-    """Store one report (the HTTP path); raises the DomainError that refuses it."""
-    (error,) = twin_record_reports([Report(device.tenant_id, device.device_id, reported, version)])
-    if error is not None:
-        raise error
+    """Store one report (the HTTP path); raises the DomainError that refuses it.
+
+    The same checks and the same guarded UPDATE as a batch, minus the batch's
+    row locks: one statement is atomic on its own, and the guard (active,
+    version <= desired_version) decides; only a refusal costs a second read.
+    """
+    version = check_version(version)
+    check_document(reported, name="reported")
+    if version < 0 or not _apply_reports([(device.pk, version, reported)]):
+        current = Device.objects.filter(pk=device.pk).only("status", "desired_version").first()
+        if current is None or current.status != DeviceStatus.ACTIVE:
+            raise Conflict(f"Device {device.device_id!r} is decommissioned", code="device_decommissioned")
+        raise VersionConflict(
+            f"version {version} is outside 0..{current.desired_version} (the current desired_version)",
+            desired_version=current.desired_version,
+        )
     logger.debug("reported %s v%s", device, version)
     return ReportOutcome(version=version)
 
@@ -186,8 +198,12 @@ def _lock_devices(keys: set[tuple[str, str]]) -> dict[tuple[str, str], Device]:
     return rows
 
 
-def _apply_reports(items: list[tuple[int, int, object]]) -> None:
-    """One UPDATE for the whole batch (PostgreSQL), or a loop of them (SQLite, the dev default)."""
+def _apply_reports(items: list[tuple[int, int, object]]) -> int:
+    """One guarded UPDATE for the whole batch (PostgreSQL), or a loop of them (SQLite, the dev default).
+
+    Returns how many devices were updated; the guard skips inactive devices and
+    versions above desired_version.
+    """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -201,11 +217,12 @@ def _apply_reports(items: list[tuple[int, int, object]]) -> None:
                     reported_version = GREATEST(d.reported_version, v.version),
                     last_seen = %s
                 FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, version, reported)
-                WHERE d.id = v.id AND d.desired_version >= v.version
+                WHERE d.id = v.id AND d.status = 'active' AND d.desired_version >= v.version
                 """,
                 [now, now, [i[0] for i in items], [i[1] for i in items], [json.dumps(i[2]) for i in items]],
             )
-            return
+            return cursor.rowcount
+        updated = 0
         for pk, version, reported in items:
             cursor.execute(
                 """
@@ -214,10 +231,12 @@ def _apply_reports(items: list[tuple[int, int, object]]) -> None:
                     reported_updated_at = CASE WHEN reported_version <= %s THEN %s ELSE reported_updated_at END,
                     reported_version = MAX(reported_version, %s),
                     last_seen = %s
-                WHERE id = %s AND desired_version >= %s
+                WHERE id = %s AND status = 'active' AND desired_version >= %s
                 """,
                 [version, json.dumps(reported), version, now, version, now, pk, version],
             )
+            updated += cursor.rowcount
+        return updated
 
 
 REPORT_FIELDS = frozenset({"reported", "version"})
