@@ -70,10 +70,6 @@ class Device(models.Model):
 
     # Delivery: the highest desired_version the MQTT bridge has published.
     desired_published_version = models.PositiveIntegerField(default=0)
-    # Jobs notify delivery: bumped whenever the device's pending jobs change;
-    # the bridge republishes the list until jobs_published_version catches up.
-    jobs_version = models.PositiveIntegerField(default=0)
-    jobs_published_version = models.PositiveIntegerField(default=0)
 
     class Meta:
         db_table = "device_state"
@@ -97,11 +93,6 @@ class Device(models.Model):
                 fields=["id"],
                 name="idx_device_state_unpublished",
                 condition=Q(desired_version__gt=F("desired_published_version")),
-            ),
-            models.Index(
-                fields=["id"],
-                name="idx_device_state_jobs_unpub",
-                condition=Q(jobs_version__gt=F("jobs_published_version")),
             ),
         ]
 

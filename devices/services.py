@@ -146,16 +146,15 @@ def device_rotate_token(*, device: Device) -> str:
 def device_decommission(*, device: Device) -> Device:
     """Retire a device: its token stops working and its retained desired message is cleared. Idempotent.
 
-    Resetting the published versions hands the clearing (desired and jobs
-    notify) to the bridge's reconciliation, so it happens even if the broker
-    is down right now.
+    Resetting desired_published_version (and flagging its jobs notify) hands
+    the clearing to the bridge's reconciliation, so it happens even if the
+    broker is down right now.
     """
     now = timezone.now()
     changed = Device.objects.filter(pk=device.pk, status=DeviceStatus.ACTIVE).update(
         status=DeviceStatus.DECOMMISSIONED,
         decommissioned_at=now,
         desired_published_version=0,
-        jobs_published_version=0,
     )
     if changed:
         from jobs.services import executions_cancel_for_device  # jobs build on devices, not the reverse

@@ -51,6 +51,10 @@ class JobExecution(models.Model):
     # Advanced on every update: the device's optimistic lock.
     execution_number = models.PositiveIntegerField(default=1)
     queued_at = models.DateTimeField()
+    # Set whenever this execution changes its device's pending list (queued,
+    # claimed, closed); the MQTT bridge republishes the device's jobs/notify
+    # and clears it. Part of the same row write, so a fan-out costs no extra UPDATE.
+    notify_pending = models.BooleanField(default=True)
     started_at = models.DateTimeField(null=True, blank=True)
     last_updated_at = models.DateTimeField()
 
@@ -64,6 +68,8 @@ class JobExecution(models.Model):
             ),
             # Per-status counts and filtered lists of one job.
             models.Index(fields=["job", "status"], name="idx_job_exec_job_status"),
+            # The bridge's jobs-notify work queue.
+            models.Index(fields=["device"], name="idx_job_exec_notify", condition=Q(notify_pending=True)),
             # The sweeper's in-progress scan.
             models.Index(
                 fields=["started_at"], name="idx_job_exec_in_progress", condition=Q(status=ExecutionStatus.IN_PROGRESS)

@@ -8,8 +8,9 @@ The rules, once:
 - a job's `remaining` counts non-terminal executions and is decremented in
   the same transaction as each terminal transition; the decrement that
   reaches 0 completes the job, exactly once (the job row lock serializes it);
-- every change to a device's pending list bumps its jobs_version, and the
-  MQTT bridge republishes the list (nothing lost across outages).
+- every change to a device's pending list flags the execution that caused
+  it (notify_pending, in the same row write), and the MQTT bridge
+  republishes that device's list (nothing lost across outages).
 """
 
 from __future__ import annotations
@@ -102,15 +103,16 @@ def job_create(
         cursor.execute(
             f"""
             INSERT INTO job_executions
-                (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at, last_updated_at)
-            SELECT %s, %s, t.id, %s, %s, 1, %s, %s FROM ({target_sql}) AS t
+                (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
+                 last_updated_at, notify_pending)
+            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s FROM ({target_sql}) AS t
             """,  # noqa: S608 (target_sql is the ORM's own, parameterized)
-            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, *target_params],
+            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, True, *target_params],
         )
         count = cursor.rowcount
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count)
     job.total = job.remaining = count
-    _bump_jobs_version(Device.objects.filter(job_executions__job_id=job.pk))
+    wake_bridge()
     logger.info("job created %s type=%s executions=%d", job, document_type, count)
     return job
 
@@ -203,12 +205,13 @@ def execution_update(
         changes["status_details"] = status_details
     if status == ExecutionStatus.IN_PROGRESS:
         changes["started_at"] = now
+        changes["notify_pending"] = True  # it leaves the device's pending list
     if source is None or not candidates.update(**changes):
         _explain_refusal(execution, status, execution_number, now)
     if status in TERMINAL:
         _count_terminal(execution.job_id, 1)
-    if status == ExecutionStatus.IN_PROGRESS:  # it left the pending list
-        _bump_jobs_version(Device.objects.filter(pk=device.pk))
+    if status == ExecutionStatus.IN_PROGRESS:
+        wake_bridge()
     execution.refresh_from_db()
     logger.info("execution %s %s -> %s n=%d", execution, job_id, status, execution.execution_number)
     return execution
@@ -245,6 +248,11 @@ def executions_cancel_for_device(*, device: Device, reason: str) -> int:
         closed += _close_executions(
             active.filter(job_id=job_pk), ExecutionStatus.CANCELED, {"reason": reason}, now, job_pk=job_pk
         )
+    # Flag one execution so the bridge clears the device's retained jobs/notify.
+    JobExecution.objects.filter(pk__in=JobExecution.objects.filter(device=device).values("pk")[:1]).update(
+        notify_pending=True
+    )
+    wake_bridge()
     return closed
 
 
@@ -290,16 +298,17 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
 def _close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None) -> int:
     """Move executions to a terminal status; counts them against their job (when job_pk is given).
 
-    Set-based, with no id lists: the pending lists change first (same
-    transaction), then one UPDATE; a concurrent sweeper's UPDATE re-checks the
-    status under the row locks and closes nothing twice.
+    One set-based UPDATE, no id lists; a concurrent sweeper's UPDATE
+    re-checks the status under the row locks and closes nothing twice.
     """
-    _bump_jobs_version(Device.objects.filter(pk__in=queryset.values("device_id")))
     count = queryset.update(
-        status=status, status_details=details, execution_number=F("execution_number") + 1, last_updated_at=now
-    )
+        status=status, status_details=details, execution_number=F("execution_number") + 1, last_updated_at=now,
+        notify_pending=True,
+    )  # fmt: skip
     if job_pk is not None:
         _count_terminal(job_pk, count)
+    if count:
+        wake_bridge()
     return count
 
 
@@ -313,9 +322,3 @@ def _count_terminal(job_pk: int, count: int) -> None:
         status=JobStatus.COMPLETED, completed_at=now
     ):
         logger.info("job completed pk=%d", job_pk)
-
-
-def _bump_jobs_version(devices) -> None:
-    """The pending list of these devices changed: let the bridge republish it."""
-    devices.update(jobs_version=F("jobs_version") + 1)
-    wake_bridge()

@@ -80,7 +80,7 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
             for pk, tenant_id, device_id, status, desired, version, updated_at in rows
         ]
         acknowledged = publish(publications)
-        _record_published(acknowledged, "desired_published_version")
+        _record_published(acknowledged)
     for publication in acknowledged:
         logger.info(
             "desired %s topic=%s version=%d",
@@ -90,16 +90,27 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
 
 
 def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
-    """Publish the pending-jobs list of every device whose list changed (same reconciliation as desired)."""
+    """Publish the pending-jobs list of every device with a flagged execution (same reconciliation as desired).
+
+    Flagged executions are claimed with FOR UPDATE SKIP LOCKED; a device whose
+    execution changes meanwhile waits for our commit and flags it again, so
+    the newest list is always published last.
+    """
+    from jobs.models import JobExecution
     from jobs.selectors import pending_jobs_for_devices
 
     with transaction.atomic():
-        rows = _claim(
-            "jobs_version", "jobs_published_version", limit, ("id", "tenant_id", "device_id", "status", "jobs_version")
+        flagged = list(
+            JobExecution.objects.filter(notify_pending=True)
+            .order_by("device_id", "id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "device_id")[: limit or settings.MQTT_DELIVERY_BATCH]
         )
-        if not rows:
+        if not flagged:
             return 0
-        lists = pending_jobs_for_devices([row[0] for row in rows])
+        device_pks = sorted({device_pk for _, device_pk in flagged})
+        devices = Device.objects.filter(pk__in=device_pks).values_list("id", "tenant_id", "device_id", "status")
+        lists = pending_jobs_for_devices(device_pks)
         publications = [
             Publication(
                 topic=topics.jobs_notify(tenant_id, device_id),
@@ -107,12 +118,13 @@ def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int
                 if status != DeviceStatus.ACTIVE
                 else json.dumps({"jobs": lists[pk]}, separators=(",", ":")).encode(),
                 device_pk=pk,
-                version=version,
+                version=0,
             )
-            for pk, tenant_id, device_id, status, version in rows
+            for pk, tenant_id, device_id, status in devices
         ]
-        acknowledged = publish(publications)
-        _record_published(acknowledged, "jobs_published_version")
+        acknowledged = {p.device_pk for p in publish(publications)}
+        done = [execution_pk for execution_pk, device_pk in flagged if device_pk in acknowledged]
+        JobExecution.objects.filter(pk__in=done).update(notify_pending=False)
     logger.info("jobs notify published for %d device(s)", len(acknowledged))
     return len(acknowledged)
 
@@ -127,10 +139,10 @@ def _claim(version: str, published: str, limit: int | None, fields: tuple[str, .
     )
 
 
-def _record_published(publications: Sequence[Publication], column: str) -> None:
+def _record_published(publications: Sequence[Publication]) -> None:
     if not publications:
         return
-    assert column in ("desired_published_version", "jobs_published_version")
+    column = "desired_published_version"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(

@@ -2,16 +2,15 @@
 
 import json
 
-from devices.models import Device
 from devices.services import device_decommission
+from jobs.models import JobExecution
 from jobs.services import execution_update, job_create
 from mqtt_bridge import topics
 from mqtt_bridge.tests.conftest import wait_until
 
 
 def notified(device) -> bool:
-    row = Device.objects.get(pk=device.pk)
-    return row.jobs_published_version == row.jobs_version
+    return not JobExecution.objects.filter(device_id=device.pk, notify_pending=True).exists()
 
 
 def latest_notify(mqtt_client, tenant_id, device_id):
