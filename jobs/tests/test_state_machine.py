@@ -221,3 +221,18 @@ def test_decommissioning_a_device_closes_its_executions_so_the_job_completes(ten
     execution = JobExecution.objects.get(job=job, device=gone)
     assert execution.status == "CANCELED" and execution.status_details == {"reason": "device decommissioned"}
     assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+
+def test_a_long_device_id_list_is_one_parameter(tenant):
+    """35,000 ids: more than SQLite's 32,766 variables if each id were its own placeholder."""
+    from devices.models import Device
+
+    ids = [f"bulk-{n:05}" for n in range(35_000)]
+    Device.objects.bulk_create(
+        [Device(tenant=tenant, device_id=i, provision_token_hash=f"{n:064x}") for n, i in enumerate(ids)],
+        batch_size=5000,
+    )
+    job = job_create(tenant=tenant, document_type="reboot", device_ids=ids)
+    assert job.total == 35_000 == JobExecution.objects.filter(job=job).count()
+    with pytest.raises(InvalidInput, match="ghost"):
+        job_create(tenant=tenant, document_type="reboot", device_ids=[*ids, "ghost"])
