@@ -15,7 +15,6 @@ The rules, once:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -24,13 +23,13 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import filter_by_tag
 from devices.services import validate_tags
+from iotcloud import lookups  # noqa: F401  (registers __any_of)
 from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
 from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import JOB_ID_RE, Job, JobExecution
@@ -135,7 +134,7 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
     active = Device.objects.filter(tenant=tenant, status=DeviceStatus.ACTIVE).order_by()
     if device_ids:
         wanted = set(device_ids)
-        found = set(active.filter(device_id__in=_id_list(wanted)).values_list("device_id", flat=True))
+        found = set(active.filter(device_id__any_of=sorted(wanted)).values_list("device_id", flat=True))
         missing = sorted(wanted - found)
         if missing:
             shown = ", ".join(repr(m) for m in missing[:20]) + (
@@ -143,7 +142,7 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
             )
             raise InvalidInput(f"Unknown or inactive device(s) in this tenant: {shown}", code="unknown_targets",
                                unknown=missing[:100])  # fmt: skip
-    by_ids = active.filter(device_id__in=_id_list(set(device_ids))) if device_ids else active.none()
+    by_ids = active.filter(device_id__any_of=sorted(set(device_ids))) if device_ids else active.none()
     by_tags = active
     for key, value in tags.items():
         by_tags = filter_by_tag(by_tags, key, value)
@@ -151,14 +150,6 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
     if not selected.exists():
         raise InvalidInput("targets: no active device matches the tag selector", code="no_targets")
     return selected
-
-
-def _id_list(ids: set[str]) -> RawSQL:
-    """A list of ids as ONE query parameter (an array / a JSON array), not one placeholder per id:
-    100,000 placeholders are slow to build and exceed SQLite's variable limit."""
-    if connection.vendor == "postgresql":
-        return RawSQL("SELECT unnest(%s::text[])", [sorted(ids)])
-    return RawSQL("SELECT value FROM json_each(%s)", [json.dumps(sorted(ids))])
 
 
 # --- cancel ---------------------------------------------------------------------------
