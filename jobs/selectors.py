@@ -32,6 +32,12 @@ def pending_summary(execution: JobExecution) -> dict:
     }
 
 
+# What a pending summary needs. A job's `targets` can hold 100,000 device ids:
+# never drag it (or other unused columns) through a device's hot path.
+SUMMARY_FIELDS = ("id", "device_id", "execution_number", "queued_at", "job__job_id", "job__document_type",
+                  "job__document_params", "job__expires_at")  # fmt: skip
+
+
 def pending_executions(device_pk: int, *, now: datetime | None = None, limit: int | None = None):
     """QUEUED executions of unexpired jobs, oldest first (uses idx_job_exec_pending)."""
     now = now or timezone.now()
@@ -39,6 +45,7 @@ def pending_executions(device_pk: int, *, now: datetime | None = None, limit: in
         JobExecution.objects.filter(device_id=device_pk, status=ExecutionStatus.QUEUED)
         .filter(Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now))
         .select_related("job")
+        .only(*SUMMARY_FIELDS)
         .order_by("queued_at", "id")[: limit or settings.JOBS_PENDING_LIMIT]
     )
 
@@ -54,6 +61,7 @@ def pending_jobs_for_devices(device_pks: list[int], *, now: datetime | None = No
         JobExecution.objects.filter(device_id__in=device_pks, status=ExecutionStatus.QUEUED)
         .filter(Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now))
         .select_related("job")
+        .only(*SUMMARY_FIELDS)
         .annotate(rank=Window(RowNumber(), partition_by=F("device_id"), order_by=[F("queued_at"), F("id")]))
         .filter(rank__lte=settings.JOBS_PENDING_LIMIT)
         .order_by("device_id", "queued_at", "id")
@@ -89,6 +97,7 @@ def device_execution(device: Device, job_id: str) -> JobExecution:
     _check_job_id(job_id)
     execution = (
         JobExecution.objects.select_related("job", "device")
+        .defer("job__targets", "job__description")
         .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id)
         .first()
     )
@@ -98,7 +107,7 @@ def device_execution(device: Device, job_id: str) -> JobExecution:
 
 
 def jobs_for_operator(user, *, tenant_id: str | None = None):
-    qs = Job.objects.all()
+    qs = Job.objects.defer("targets")
     if user.is_superuser:
         return qs.filter(tenant_id=tenant_id) if tenant_id else qs
     tenant = operator_tenant(user)
@@ -107,7 +116,7 @@ def jobs_for_operator(user, *, tenant_id: str | None = None):
 
 def job_for_operator(user, job_id: str, *, tenant_id: str | None = None) -> Job:
     _check_job_id(job_id)
-    matches = list(jobs_for_operator(user, tenant_id=tenant_id).filter(job_id=job_id)[:2])
+    matches = list(jobs_for_operator(user, tenant_id=tenant_id).defer(None).filter(job_id=job_id)[:2])
     if not matches:
         raise NotFound(f"Job {job_id!r} not found", code="job_not_found")
     if len(matches) > 1:

@@ -61,7 +61,8 @@ class JobSerializer(serializers.ModelSerializer):
 
 class JobListSerializer(JobSerializer):
     class Meta(JobSerializer.Meta):
-        fields = [f for f in JobSerializer.Meta.fields if f != "progress"] + ["total", "remaining"]
+        # No targets in lists: a job's targets may name 100,000 devices.
+        fields = [f for f in JobSerializer.Meta.fields if f not in ("progress", "targets")] + ["total", "remaining"]
         read_only_fields = fields
 
 
