@@ -50,6 +50,7 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
     verdicts: list[Verdict | None] = [None] * len(messages)
     reports: list[Report] = []
     positions: list[int] = []
+    keys: list[tuple[str, str]] = []
     for index, message in enumerate(messages):
         key = topics.parse_reported(message.topic)
         if key is None:
@@ -64,8 +65,9 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
             continue
         reports.append(Report(key[0], key[1], reported, version))
         positions.append(index)
-    for index, error in zip(positions, twin_record_reports(reports), strict=True):
-        verdicts[index] = Verdict(messages[index], error, topics.parse_reported(messages[index].topic))
+        keys.append(key)
+    for index, key, error in zip(positions, keys, twin_record_reports(reports), strict=True):
+        verdicts[index] = Verdict(messages[index], error, key)
     return verdicts  # type: ignore[return-value]
 
 

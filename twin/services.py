@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -23,6 +24,7 @@ from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.models import Device
+from iotcloud import lookups  # noqa: F401  (registers __any_of)
 from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
 from mqtt_bridge.services import wake_bridge
 from twin.shadow import DocumentError, Limits, merge_patch, validate_document
@@ -182,19 +184,25 @@ def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
     return results
 
 
-def _lock_devices(keys: set[tuple[str, str]]) -> dict[tuple[str, str], Device]:
+class _Locked(NamedTuple):
+    pk: int
+    status: str
+    desired_version: int
+
+
+def _lock_devices(keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Locked]:
     by_tenant: dict[str, list[str]] = {}
     for tenant_id, device_id in keys:
         by_tenant.setdefault(tenant_id, []).append(device_id)
     rows = {}
     for tenant_id, device_ids in by_tenant.items():
         locked = (
-            Device.objects.filter(tenant_id=tenant_id, device_id__in=device_ids)
+            Device.objects.filter(tenant_id=tenant_id, device_id__any_of=device_ids)
             .order_by("id")
             .select_for_update()
-            .only("id", "tenant_id", "device_id", "status", "desired_version")
+            .values_list("id", "device_id", "status", "desired_version")
         )
-        rows.update({(d.tenant_id, d.device_id): d for d in locked})
+        rows.update({(tenant_id, device_id): _Locked(pk, status, v) for pk, device_id, status, v in locked})
     return rows
 
 

@@ -145,6 +145,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="reports per device")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--batch-max", type=int, default=2000)
+    parser.add_argument(
+        "--protocol",
+        default="auto",
+        choices=["auto", "5", "3.1.1"],
+        help="the bridge's MQTT protocol (auto: MQTT 5 on Mosquitto)",
+    )
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     args = parser.parse_args()
 
@@ -158,7 +164,13 @@ def main() -> int:
         raw = raw_rate(broker.port, device_ids, args.rounds, args.publishers)
         log("bridge rate: same messages through mqtt_bridge into PostgreSQL")
         bridged = bridge_rate(
-            args.database_url, broker.url, broker.port, device_ids, args.rounds, args.publishers, args.batch_max
+            args.database_url,
+            f"{broker.url}?protocol={args.protocol}",
+            broker.port,
+            device_ids,
+            args.rounds,
+            args.publishers,
+            args.batch_max,
         )
     finally:
         broker.stop()
