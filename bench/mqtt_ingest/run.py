@@ -187,7 +187,7 @@ def main() -> int:
     )  # fmt: skip
     print(f"goal: committed >= {GOAL_RATIO:.0%} of raw, zero lost -> {'met' if met else 'MISSED'}")
     path = write_json(
-        "mqtt_ingest",
+        "mqtt_ingest" if args.protocol == "auto" else f"mqtt_ingest_{args.protocol}",
         {
             "config": vars(args),
             "raw": raw,
