@@ -1,6 +1,7 @@
 """Device twin API: the device is whoever its provision token says."""
 
 from drf_spectacular.utils import extend_schema
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,6 +19,7 @@ from twin.services import twin_record_reported
 class DeviceAPIView(APIView):
     authentication_classes = [ProvisionTokenAuthentication]
     permission_classes = [IsDevice]
+    renderer_classes = [JSONRenderer]  # devices speak JSON; no browsable-API negotiation on the hot path
 
     @property
     def device(self):
