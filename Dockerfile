@@ -8,4 +8,4 @@ RUN DEBUG=false SECRET_KEY=build-only python manage.py collectstatic --noinput
 RUN useradd --system iotcloud && mkdir -p /app/var && chown iotcloud /app/var
 USER iotcloud
 EXPOSE 8000
-CMD ["gunicorn", "iotcloud.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4"]
+CMD ["gunicorn", "iotcloud.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "5"]
