@@ -51,7 +51,15 @@ def pending_executions(device_pk: int, *, now: datetime | None = None, limit: in
 
 
 def pending_jobs(device: Device, *, now: datetime | None = None) -> list[dict]:
-    return [pending_summary(e) for e in pending_executions(device.pk, now=now)]
+    """The device API's pending list: plain rows, no model instances (a device polls this)."""
+    rows = pending_executions(device.pk, now=now).values_list(
+        "execution_number", "queued_at", "job__job_id", "job__document_type", "job__document_params", "job__expires_at"
+    )
+    return [
+        {"job_id": job_id, "execution_number": number, "document": {"type": kind, "params": params},
+         "queued_at": _iso(queued_at), "expires_at": _iso(expires_at)}
+        for number, queued_at, job_id, kind, params, expires_at in rows
+    ]  # fmt: skip
 
 
 def pending_jobs_for_devices(device_pks: list[int], *, now: datetime | None = None) -> dict[int, list[dict]]:
