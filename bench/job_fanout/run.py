@@ -571,10 +571,10 @@ def explain_pending(device_pk: int) -> dict:
     }
 
 
-REQUEST_KINDS = [
-    ("auth_select", re.compile(r'^\s*SELECT .* FROM "device_state" WHERE "device_state"\."provision_token_hash"')),
-    ("touch_update", re.compile(r'^\s*UPDATE "device_state" SET "last_seen"')),
-    ("pending_select", re.compile(r'^\s*SELECT .* FROM "job_executions"')),
+REQUEST_KINDS = [  # quoted (ORM) or unquoted (hand-written SQL) identifiers alike
+    ("auth_select", re.compile(r'^\s*SELECT .* FROM "?device_state"? WHERE .*provision_token_hash', re.S)),
+    ("touch_update", re.compile(r'^\s*UPDATE "?device_state"? SET "?last_seen')),
+    ("pending_select", re.compile(r'^\s*SELECT .* FROM "?job_executions"?', re.S)),
 ]
 
 
