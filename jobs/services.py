@@ -191,8 +191,10 @@ def execution_update(
     if status_details is not None:
         _check_object(status_details, name="status_details", max_bytes=settings.JOB_MAX_STATUS_DETAILS_BYTES,
                       setting="JOB_MAX_STATUS_DETAILS_BYTES")  # fmt: skip
-    if execution_number is not None and (isinstance(execution_number, bool) or not isinstance(execution_number, int)):
-        raise InvalidInput("execution_number must be an integer", code="invalid_execution_number")
+    if execution_number is not None and (
+        isinstance(execution_number, bool) or not isinstance(execution_number, int) or abs(execution_number) > 2**31 - 1
+    ):
+        raise InvalidInput("execution_number must be a 32-bit integer", code="invalid_execution_number")
     execution = device_execution(device, job_id)
     source = DEVICE_TRANSITIONS.get(status)
     now = timezone.now()

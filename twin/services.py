@@ -54,9 +54,14 @@ def check_document(document, *, name: str) -> None:
         raise error(exc.message, code=exc.code) from None
 
 
+MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer
+
+
 def check_version(version, *, name: str = "version") -> int:
     if isinstance(version, bool) or not isinstance(version, int):
         raise InvalidInput(f"{name} must be an integer", code="invalid_version")
+    if abs(version) > MAX_VERSION:  # would overflow the column and fail in the database
+        raise InvalidInput(f"{name} is out of range (at most {MAX_VERSION})", code="invalid_version")
     return version
 
 

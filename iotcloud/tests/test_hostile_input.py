@@ -44,3 +44,22 @@ def test_device_job_route_with_nul(device_api, method):
 )
 def test_job_bodies_with_nul_are_400(operator, device, body):
     assert operator.post("/customer/jobs", body).status_code == 400
+
+
+@pytest.mark.parametrize("version", [2**31, 10**30, -(10**30)])
+def test_huge_report_versions_are_4xx(device_api, version):
+    response = device_api.post("/device/v1/shadow/reported", {"reported": {}, "version": version})
+    assert 400 <= response.status_code < 500, response.content
+
+
+def test_huge_expected_version_is_4xx(operator, device):
+    body = {"desired": {"a": 1}, "expected_version": 10**30}
+    response = operator.patch(f"/customer/devices/{device.device_id}/twin/desired", body)
+    assert 400 <= response.status_code < 500, response.content
+
+
+def test_huge_execution_number_is_4xx(operator, device, device_api):
+    body = {"document_type": "x", "targets": {"device_ids": [device.device_id]}, "job_id": "j"}
+    operator.post("/customer/jobs", body, expect=201)
+    response = device_api.put("/device/v1/jobs/j/execution", {"status": "IN_PROGRESS", "execution_number": 10**30})
+    assert response.status_code == 400, response.content
