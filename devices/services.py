@@ -21,6 +21,7 @@ from devices.choices import DeviceStatus, Role
 from devices.models import DEVICE_ID_RE, TENANT_ID_RE, Device, Membership, Tenant
 from devices.tokens import hash_token, new_provision_token
 from iotcloud.errors import Conflict, InvalidInput
+from iotcloud.live import events
 from mqtt_bridge.services import wake_bridge
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
             )
     except IntegrityError:
         raise Conflict(f"Device {device_id!r} already exists in tenant {tenant.id!r}", code="device_exists") from None
+    events.twins_changed(tenant.id, [device_id])
     logger.info("device provisioned %s/%s", tenant.id, device_id)
     return device, token
 
@@ -161,6 +163,7 @@ def device_decommission(*, device: Device) -> Device:
 
         executions_cancel_for_device(device=device, reason="device decommissioned")
         wake_bridge()
+        events.twins_changed(device.tenant_id, [device.device_id])
     device.refresh_from_db()
     logger.info("device decommissioned %s", device)
     return device
@@ -183,7 +186,10 @@ def device_touch(*, device: Device, now: datetime | None = None) -> None:
     resolution = settings.DEVICE_LAST_SEEN_RESOLUTION
     if device.last_seen is not None and now - device.last_seen < resolution:
         return
-    Device.objects.filter(pk=device.pk).filter(Q(last_seen__isnull=True) | Q(last_seen__lt=now - resolution)).update(
-        last_seen=now
-    )
+    if (
+        Device.objects.filter(pk=device.pk)
+        .filter(Q(last_seen__isnull=True) | Q(last_seen__lt=now - resolution))
+        .update(last_seen=now)
+    ):
+        events.twins_changed(device.tenant_id, [device.device_id])  # a stale badge may turn fresh
     device.last_seen = now

@@ -28,6 +28,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if DEBUG else ["localhos
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    "daphne",  # first: makes `runserver` serve ASGI (websockets)
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -157,6 +158,16 @@ EMBEDDED_MQTT_HOST = env.str("EMBEDDED_MQTT_HOST", default="127.0.0.1")
 EMBEDDED_MQTT_PORT = env.int("EMBEDDED_MQTT_PORT", default=1884)
 
 REDIS_URL = env.str("REDIS_URL", default="")
+
+# --- Live updates (Channels) ------------------------------------------------------
+# Events reach operator screens through a channel layer. Several processes
+# (web workers, bridges) need Redis; without REDIS_URL everything that should
+# see an event must run in one process (`make run` does).
+LIVE_UPDATES = env.bool("LIVE_UPDATES", default=True)
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "iotcloud.live.layers.ThreadSafeInMemoryChannelLayer"}}
 
 # --- Twin limits and timing -------------------------------------------------
 TWIN_MAX_DOCUMENT_BYTES = env.int("TWIN_MAX_DOCUMENT_BYTES", default=8 * 1024)

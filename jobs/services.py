@@ -31,6 +31,7 @@ from devices.selectors import filter_by_tag
 from devices.services import validate_tags
 from iotcloud import lookups  # noqa: F401  (registers __any_of)
 from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
+from iotcloud.live import events
 from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import JOB_ID_RE, Job, JobExecution
 from jobs.selectors import device_execution
@@ -114,6 +115,7 @@ def job_create(
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count)
     job.total = job.remaining = count
     wake_bridge()
+    events.jobs_changed(tenant.id, [job_id])
     logger.info("job created %s type=%s executions=%d", job, document_type, count)
     return job
 
@@ -172,6 +174,7 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
         remaining=F("remaining") - canceled,
     )  # fmt: skip
     locked.refresh_from_db()
+    events.jobs_changed(locked.tenant_id, [locked.job_id])
     logger.info("job canceled %s force=%s executions=%d", locked, force, canceled)
     return locked
 
@@ -216,6 +219,7 @@ def execution_update(
     if status == ExecutionStatus.IN_PROGRESS:
         wake_bridge()
     execution.refresh_from_db()
+    events.jobs_changed(execution.tenant_id, [job_id])
     logger.info("execution %s %s -> %s n=%d", execution, job_id, status, execution.execution_number)
     return execution
 
@@ -247,10 +251,12 @@ def executions_cancel_for_device(*, device: Device, reason: str) -> int:
     now = timezone.now()
     closed = 0
     active = JobExecution.objects.filter(device=device, status__in=ACTIVE)
-    for job_pk in active.order_by("job_id").values_list("job_id", flat=True).distinct():
+    jobs = list(active.order_by("job_id").values_list("job_id", "job__job_id").distinct())
+    for job_pk, _ in jobs:
         closed += _close_executions(
             active.filter(job_id=job_pk), ExecutionStatus.CANCELED, {"reason": reason}, now, job_pk=job_pk
         )
+    events.jobs_changed(device.tenant_id, [job_id for _, job_id in jobs])
     # Flag one execution so the bridge clears the device's retained jobs/notify.
     JobExecution.objects.filter(pk__in=JobExecution.objects.filter(device=device).values("pk")[:1]).update(
         notify_pending=True
@@ -266,12 +272,13 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Time out stuck IN_PROGRESS executions and close QUEUED ones of expired jobs."""
     now = now or timezone.now()
     timed_out = expired = 0
+    touched: set[int] = set()
     with transaction.atomic():
         jobs_with_timeout = Job.objects.filter(
             status=JobStatus.IN_PROGRESS, in_progress_timeout_seconds__isnull=False
         ).values_list("pk", "in_progress_timeout_seconds")
         for job_pk, timeout in jobs_with_timeout:
-            timed_out += _close_executions(
+            closed = _close_executions(
                 JobExecution.objects.filter(
                     job_id=job_pk, status=ExecutionStatus.IN_PROGRESS, started_at__lt=now - timedelta(seconds=timeout)
                 ),
@@ -280,16 +287,24 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
                 now,
                 job_pk=job_pk,
             )
+            timed_out += closed
+            if closed:
+                touched.add(job_pk)
         for job_pk, expires_at in Job.objects.filter(status=JobStatus.IN_PROGRESS, expires_at__lte=now).values_list(
             "pk", "expires_at"
         ):
-            expired += _close_executions(
+            closed = _close_executions(
                 JobExecution.objects.filter(job_id=job_pk, status=ExecutionStatus.QUEUED),
                 ExecutionStatus.TIMED_OUT,
                 {"reason": f"job expired at {expires_at.isoformat()} before the device started it"},
                 now,
                 job_pk=job_pk,
             )
+            expired += closed
+            if closed:
+                touched.add(job_pk)
+        for tenant_id, job_id in Job.objects.filter(pk__in=touched).values_list("tenant_id", "job_id"):
+            events.jobs_changed(tenant_id, [job_id])
     if timed_out or expired:
         logger.info("job sweep: timed_out=%d expired=%d", timed_out, expired)
     return {"timed_out": timed_out, "expired": expired}
