@@ -1,31 +1,174 @@
-"""Admin for tenants, memberships and devices.
+"""Admin for tenants, operators (memberships) and devices, with the twin panel.
 
-Device rows change only through services (versions, tokens and status have
-rules), so the admin shows shadow and token fields read-only and routes tag
-edits through devices.services. The full operator UI (twin panel, live
-updates, tenant-scoped staff) is built on top of this.
+Every write goes through the services (devices.services, twin.services), as
+it does from the API: saving desired state bumps the version and the MQTT
+bridge delivers it; provisioning and rotation show the new token once.
+Tenant scoping and role checks come from devices.admin_scope.
 """
 
+from __future__ import annotations
+
+import json
+
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db.models import Case, CharField, Value, When
+from django.http import Http404, HttpResponseNotAllowed, JsonResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from devices import services
+from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write
+from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
+from devices.selectors import filter_by_tag
 from iotcloud.errors import DomainError
+from twin.selectors import SYNC_STATUSES, sync_status_q, twin_document
+from twin.services import DesiredMode, twin_update_desired
+
+ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/live.js"])
+
+
+# --- tenants and operators --------------------------------------------------------------------------------
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(TenantScopedAdmin):
+    tenant_path = "id"
     list_display = ["id", "name", "created_at"]
     search_fields = ["id", "name"]
+    change_roles = frozenset({Role.ADMIN})
+
+    def scope(self, request, queryset):
+        if request.user.is_superuser:
+            return queryset
+        tenant = admin_tenant(request)
+        return queryset.filter(id=tenant.id if tenant else None)
+
+    def _tenant_id_of(self, obj) -> str:
+        return obj.pk
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser  # tenants are created by the platform's superusers
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["id", "created_at"] if obj else ["created_at"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        try:
+            services.tenant_create(tenant_id=obj.id, name=obj.name)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+
+class OperatorCreationForm(forms.ModelForm):
+    """A new operator account with its membership (operator_create does both)."""
+
+    username = forms.CharField(max_length=150)
+    email = forms.EmailField(required=False)
+    password = forms.CharField(widget=forms.PasswordInput, min_length=8, help_text="At least 8 characters.")
+
+    class Meta:
+        model = Membership
+        fields = ["tenant", "role"]
+
+    def _post_clean(self):
+        pass  # the membership is made by operator_create, not by the model form
+
+    def clean_username(self):
+        username = self.cleaned_data["username"]
+        if get_user_model().objects.filter(username=username).exists():
+            raise forms.ValidationError(f"User {username!r} already exists.")
+        return username
+
+    def save(self, commit=True):
+        # ModelAdmin calls save(commit=False) once; the account and membership are created here.
+        user = services.operator_create(
+            username=self.cleaned_data["username"],
+            email=self.cleaned_data.get("email", ""),
+            password=self.cleaned_data["password"],
+            tenant=self.cleaned_data["tenant"],
+            role=self.cleaned_data["role"],
+        )
+        self.instance = user.membership
+        self.save_m2m = lambda: None
+        return self.instance
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(TenantScopedAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
-    list_filter = ["role", "tenant"]
-    search_fields = ["user__username", "tenant__id"]
-    autocomplete_fields = ["tenant"]
+    list_filter = ["role", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["user__username"]
+    list_select_related = ["user", "tenant"]
+    add_roles = change_roles = frozenset({Role.ADMIN})  # only a tenant's admins manage its operators
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = OperatorCreationForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return ["username", "email", "password", "tenant", "role"] if obj is None else ["user", "tenant", "role"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["user", "tenant"] if obj else []
+
+    def save_model(self, request, obj, form, change):
+        if change:  # a new one was saved by OperatorCreationForm.save
+            super().save_model(request, obj, form, change)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+
+# --- devices -------------------------------------------------------------------------------------------
+
+
+class SyncStatusFilter(admin.SimpleListFilter):
+    title = "sync status"
+    parameter_name = "sync"
+
+    def lookups(self, request, model_admin):
+        return [(status, status.capitalize()) for status in SYNC_STATUSES]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(sync_status_q(self.value())) if self.value() in SYNC_STATUSES else queryset
+
+
+class TagFilter(admin.ListFilter):
+    """Free text: `key` (has the tag) or `key:value` (tag equals)."""
+
+    title = "tag"
+    parameter_name = "tag"
+    template = "admin/devices/device/tag_filter.html"
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        value = params.pop(self.parameter_name, None)
+        self.value = (value[-1] if isinstance(value, list) else value or "").strip()
+
+    def has_output(self):
+        return True
+
+    def choices(self, changelist):
+        yield {"value": self.value, "query": changelist.get_query_string(remove=[self.parameter_name])}
+
+    def expected_parameters(self):
+        return [self.parameter_name]
+
+    def queryset(self, request, queryset):
+        if not self.value:
+            return queryset
+        key, sep, value = self.value.partition(":")
+        return filter_by_tag(queryset, key, value if sep else None)
 
 
 class DeviceForm(forms.ModelForm):
@@ -40,22 +183,286 @@ class DeviceForm(forms.ModelForm):
             raise forms.ValidationError(exc.message) from None
 
 
+class ProvisionForm(forms.Form):
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.all())
+    device_id = forms.CharField(max_length=128, help_text="1-128 of A-Z a-z 0-9 _ . : - (it is part of MQTT topics).")
+    tags = forms.JSONField(required=False, initial=dict, help_text='For example {"site": "berlin"}.')
+
+    def __init__(self, *args, tenant: Tenant | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tenant is not None:  # an operator provisions into their own tenant only
+            self.fields["tenant"].queryset = Tenant.objects.filter(pk=tenant.pk)
+            self.fields["tenant"].initial = tenant.pk
+
+
+class DesiredForm(forms.Form):
+    """The desired-state editor, when posted without JavaScript (the panel normally posts JSON)."""
+
+    document = forms.CharField(widget=forms.Textarea)
+    mode = forms.ChoiceField(choices=[(m.value, m.value) for m in DesiredMode], initial=DesiredMode.MERGE.value)
+    expected_version = forms.IntegerField(required=False)
+
+
+def _sync_annotation():
+    # One CASE in the SELECT: the list shows 100 badges without 100 queries.
+    return Case(
+        When(sync_status_q("stale"), then=Value("stale")),
+        When(sync_status_q("synced"), then=Value("synced")),
+        default=Value("pending"),
+        output_field=CharField(),
+    )
+
+
+def _badge(device: Device, sync: str):
+    return format_html(
+        '<span class="iot-badge iot-badge-{}" data-badge data-pk="{}" data-tenant="{}" data-key="{}/{}">{}</span>',
+        sync, device.pk, device.tenant_id, device.tenant_id, device.device_id, sync,
+    )  # fmt: skip
+
+
+def _twin_payload(device: Device) -> dict:
+    document = twin_document(device)
+    document["pk"] = device.pk
+    document["desired_published_version"] = device.desired_published_version
+    return document
+
+
 @admin.register(Device)
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(TenantScopedAdmin):
     form = DeviceForm
-    list_display = ["device_id", "tenant", "status", "desired_version", "reported_version", "last_seen"]
-    list_filter = ["status", "tenant"]
+    change_form_template = "admin/devices/device/change_form.html"
+    change_list_template = "admin/devices/device/change_list.html"
+    list_display = ["device_id", "tenant", "status", "sync_badge", "desired_v", "reported_v", "last_seen_at"]
+    list_filter = [SyncStatusFilter, "status", ("tenant", admin.RelatedOnlyFieldListFilter), TagFilter]
     search_fields = ["device_id"]
     list_select_related = ["tenant"]
+    list_per_page = 50
     show_full_result_count = False  # COUNT(*) over a large fleet is slow
     readonly_fields = [
-        "tenant", "device_id", "status", "last_seen", "created_at", "decommissioned_at", "desired_state",
-        "reported_state", "desired_version", "reported_version", "shadow_updated_at", "reported_updated_at",
-        "desired_published_version",
+        "tenant", "device_id", "status", "last_seen", "created_at", "decommissioned_at", "desired_version",
+        "reported_version", "desired_published_version", "shadow_updated_at", "reported_updated_at",
     ]  # fmt: skip
+    fields = ["tenant", "device_id", "status", "tags", *readonly_fields[3:]]
 
-    def has_add_permission(self, request):
-        return False  # provisioning returns a token once: use the API or `manage.py provision_device`
+    @property
+    def media(self):
+        return super().media + ADMIN_MEDIA
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(sync=_sync_annotation())
+
+    def get_search_results(self, request, queryset, search_term):
+        # Device ids are searched by prefix (what operators type), case-sensitive like the ids themselves.
+        term = search_term.strip()
+        return (queryset.filter(device_id__startswith=term) if term else queryset), False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # devices are decommissioned (token revoked, retained state cleared), never deleted
+
+    @admin.display(description="sync", ordering="sync")
+    def sync_badge(self, obj):
+        return _badge(obj, obj.sync)
+
+    @admin.display(description="desired v", ordering="desired_version")
+    def desired_v(self, obj):
+        return format_html('<span data-field="desired_version" data-pk="{}">{}</span>', obj.pk, obj.desired_version)
+
+    @admin.display(description="reported v", ordering="reported_version")
+    def reported_v(self, obj):
+        return format_html('<span data-field="reported_version" data-pk="{}">{}</span>', obj.pk, obj.reported_version)
+
+    @admin.display(description="last seen", ordering="last_seen")
+    def last_seen_at(self, obj):
+        return format_html('<span data-field="last_seen" data-pk="{}">{}</span>', obj.pk, obj.last_seen or "never")
 
     def save_model(self, request, obj, form, change):
         services.device_set_tags(device=obj, tags=form.cleaned_data["tags"])
+
+    # -- extra pages ----------------------------------------------------------------------------------
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("status.json", view(self.status_json), name="devices_device_status"),
+            path("<int:pk>/twin.json", view(self.twin_json), name="devices_device_twin"),
+            path("<int:pk>/desired/", view(self.desired_view), name="devices_device_desired"),
+            path("<int:pk>/rotate-token/", view(self.rotate_token_view), name="devices_device_rotate"),
+            path("<int:pk>/decommission/", view(self.decommission_view), name="devices_device_decommission"),
+            *super().get_urls(),
+        ]
+
+    def _device(self, request, pk: int, *, write: bool = False) -> Device:
+        device = self.get_queryset(request).filter(pk=pk).first()
+        if device is None or not self.has_view_permission(request, device):
+            raise Http404("No such device")  # another tenant's device does not exist for you
+        if write and not self.has_change_permission(request, device):
+            raise PermissionDenied
+        return device
+
+    def status_json(self, request):
+        """Badges and versions of the listed devices (the change list refreshes them on events)."""
+        try:
+            pks = [int(p) for p in request.GET.get("ids", "").split(",") if p][:200]
+        except ValueError:
+            return JsonResponse({"detail": "ids must be a comma-separated list of integers"}, status=400)
+        rows = self.get_queryset(request).filter(pk__in=pks)
+        return JsonResponse(
+            {
+                "devices": {
+                    d.pk: {
+                        "sync_status": d.sync,
+                        "status": d.status,
+                        "desired_version": d.desired_version,
+                        "reported_version": d.reported_version,
+                        "last_seen": d.last_seen,
+                    }
+                    for d in rows
+                }
+            }
+        )
+
+    def twin_json(self, request, pk):
+        return JsonResponse(_twin_payload(self._device(request, pk)))
+
+    def desired_view(self, request, pk):
+        """Save desired state through twin_update_desired; answers JSON (the panel) or redirects (no JS)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        device = self._device(request, pk, write=True)
+        wants_json = request.content_type == "application/json"
+        try:
+            document, mode, expected_version = (
+                self._desired_from_json(request) if wants_json else self._desired_from_form(request)
+            )
+            device = twin_update_desired(device=device, document=document, mode=mode, expected_version=expected_version)
+        except DomainError as exc:
+            if wants_json:
+                return JsonResponse({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
+            self.message_user(request, f"Desired state not saved: {exc.message}", messages.ERROR)
+        else:
+            if wants_json:
+                return JsonResponse(_twin_payload(Device.objects.get(pk=device.pk)))
+            self.message_user(request, f"Desired state saved: version {device.desired_version}.", messages.SUCCESS)
+        return redirect("admin:devices_device_change", device.pk)
+
+    @staticmethod
+    def _desired_from_json(request):
+        try:
+            body = json.loads(request.body)
+        except ValueError as exc:
+            raise DomainError(f"The request is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise DomainError('Send {"document": {...}, "mode": "merge"|"replace", "expected_version": n}')
+        return _desired_args(body.get("document"), body.get("mode", "merge"), body.get("expected_version"))
+
+    @staticmethod
+    def _desired_from_form(request):
+        form = DesiredForm(request.POST)
+        if not form.is_valid():
+            raise DomainError("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        try:
+            document = json.loads(form.cleaned_data["document"])
+        except ValueError as exc:
+            raise DomainError(f"Desired state is not valid JSON: {exc}", code="invalid_json") from None
+        return _desired_args(document, form.cleaned_data["mode"], form.cleaned_data["expected_version"])
+
+    def rotate_token_view(self, request, pk):
+        device = self._device(request, pk, write=True)
+        if request.method != "POST":
+            return self._confirm(
+                request, device, "Rotate token",
+                "A new provision token replaces the current one, which stops working at once. "
+                "The device needs the new token to connect again.",
+            )  # fmt: skip
+        try:
+            token = services.device_rotate_token(device=device)
+        except DomainError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return redirect("admin:devices_device_change", device.pk)
+        return self._token_page(request, device, token, "New provision token")
+
+    def decommission_view(self, request, pk):
+        device = self._device(request, pk, write=True)
+        if request.method != "POST":
+            return self._confirm(
+                request, device, "Decommission",
+                "The device's token stops working, its retained desired state is cleared from the broker "
+                "and its queued or running job executions are canceled. This cannot be undone.",
+            )  # fmt: skip
+        services.device_decommission(device=device)
+        self.message_user(request, f"{device.device_id} decommissioned.", messages.SUCCESS)
+        return redirect("admin:devices_device_change", device.pk)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Provisioning: the token exists only in this response."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        tenant = None if request.user.is_superuser else admin_tenant(request)
+        form = ProvisionForm(request.POST or None, tenant=tenant)
+        if request.method == "POST" and form.is_valid():
+            try:
+                device, token = services.device_provision(
+                    tenant=form.cleaned_data["tenant"],
+                    device_id=form.cleaned_data["device_id"],
+                    tags=form.cleaned_data["tags"] or {},
+                )
+            except DomainError as exc:
+                form.add_error("device_id" if "device" in exc.code else None, exc.message)
+            else:
+                return self._token_page(request, device, token, "Device provisioned")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Provision a device",
+            "form": form,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/devices/device/provision.html", context)
+
+    def _confirm(self, request, device, action, explanation):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{action}: {device.device_id}",
+            "device": device,
+            "action": action,
+            "explanation": explanation,
+        }
+        return TemplateResponse(request, "admin/devices/device/confirm_action.html", context)
+
+    def _token_page(self, request, device, token, title):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": title,
+            "device": device,
+            "token": token,
+            "mqtt_username": f"{device.tenant_id}/{device.device_id}",
+        }
+        response = TemplateResponse(request, "admin/devices/device/token_once.html", context)
+        response["Cache-Control"] = "no-store"  # the token must not linger in caches
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        device = self.get_queryset(request).filter(pk=object_id).first() if object_id.isdigit() else None
+        if device is not None and self.has_view_permission(request, device):
+            writable = may_write(request) and device.status == DeviceStatus.ACTIVE
+            extra_context["twin"] = _twin_payload(device)
+            extra_context["twin_urls"] = {
+                "twin": reverse("admin:devices_device_twin", args=[device.pk]),
+                "desired": reverse("admin:devices_device_desired", args=[device.pk]),
+            }
+            extra_context["twin_writable"] = writable
+            extra_context["desired_pretty"] = json.dumps(device.desired_state, indent=2, sort_keys=True)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _desired_args(document, mode, expected_version):
+    if not isinstance(document, dict):
+        raise DomainError('Desired state must be a JSON object, for example {"led": "on"}', code="invalid_document")
+    if mode not in {m.value for m in DesiredMode}:
+        raise DomainError('mode must be "merge" or "replace"', code="invalid_mode")
+    if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(expected_version, int)):
+        raise DomainError("expected_version must be an integer", code="invalid_version")
+    return document, DesiredMode(mode), expected_version

@@ -1,52 +1,348 @@
-"""Read-mostly admin for jobs; writes go through jobs.services (the full operator UI builds on this)."""
+"""Jobs admin: create jobs, watch their progress live, cancel them, browse executions.
 
+Every write goes through jobs.services (create, cancel), as from the API; the
+job page itself is read-only. Tenant scoping and role checks come from
+devices.admin_scope. Progress bars for a whole page come from ONE grouped
+query (jobs.selectors.jobs_progress), and the page's JS refetches them from
+progress.json when a jobs.changed event names a visible job.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
+from django.http import JsonResponse
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
+from devices.admin_scope import TenantScopedAdmin, admin_tenant
+from devices.choices import DeviceStatus
+from devices.models import Device
 from iotcloud.errors import DomainError
 from jobs import services
+from jobs.admin_forms import JobCreateForm
+from jobs.choices import ExecutionStatus
 from jobs.models import Job, JobExecution
+from jobs.selectors import jobs_progress
+
+ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/live.js", "iotcloud/jobs.js"])
+MAX_PROGRESS_IDS = 500
+AUTOCOMPLETE_PAGE = 20
+# Bar segments, left to right: finished outcomes first, then work still open.
+SEGMENTS = [
+    ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.REJECTED, ExecutionStatus.TIMED_OUT,
+    ExecutionStatus.CANCELED, ExecutionStatus.IN_PROGRESS, ExecutionStatus.QUEUED,
+]  # fmt: skip
+
+
+def _label(status: str) -> str:
+    return status.lower().replace("_", " ")
+
+
+def progress_inner_html(progress: dict) -> str:
+    """The bar (one segment per status) and the counts line, e.g. `succeeded 40 · queued 60 of 100`."""
+    total, counts = progress["total"], progress["counts"]
+    shown = [s for s in SEGMENTS if counts.get(s)]
+    segments = format_html_join(
+        "",
+        '<span class="iot-seg-{}" style="width:{}%" title="{} {}"></span>',
+        ((s.lower(), f"{100 * counts[s] / total:.3f}", _label(s), counts[s]) for s in shown),
+    )
+    parts = format_html_join(" · ", "{} <b>{}</b>", ((_label(s), counts[s]) for s in shown))
+    line = format_html("{} of <b>{}</b>", parts, total) if total else "no executions"
+    return format_html('<div class="iot-progress">{}</div><div class="iot-counts">{}</div>', segments, line)
+
+
+def progress_html(job_pk: int, job_id: str, progress: dict, *, wide: bool = False) -> str:
+    """A bar the page's JS finds (data-job-progress) and refreshes in place."""
+    return format_html(
+        '<div class="iot-job-progress{}" data-job-progress="{}" data-job-id="{}">{}</div>',
+        " iot-job-progress-wide" if wide else "",
+        job_pk,
+        job_id,
+        progress_inner_html(progress),
+    )
+
+
+def _bad_request(detail: str, status: int = 400) -> JsonResponse:
+    return JsonResponse({"detail": detail}, status=status)
+
+
+def _parse_pks(raw: str) -> list[int]:
+    pks = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        if not part.isdigit() or not 0 < int(part) < 2**63:
+            raise ValueError(part)
+        pks.append(int(part))
+    return pks
+
+
+class ScopedJobFilter(admin.SimpleListFilter):
+    """Filter executions by job: choices are the user's own (recent) jobs, never another tenant's.
+
+    RelatedOnlyFieldListFilter would run SELECT DISTINCT over every execution.
+    """
+
+    title = "job"
+    parameter_name = "job__id__exact"
+    LIMIT = 30
+
+    def lookups(self, request, model_admin):
+        jobs = model_admin.admin_site._registry[Job].get_queryset(request).order_by("-created_at")
+        jobs = list(jobs.values_list("pk", "job_id", "tenant_id")[: self.LIMIT])
+        value = self.value()
+        if value and value.isdigit() and all(str(pk) != value for pk, _, _ in jobs):
+            jobs += list(model_admin.admin_site._registry[Job].get_queryset(request).filter(pk=int(value))
+                         .values_list("pk", "job_id", "tenant_id"))  # fmt: skip
+        with_tenant = request.user.is_superuser
+        return [(str(pk), f"{tenant_id}/{job_id}" if with_tenant else job_id) for pk, job_id, tenant_id in jobs]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit() or int(value) >= 2**63:
+            return queryset.none()
+        return queryset.filter(job_id=int(value))
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    list_display = ["job_id", "tenant", "document_type", "status", "total", "remaining", "created_at"]
-    list_filter = ["status", "tenant", "document_type"]
+class JobAdmin(TenantScopedAdmin):
+    list_display = ["job_id", "tenant", "document_type", "status_label", "progress", "created_at"]
+    list_filter = ["status", "document_type", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["tenant"]
     search_fields = ["job_id"]
     actions = ["cancel", "force_cancel"]
     show_full_result_count = False
+    ordering = ["-created_at"]
+    fieldsets = [
+        (None, {"fields": ["tenant", "job_id", "status_label", "document_type", "document", "description"]}),
+        ("Progress", {"fields": ["progress_wide", "executions_link"]}),
+        ("Targets and timing", {"fields": ["target_summary", "expires_at", "in_progress_timeout_seconds"]}),
+        ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
+    ]
+
+    @property
+    def media(self):
+        return super().media + ADMIN_MEDIA
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("targets")  # up to 100,000 device ids: never for a list
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in Job._meta.fields]
+        return [name for _, options in self.fieldsets for name in options["fields"]]
 
-    def has_add_permission(self, request):
-        return False  # create jobs through the API (targets are resolved by jobs.services)
+    def has_change_permission(self, request, obj=None):
+        # A job changes only through actions (the service); its page is read-only for everyone.
+        return obj is None and super().has_change_permission(request)
 
-    def _cancel(self, request, queryset, force):
+    # --- list ---------------------------------------------------------------------------
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        jobs = list(changelist.result_list)  # evaluates the page; the template iterates these same rows
+        progress = jobs_progress([job.pk for job in jobs])
+        for job in jobs:
+            job.progress_data = progress[job.pk]
+        return changelist
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            context.update(self._live_context(request, {job.tenant_id for job in context["cl"].result_list}))
+        return response
+
+    def _live_context(self, request, tenant_ids) -> dict:
+        tenant = None if request.user.is_superuser else admin_tenant(request)
+        return {
+            "live_tenants": sorted([tenant.pk] if tenant else tenant_ids),
+            "progress_url": reverse(f"{self.admin_site.name}:jobs_job_progress"),
+        }
+
+    @admin.display(description="status", ordering="status")
+    def status_label(self, obj):
+        return format_html('<span data-job-status="{}">{}</span>', obj.pk, obj.status)
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        data = getattr(obj, "progress_data", None) or jobs_progress([obj.pk])[obj.pk]
+        return progress_html(obj.pk, obj.job_id, data)
+
+    # --- job page ------------------------------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        context = getattr(response, "context_data", None)
+        original = context.get("original") if context else None
+        if original is not None:
+            context.update(self._live_context(request, {original.tenant_id}))
+        return response
+
+    @admin.display(description="progress")
+    def progress_wide(self, obj):
+        return progress_html(obj.pk, obj.job_id, jobs_progress([obj.pk])[obj.pk], wide=True)
+
+    @admin.display(description="executions")
+    def executions_link(self, obj):
+        url = reverse(f"{self.admin_site.name}:jobs_jobexecution_changelist")
+        return format_html('<a href="{}?job__id__exact={}">All executions of {}</a>', url, obj.pk, obj.job_id)
+
+    @admin.display(description="document")
+    def document(self, obj):
+        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.document_params, indent=2))
+
+    @admin.display(description="targets")
+    def target_summary(self, obj):
+        targets = obj.targets or {}
+        ids, tags = targets.get("device_ids") or [], targets.get("tags") or {}
+        shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        tag_text = ", ".join(f"{k}={v}" for k, v in tags.items())
+        return format_html(
+            "Devices ({}): {}<br>Tag selector: {}", len(ids), shown or "none", tag_text or "none"
+        )  # fmt: skip
+
+    # --- actions -------------------------------------------------------------------------
+
+    def _cancel(self, request, queryset, force: bool):
+        canceled = []
         for job in queryset:
             try:
                 services.job_cancel(job=job, force=force, reason=f"canceled in admin by {request.user}")
             except DomainError as exc:
                 self.message_user(request, f"{job.job_id}: {exc.message}", messages.WARNING)
+            else:
+                canceled.append(job.job_id)
+        if canceled:
+            self.message_user(request, f"Canceled {len(canceled)} job(s): {', '.join(canceled)}", messages.SUCCESS)
 
-    @admin.action(description="Cancel (queued executions)")
+    @admin.action(description="Cancel (queued executions)", permissions=["change"])
     def cancel(self, request, queryset):
         self._cancel(request, queryset, force=False)
 
-    @admin.action(description="Force cancel (also in-progress executions)")
+    @admin.action(description="Force cancel (also in-progress executions)", permissions=["change"])
     def force_cancel(self, request, queryset):
         self._cancel(request, queryset, force=True)
 
+    # --- add -----------------------------------------------------------------------------
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """A form of our own (not a ModelForm save): saving is jobs.services.job_create."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = JobCreateForm(
+            request.POST if request.method == "POST" else None,
+            tenant=None if request.user.is_superuser else admin_tenant(request),
+            autocomplete_url=reverse(f"{self.admin_site.name}:jobs_job_devices"),
+            admin_site=self.admin_site,
+        )
+        if request.method == "POST" and form.is_valid() and form.save():
+            job = form.job
+            self.log_addition(request, job, [{"added": {}}])
+            self.message_user(request, f"Job {job.job_id} created: {job.total} execution(s) queued.", messages.SUCCESS)
+            return redirect(f"{self.admin_site.name}:jobs_job_change", job.pk)
+        adminform = helpers.AdminForm(form, self._add_fieldsets(form), {}, model_admin=self)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Add job",
+            "subtitle": None,
+            "adminform": adminform,
+            "object_id": None,
+            "original": None,
+            "is_popup": False,
+            "to_field": None,
+            "media": self.media + adminform.media,
+            "inline_admin_formsets": [],
+            "errors": helpers.AdminErrorList(form, []),
+            "preserved_filters": self.get_preserved_filters(request),
+            "show_save_and_add_another": False,
+            **(extra_context or {}),
+        }
+        return self.render_change_form(request, context, add=True, form_url=form_url)
+
+    def _add_fieldsets(self, form):
+        first = [f for f in ["tenant", "job_id", "document_type", "document_params", "description"] if f in form.fields]
+        return [
+            (None, {"fields": first}),
+            ("Targets", {"fields": ["devices", "tags"], "description": "Devices picked, tag matches, or both."}),
+            ("Timing", {"fields": ["expires_at", "in_progress_timeout_seconds"]}),
+        ]
+
+    # --- JSON endpoints --------------------------------------------------------------------
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("progress.json", wrap(self.progress_json), name="jobs_job_progress"),
+            path("devices.json", wrap(self.devices_json), name="jobs_job_devices"),
+            *super().get_urls(),
+        ]
+
+    def progress_json(self, request):
+        """`?ids=1,2`: per job {status, total, remaining, counts, percent_done, html}; others' jobs are omitted."""
+        if not self.has_view_permission(request):
+            return _bad_request("You may not view jobs", status=403)
+        try:
+            pks = _parse_pks(request.GET.get("ids", ""))
+        except ValueError as exc:
+            return _bad_request(f"ids: {str(exc)[:40]!r} is not a job number; give ids=<pk>,<pk>")
+        if len(pks) > MAX_PROGRESS_IDS:
+            return _bad_request(f"ids: at most {MAX_PROGRESS_IDS} jobs per request")
+        jobs = dict(self.get_queryset(request).filter(pk__in=pks).values_list("pk", "status")) if pks else {}
+        progress = jobs_progress(jobs)
+        return JsonResponse(
+            {"jobs": {str(pk): {"status": jobs[pk], **item, "html": progress_inner_html(item)}
+                      for pk, item in progress.items()}}
+        )  # fmt: skip
+
+    def devices_json(self, request):
+        """select2's source for the add form: active devices of the user's tenant, by device id."""
+        if not self.has_add_permission(request):
+            return _bad_request("You may not create jobs", status=403)
+        devices = Device.objects.filter(status=DeviceStatus.ACTIVE).order_by("device_id", "tenant_id")
+        if not request.user.is_superuser:
+            devices = devices.filter(tenant=admin_tenant(request))
+        term = request.GET.get("term", "").strip()[:128]
+        if term:
+            devices = devices.filter(device_id__icontains=term)
+        page = request.GET.get("page", "1")
+        page = int(page) if page.isdigit() and 0 < int(page) < 10_000 else 1
+        start = (page - 1) * AUTOCOMPLETE_PAGE
+        rows = list(devices.values_list("pk", "device_id", "tenant_id")[start : start + AUTOCOMPLETE_PAGE + 1])
+        label = (lambda d, t: f"{t}/{d}") if request.user.is_superuser else (lambda d, t: d)
+        return JsonResponse(
+            {
+                "results": [{"id": str(pk), "text": label(d, t)} for pk, d, t in rows[:AUTOCOMPLETE_PAGE]],
+                "pagination": {"more": len(rows) > AUTOCOMPLETE_PAGE},
+            }
+        )
+
 
 @admin.register(JobExecution)
-class JobExecutionAdmin(admin.ModelAdmin):
-    list_display = ["job", "device", "status", "execution_number", "queued_at", "last_updated_at"]
-    list_filter = ["status"]
-    search_fields = ["job__job_id", "device__device_id"]
+class JobExecutionAdmin(TenantScopedAdmin):
+    list_display = ["job", "device", "status", "execution_number", "queued_at", "started_at", "last_updated_at"]
+    list_filter = ["status", ScopedJobFilter, "tenant"]
     list_select_related = ["job", "device"]
-    show_full_result_count = False
+    search_fields = ["device__device_id", "job__job_id"]
+    show_full_result_count = False  # COUNT(*) over 100,000 executions per job is slow
+    actions = []
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in JobExecution._meta.fields]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("job__targets", "job__document_params", "job__description")
+
     def has_add_permission(self, request):
-        return False
+        return False  # executions are created by jobs.services.job_create
+
+    def has_change_permission(self, request, obj=None):
+        return False  # devices and the platform move executions along the state machine
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a job's counts depend on its executions

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
@@ -62,12 +63,17 @@ def test_provision_device_refuses_bad_input():
 
 def test_demo_is_rerunnable_and_prints_working_tokens(settings, tmp_path):
     settings.VAR_DIR = tmp_path
-    run("demo")
+    first = run("demo")
     output = run("demo")
     assert Tenant.objects.filter(id="demo").count() == 1
-    assert Device.objects.filter(tenant_id="demo").count() == 3
+    assert Device.objects.filter(tenant_id="demo").count() == 12
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert saved["operator_token"] in output
+    # The login stays printable on every run, and it works.
+    assert f"demo / {saved['password']}" in first
+    assert f"demo / {saved['password']}" in output
+    assert get_user_model().objects.get(username="demo").check_password(saved["password"])
+    assert (tmp_path / "demo.json").stat().st_mode & 0o077 == 0
     assert "curl" in output
     device = APIClient()
     device.credentials(HTTP_X_PROVISION_TOKEN=saved["devices"]["thermo-01"])

@@ -24,9 +24,10 @@ from devices.services import (
 )
 
 DEVICES = [
-    ("thermo-01", {"site": "paris", "kind": "thermostat"}),
-    ("thermo-02", {"site": "paris", "kind": "thermostat"}),
-    ("gateway-01", {"site": "lyon", "kind": "gateway"}),
+    *[(f"thermo-{n:02}", {"site": "paris", "kind": "thermostat"}) for n in range(1, 7)],
+    *[(f"meter-{n:02}", {"site": "lyon", "kind": "meter"}) for n in range(1, 5)],
+    ("gateway-01", {"site": "paris", "kind": "gateway"}),
+    ("gateway-02", {"site": "lyon", "kind": "gateway"}),
 ]
 
 
@@ -42,11 +43,16 @@ class Command(BaseCommand):
     def handle(self, *args, tenant, username, base_url, **options):
         tenant_obj = Tenant.objects.filter(id=tenant).first() or tenant_create(tenant_id=tenant, name="Demo tenant")
         User = get_user_model()
-        password = None
+        out = settings.VAR_DIR / "demo.json"
+        previous = json.loads(out.read_text()) if out.exists() else {}
+        # The demo login is kept in var/demo.json (mode 600) so every `make run` can print it again.
+        password = previous.get("password") if previous.get("username") == username else None
         user = User.objects.filter(username=username).first()
         if user is None:
             password = secrets.token_urlsafe(9)
             user = operator_create(username=username, tenant=tenant_obj, role=Role.ADMIN, password=password)
+        elif password and not user.check_password(password):
+            password = None  # changed since: we no longer know it
         operator_token = operator_token_create(user=user)
 
         device_tokens = {}
@@ -60,19 +66,24 @@ class Command(BaseCommand):
                 continue
             device_tokens[device_id] = token
 
-        out = settings.VAR_DIR / "demo.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps({"tenant": tenant, "operator_token": operator_token, "devices": device_tokens}, indent=2)
-        )
+        out.touch(mode=0o600)
         out.chmod(0o600)
+        saved = {
+            "tenant": tenant,
+            "username": username,
+            "password": password,
+            "operator_token": operator_token,
+            "devices": device_tokens,
+        }
+        out.write_text(json.dumps(saved, indent=2))
 
         first = next(iter(device_tokens), None)
         self.stdout.write(f"tenant:          {tenant}")
         if password:
             self.stdout.write(f"operator:        {username} / {password}  (sign in at {base_url}/admin/)")
         else:
-            self.stdout.write(f"operator:        {username} (existing account; password unchanged)")
+            self.stdout.write(f"operator:        {username} (existing account; its password was changed, not shown)")
         self.stdout.write(f"operator token:  {operator_token}")
         for device_id, token in device_tokens.items():
             self.stdout.write(f"device {device_id:<10} token: {token}")

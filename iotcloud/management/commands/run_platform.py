@@ -1,8 +1,8 @@
 """python manage.py run_platform — the whole platform in one terminal (what `make run` uses).
 
 Starts, as child processes: the embedded MQTT broker (only when MQTT_URL is
-unset), the MQTT bridge, the web server and, with --simulate, the device
-simulator. Output is prefixed with each child's name. Ctrl-C or SIGTERM stops
+unset), the web server with the MQTT bridge (one process, unless REDIS_URL is
+set: then two) and, with --simulate, the device simulator. Output is prefixed with each child's name. Ctrl-C or SIGTERM stops
 them all; if one dies, the others are stopped too.
 """
 
@@ -31,8 +31,11 @@ class Command(BaseCommand):
         children = []
         if not settings.MQTT_URL:
             children.append(("broker", [*manage, "mqtt_broker"], "listening"))
-        children.append(("bridge", [*manage, "mqtt_bridge"], "connected to"))
-        children.append(("web", [*manage, "runserver", addr, "--noreload"], None))
+        if settings.REDIS_URL:  # events cross processes through Redis
+            children.append(("bridge", [*manage, "mqtt_bridge"], "connected to"))
+            children.append(("web", [*manage, "web", addr], None))
+        else:  # one process, so the in-memory channel layer carries the bridge's events to the browsers
+            children.append(("web", [*manage, "web", addr, "--with-bridge"], "connected to"))
         if simulate:
             children.append(("devices", [*manage, "simulate_devices"], None))
 
