@@ -19,6 +19,7 @@ from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html
 
 from devices import services
@@ -237,12 +238,14 @@ class DeviceAdmin(TenantScopedAdmin):
     search_fields = ["device_id"]
     list_select_related = ["tenant"]
     list_per_page = 50
+    show_facets = admin.ShowFacets.NEVER  # per-filter counts would scan the fleet on every page view
     show_full_result_count = False  # COUNT(*) over a large fleet is slow
     readonly_fields = [
         "tenant", "device_id", "status", "last_seen", "created_at", "decommissioned_at", "desired_version",
         "reported_version", "desired_published_version", "shadow_updated_at", "reported_updated_at",
     ]  # fmt: skip
-    fields = ["tenant", "device_id", "status", "tags", *readonly_fields[3:]]
+    # Versions and timestamps are in the twin panel above the form.
+    fields = ["tenant", "device_id", "status", "tags", "created_at", "decommissioned_at"]
 
     @property
     def media(self):
@@ -273,7 +276,8 @@ class DeviceAdmin(TenantScopedAdmin):
 
     @admin.display(description="last seen", ordering="last_seen")
     def last_seen_at(self, obj):
-        return format_html('<span data-field="last_seen" data-pk="{}">{}</span>', obj.pk, obj.last_seen or "never")
+        seen = formats.localize(timezone.localtime(obj.last_seen)) if obj.last_seen else "never"
+        return format_html('<span data-field="last_seen" data-pk="{}">{}</span>', obj.pk, seen)
 
     def save_model(self, request, obj, form, change):
         services.device_set_tags(device=obj, tags=form.cleaned_data["tags"])
