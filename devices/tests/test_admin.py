@@ -127,8 +127,8 @@ def test_sync_badges_and_filters(alice, fleet):
     twin_update_desired(device=fleet["a1"], document={"led": "on"})  # a-1 pending, a-2 synced
     url = reverse("admin:devices_device_changelist")
     page = alice.get(url).content.decode()
-    assert 'iot-badge-pending" data-badge data-pk="%d"' % fleet["a1"].pk in page
-    assert 'iot-badge-synced" data-badge data-pk="%d"' % fleet["a2"].pk in page
+    assert f'iot-badge-pending" data-badge data-pk="{fleet["a1"].pk}"' in page
+    assert f'iot-badge-synced" data-badge data-pk="{fleet["a2"].pk}"' in page
     pending = alice.get(url, {"sync": "pending"}).content.decode()
     assert "a-1" in pending and "a-2" not in pending
     by_tag = alice.get(url, {"tag": "site:lyon"}).content.decode()

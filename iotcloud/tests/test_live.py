@@ -115,7 +115,7 @@ def test_a_refused_write_sends_nothing(tenant):
 
 def test_job_progress_is_announced(tenant):
     user = staff(tenant, "watcher")
-    device, token = device_provision(tenant=tenant, device_id="pump-1")
+    device, _token = device_provision(tenant=tenant, device_id="pump-1")
 
     async def scenario():
         communicator, _, _ = await connect(await sync_to_async(session_headers)(user))

@@ -2,8 +2,9 @@
 
 Starts, as child processes: the embedded MQTT broker (only when MQTT_URL is
 unset), the web server with the MQTT bridge (one process, unless REDIS_URL is
-set: then two) and, with --simulate, the device simulator. Output is prefixed with each child's name. Ctrl-C or SIGTERM stops
-them all; if one dies, the others are stopped too.
+set: then two) and, with --simulate, the device simulator. Output is
+prefixed with each child's name. Ctrl-C or SIGTERM stops them all; if one
+dies, the others are stopped too.
 """
 
 import os
