@@ -1,5 +1,7 @@
 """Shared test fixtures: tenants, operators with bearer tokens, devices with tokens."""
 
+from urllib.parse import quote
+
 import pytest
 from django.db import connection
 from rest_framework.test import APIClient
@@ -12,6 +14,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.django_db(transaction=True))
+
+
+def subprocess_database_url() -> str:
+    """DATABASE_URL of the test database, for servers and bridges the tests start as processes."""
+    db = connection.settings_dict
+    if connection.vendor == "postgresql":
+        return (
+            f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@{db['HOST'] or '127.0.0.1'}:"
+            f"{db['PORT'] or 5432}/{db['NAME']}"
+        )
+    return f"sqlite:///{db['NAME']}"
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from urllib.parse import quote
 import paho.mqtt.client as mqtt
 import pytest
 from django.conf import settings
-from django.db import connection
 
+from conftest import subprocess_database_url
 from devices.models import Device
 from devices.services import device_provision, tenant_create
 from mqtt_bridge import topics
@@ -286,16 +286,8 @@ class BridgeProcess:
     """`manage.py mqtt_bridge` as a real process, for crash tests."""
 
     def __init__(self, broker: BrokerSettings, client_id: str):
-        db = connection.settings_dict
-        if connection.vendor == "postgresql":
-            database_url = (
-                f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@{db['HOST'] or '127.0.0.1'}:"
-                f"{db['PORT'] or 5432}/{db['NAME']}"
-            )
-        else:
-            database_url = f"sqlite:///{db['NAME']}"
         self.env = {
-            **os.environ, "DATABASE_URL": database_url, "MQTT_URL": broker_url(broker),
+            **os.environ, "DATABASE_URL": subprocess_database_url(), "MQTT_URL": broker_url(broker),
             "MQTT_CLIENT_ID": client_id, "MQTT_POLL_SECONDS": "0.2", "LOG_LEVEL": "INFO",
         }  # fmt: skip
         self.process = None

@@ -1,0 +1,205 @@
+"""The operator UI in a real browser: headless Chromium (Debian's /usr/bin/chromium) driven by Playwright.
+
+The web server is a real process (`manage.py web`: daphne, HTTP + websockets)
+on the test database; devices talk to it over HTTP, as they would in the
+field. Screenshots go to test-artifacts/ (docs/screenshots/ has the README's).
+
+Skipped where Chromium is not installed, unless REQUIRE_BROWSER=1 (.ci/run
+installs Chromium and sets it, so CI never skips these).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from conftest import subprocess_database_url
+from devices.choices import Role
+from devices.services import device_provision, operator_create, tenant_create
+from mqtt_bridge.tests.conftest import free_port, wait_until
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+PASSWORD = "browser-pw-123"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class WebServer:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="web-", suffix=".log", delete=False)  # noqa: SIM115
+        env = {
+            **os.environ,
+            "DATABASE_URL": subprocess_database_url(),
+            "DEBUG": "1",  # static files from the app folders, no collectstatic
+            "LOG_LEVEL": "INFO",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "web", f"127.0.0.1:{self.port}"],
+            cwd=settings.BASE_DIR, env=env, stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        wait_until(self._up, timeout=30, message="the web server to answer")
+
+    def _up(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"web server exited:\n{Path(self.log.name).read_text()}")
+        try:
+            urllib.request.urlopen(self.url + "/healthz/live", timeout=1)
+        except OSError:
+            return False
+        return True
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def device_call(self, method: str, path: str, token: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"X-Provision-Token": token, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from None
+
+
+@pytest.fixture
+def fleet(transactional_db):
+    tenant = tenant_create(tenant_id="acme", name="Acme")
+    operator_create(username="olivia", tenant=tenant, role=Role.OPERATOR, password=PASSWORD)
+    devices = {}
+    for n in range(1, 6):
+        device, token = device_provision(tenant=tenant, device_id=f"pump-{n}", tags={"site": "paris"})
+        devices[device.device_id] = token
+    return devices
+
+
+@pytest.fixture
+def server(fleet):
+    web = WebServer()
+    yield web
+    web.stop()
+
+
+@pytest.fixture
+def page(server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(10_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/admin/login/")
+        page.fill("#id_username", "olivia")
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+        expect(page.locator("#user-tools")).to_contain_text("olivia")
+        yield page
+        browser.close()
+        assert not errors, f"JavaScript errors: {errors}"
+
+
+def shot(page, name: str, locator=None):
+    path = ARTIFACTS / f"{name}.png"
+    (locator or page).screenshot(path=str(path))
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures
+        docs = Path(settings.BASE_DIR) / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, docs / path.name)
+
+
+def test_edit_desired_then_a_device_report_turns_the_badge_green_without_reload(page, server, fleet):
+    token = fleet["pump-1"]
+    server.device_call("GET", "/device/v1/shadow", token)  # the device is online: not stale
+
+    page.goto(server.url + "/admin/devices/device/?q=pump-1")
+    page.click("text=pump-1")
+    badge = page.locator("#iot-sync")
+    expect(badge).to_have_text("synced")
+    expect(page.locator("#iot-twin [data-live-status]")).to_have_attribute("data-live-status", "live")
+    page.evaluate("window.__noReload = true")
+
+    # The editor refuses what is not a JSON object before anything is sent.
+    page.fill("#iot-document", '{"led": ')
+    expect(page.locator("#iot-editor-status")).to_contain_text("Not valid JSON")
+    page.fill("#iot-document", json.dumps({"led": "on", "interval_s": 30}))
+    page.click("#iot-save")
+    expect(page.locator("#iot-editor-status")).to_contain_text("Saved: desired version 1")
+    expect(page.locator("#iot-desired-version")).to_have_text("1")
+    expect(badge).to_have_text("pending")
+    expect(page.locator("#iot-delta")).to_contain_text('"led": "on"')
+    shot(page, "twin-panel-pending", page.locator("#iot-twin"))
+
+    # The device applies it and reports over HTTP; the panel follows without a reload.
+    desired = server.device_call("GET", "/device/v1/shadow", token)
+    assert desired["desired"] == {"led": "on", "interval_s": 30}
+    server.device_call("POST", "/device/v1/shadow/reported", token, {"reported": desired["desired"], "version": 1})
+    expect(badge).to_have_text("synced")
+    expect(page.locator("#iot-reported-version")).to_have_text("1")
+    expect(page.locator("#iot-delta")).to_have_text("{}")
+    assert page.evaluate("window.__noReload") is True
+    shot(page, "twin-panel", page.locator("#iot-twin"))
+
+    # A stale save (another operator moved the version on) is refused inline.
+    page.evaluate("document.getElementById('iot-expected-version').value = '0'")
+    page.fill("#iot-document", '{"led": "off"}')
+    page.click("#iot-save")
+    expect(page.locator("#iot-editor-status")).to_contain_text("does not match desired_version 1")
+    expect(page.locator("#iot-desired-version")).to_have_text("1")
+
+
+def test_device_list_badges_follow_reports_live(page, server, fleet):
+    for device_id in ("pump-1", "pump-2"):
+        server.device_call("GET", "/device/v1/shadow", fleet[device_id])
+    page.goto(server.url + "/admin/devices/device/")
+    row_badge = page.locator("[data-key='acme/pump-2']")
+    expect(row_badge).to_have_text("synced")
+    expect(page.locator("#content [data-live-status]")).to_have_attribute("data-live-status", "live")
+    page.evaluate("window.__noReload = true")
+    # A change made elsewhere (the same session's cookies, outside this page) shows up here.
+    response = page.request.post(
+        f"{server.url}/admin/devices/device/{row_badge.get_attribute('data-pk')}/desired/",
+        data=json.dumps({"document": {"fan": 2}}),
+        headers={"Content-Type": "application/json", "X-CSRFToken": _csrf(page), "Referer": server.url + "/admin/"},
+    )
+    assert response.ok, response.text()
+    expect(row_badge).to_have_text("pending")
+    server.device_call("POST", "/device/v1/shadow/reported", fleet["pump-2"], {"reported": {"fan": 2}, "version": 1})
+    expect(row_badge).to_have_text("synced")
+    assert page.evaluate("window.__noReload") is True
+    shot(page, "device-list")
+
+
+def _csrf(page) -> str:
+    return next(c["value"] for c in page.context.cookies() if c["name"] == settings.CSRF_COOKIE_NAME)
