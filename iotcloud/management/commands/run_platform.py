@@ -7,6 +7,7 @@ prefixed with each child's name. Ctrl-C or SIGTERM stops them all; if one
 dies, the others are stopped too.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *a: stop.set())
         processes: list[tuple[str, subprocess.Popen]] = []
         self.stdout.write(f"MQTT broker: {broker_settings()}   web: http://{addr}/   (Ctrl-C stops everything)")
+        self.stdout.write(self._login_hint(addr))
         try:
             for name, command, ready_text in children:
                 ready = threading.Event()
@@ -74,6 +76,13 @@ class Command(BaseCommand):
                     process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+    @staticmethod
+    def _login_hint(addr: str) -> str:
+        demo = settings.VAR_DIR / "demo.json"
+        saved = json.loads(demo.read_text()) if demo.exists() else {}
+        login = f"{saved['username']} / {saved['password']}" if saved.get("password") else "see `manage.py demo`"
+        return f"Operator UI: http://{addr}/admin/   sign in as {login}"
 
     def _pump(self, name, process, ready, ready_text):
         for raw in process.stdout:
