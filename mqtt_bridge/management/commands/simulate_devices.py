@@ -56,6 +56,7 @@ class SimulatedDevice:
         client.subscribe(topics.reported_rejected(self.tenant_id, self.device_id), qos=1)
         if self.api_url:
             client.subscribe(topics.jobs_notify(self.tenant_id, self.device_id), qos=1)
+        self.report(temperature_c=round(random.uniform(18, 24), 1))  # "I'm online": the fleet is not stale
 
     def _on_message(self, client, userdata, message):
         if message.topic.endswith("/jobs/notify"):
