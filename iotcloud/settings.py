@@ -29,7 +29,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",  # first: makes `runserver` serve ASGI (websockets)
-    "django.contrib.admin",
+    "iotcloud.apps.IotcloudAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -246,5 +246,9 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": env.str("LOG_FORMAT", default="plain")},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # daphne's runserver prints each request itself; don't log it twice.
+        "django.channels.server": {"level": "WARNING"},
+    },
 }

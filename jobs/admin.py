@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
+from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
@@ -30,7 +31,6 @@ from jobs.choices import ExecutionStatus
 from jobs.models import Job, JobExecution
 from jobs.selectors import jobs_progress
 
-ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/live.js", "iotcloud/jobs.js"])
 MAX_PROGRESS_IDS = 500
 AUTOCOMPLETE_PAGE = 20
 # Bar segments, left to right: finished outcomes first, then work still open.
@@ -82,6 +82,16 @@ def _parse_pks(raw: str) -> list[int]:
     return pks
 
 
+class CappedCountPaginator(Paginator):
+    """Counts at most COUNT_CAP rows: COUNT(*) over a tenant's millions of executions would dominate the page."""
+
+    COUNT_CAP = 10_000
+
+    @cached_property
+    def count(self):
+        return self.object_list.order_by()[: self.COUNT_CAP + 1].count()
+
+
 class ScopedJobFilter(admin.SimpleListFilter):
     """Filter executions by job: choices are the user's own (recent) jobs, never another tenant's.
 
@@ -93,12 +103,12 @@ class ScopedJobFilter(admin.SimpleListFilter):
     LIMIT = 30
 
     def lookups(self, request, model_admin):
-        jobs = model_admin.admin_site._registry[Job].get_queryset(request).order_by("-created_at")
-        jobs = list(jobs.values_list("pk", "job_id", "tenant_id")[: self.LIMIT])
+        job_admin = model_admin.admin_site.get_model_admin(Job)
+        scoped = job_admin.get_queryset(request).values_list("pk", "job_id", "tenant_id")
+        jobs = list(scoped.order_by("-created_at")[: self.LIMIT])
         value = self.value()
-        if value and value.isdigit() and all(str(pk) != value for pk, _, _ in jobs):
-            jobs += list(model_admin.admin_site._registry[Job].get_queryset(request).filter(pk=int(value))
-                         .values_list("pk", "job_id", "tenant_id"))  # fmt: skip
+        if value and value.isdigit() and int(value) < 2**63 and all(str(pk) != value for pk, _, _ in jobs):
+            jobs += list(scoped.filter(pk=int(value)))  # the chosen job, when older than the recent ones
         with_tenant = request.user.is_superuser
         return [(str(pk), f"{tenant_id}/{job_id}" if with_tenant else job_id) for pk, job_id, tenant_id in jobs]
 
@@ -119,6 +129,7 @@ class JobAdmin(TenantScopedAdmin):
     search_fields = ["job_id"]
     actions = ["cancel", "force_cancel"]
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count query per filter choice
     ordering = ["-created_at"]
     fieldsets = [
         (None, {"fields": ["tenant", "job_id", "status_label", "document_type", "document", "description"]}),
@@ -127,12 +138,9 @@ class JobAdmin(TenantScopedAdmin):
         ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
     ]
 
-    @property
-    def media(self):
-        return super().media + ADMIN_MEDIA
-
     def get_queryset(self, request):
-        return super().get_queryset(request).defer("targets")  # up to 100,000 device ids: never for a list
+        # targets can hold 100,000 device ids, params 32 KiB: the job page loads them when it shows them.
+        return super().get_queryset(request).defer("targets", "document_params", "description")
 
     def get_readonly_fields(self, request, obj=None):
         return [name for _, options in self.fieldsets for name in options["fields"]]
@@ -140,6 +148,11 @@ class JobAdmin(TenantScopedAdmin):
     def has_change_permission(self, request, obj=None):
         # A job changes only through actions (the service); its page is read-only for everyone.
         return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        # Jobs are canceled, not deleted: no service deletes them, and the confirmation
+        # page would list every one of up to 100,000 executions.
+        return False
 
     # --- list ---------------------------------------------------------------------------
 
@@ -215,7 +228,7 @@ class JobAdmin(TenantScopedAdmin):
             try:
                 services.job_cancel(job=job, force=force, reason=f"canceled in admin by {request.user}")
             except DomainError as exc:
-                self.message_user(request, f"{job.job_id}: {exc.message}", messages.WARNING)
+                self.message_user(request, f"Not canceled: {exc.message}", messages.WARNING)  # it names the job
             else:
                 canceled.append(job.job_id)
         if canceled:
@@ -261,6 +274,7 @@ class JobAdmin(TenantScopedAdmin):
             "errors": helpers.AdminErrorList(form, []),
             "preserved_filters": self.get_preserved_filters(request),
             "show_save_and_add_another": False,
+            "show_save_and_continue": False,  # saving always opens the new job's page
             **(extra_context or {}),
         }
         return self.render_change_form(request, context, add=True, form_url=form_url)
@@ -330,13 +344,16 @@ class JobExecutionAdmin(TenantScopedAdmin):
     list_select_related = ["job", "device"]
     search_fields = ["device__device_id", "job__job_id"]
     show_full_result_count = False  # COUNT(*) over 100,000 executions per job is slow
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
     actions = []
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in JobExecution._meta.fields]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).defer("job__targets", "job__document_params", "job__description")
+        jobs_columns = ("job__targets", "job__document_params", "job__description")  # a list shows the job's id only
+        return super().get_queryset(request).select_related("job", "device").defer(*jobs_columns)
 
     def has_add_permission(self, request):
         return False  # executions are created by jobs.services.job_create

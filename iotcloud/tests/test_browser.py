@@ -31,6 +31,7 @@ from mqtt_bridge.tests.conftest import free_port, wait_until
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 PASSWORD = "browser-pw-123"
+README_SHOTS = {"twin-panel", "job-progress", "device-list"}
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("REQUIRE_BROWSER") == "1":
@@ -133,7 +134,7 @@ def page(server):
 def shot(page, name: str, locator=None):
     path = ARTIFACTS / f"{name}.png"
     (locator or page).screenshot(path=str(path))
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures
+    if name in README_SHOTS and os.environ.get("UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures
         docs = Path(settings.BASE_DIR) / "docs" / "screenshots"
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, docs / path.name)
@@ -203,3 +204,45 @@ def test_device_list_badges_follow_reports_live(page, server, fleet):
 
 def _csrf(page) -> str:
     return next(c["value"] for c in page.context.cookies() if c["name"] == settings.CSRF_COOKIE_NAME)
+
+
+def test_create_a_job_and_watch_its_progress_bar_move(page, server, fleet):
+    page.goto(server.url + "/admin/jobs/job/add/")
+    page.fill("#id_job_id", "fw-1-4-2")
+    page.fill("#id_document_type", "firmware_update")
+    page.fill("#id_document_params", '{"version": "1.4.2", "url": "https://fw.example/1.4.2.bin"}')
+    page.fill("#id_tags", "site=paris")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("5 execution(s) queued")
+    counts = page.locator("[data-job-progress] .iot-counts")
+    expect(counts).to_have_text("queued 5 of 5")
+    expect(page.locator("[data-jobs-live] [data-live-status]")).to_have_attribute("data-live-status", "live")
+    page.evaluate("window.__noReload = true")
+
+    # Devices pick the job up over HTTP and report; the bar follows without a reload.
+    def execution(device_id, status):
+        path = "/device/v1/jobs/fw-1-4-2/execution"
+        server.device_call("PUT", path, fleet[device_id], {"status": status})
+
+    pending = server.device_call("GET", "/device/v1/jobs/pending", fleet["pump-1"])
+    assert [job["job_id"] for job in pending["jobs"]] == ["fw-1-4-2"]
+    for device_id in ("pump-1", "pump-2", "pump-3", "pump-4"):
+        execution(device_id, "IN_PROGRESS")
+    expect(counts).to_have_text("in progress 4 · queued 1 of 5")
+    for device_id in ("pump-1", "pump-2"):
+        execution(device_id, "SUCCEEDED")
+    execution("pump-3", "FAILED")
+    expect(counts).to_have_text("succeeded 2 · failed 1 · in progress 1 · queued 1 of 5")
+    assert page.evaluate("window.__noReload") is True
+    shot(page, "job-page", page.locator("#content"))
+
+    page.goto(server.url + "/admin/jobs/job/")
+    row_counts = page.locator("[data-job-progress] .iot-counts").first
+    expect(row_counts).to_have_text("succeeded 2 · failed 1 · in progress 1 · queued 1 of 5")
+    shot(page, "job-progress")
+    execution("pump-4", "SUCCEEDED")
+    execution("pump-5", "IN_PROGRESS")
+    execution("pump-5", "SUCCEEDED")
+    expect(row_counts).to_have_text("succeeded 4 · failed 1 of 5")
+    expect(page.locator("[data-job-status]").first).to_have_text("COMPLETED")
+    shot(page, "job-list")

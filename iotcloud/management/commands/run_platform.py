@@ -39,7 +39,7 @@ class Command(BaseCommand):
         else:  # one process, so the in-memory channel layer carries the bridge's events to the browsers
             children.append(("web", [*manage, "web", addr, "--with-bridge"], "connected to"))
         if simulate:
-            children.append(("devices", [*manage, "simulate_devices"], None))
+            children.append(("devices", [*manage, "simulate_devices", "--api-url", f"http://{addr}"], None))
 
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *a: stop.set())

@@ -1,0 +1,16 @@
+"""App configs: the iotcloud project app, and the admin with iotcloud's own site (dashboard)."""
+
+from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps  # the module, not the class: it is marked default=True
+
+
+class IotcloudConfig(AppConfig):
+    default = True
+    name = "iotcloud"
+
+
+class IotcloudAdminConfig(admin_apps.AdminConfig):
+    """Replaces "django.contrib.admin" in INSTALLED_APPS, so admin.site is IotcloudAdminSite."""
+
+    default = False
+    default_site = "iotcloud.admin_site.IotcloudAdminSite"

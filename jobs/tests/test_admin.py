@@ -1,0 +1,365 @@
+"""Jobs admin: tenant scoping, the add form (through jobs.services), actions, live progress, query counts."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from devices.choices import DeviceStatus, Role
+from devices.models import Device
+from devices.services import operator_create
+from jobs import services
+from jobs.choices import ExecutionStatus, JobStatus
+from jobs.models import Job, JobExecution
+
+CHANGELIST = reverse("admin:jobs_job_changelist")
+ADD = reverse("admin:jobs_job_add")
+PROGRESS = reverse("admin:jobs_job_progress")
+DEVICES = reverse("admin:jobs_job_devices")
+EXECUTIONS = reverse("admin:jobs_jobexecution_changelist")
+
+
+def staff(tenant, username, role=Role.OPERATOR, superuser=False) -> Client:
+    user = operator_create(
+        username=username, tenant=tenant, role=role, password="A-long-Pass-123!", superuser=superuser
+    )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def job(tenant, devices, job_id, document_type="reboot"):
+    return services.job_create(
+        tenant=tenant, job_id=job_id, document_type=document_type, device_ids=[d.device_id for d in devices]
+    )
+
+
+def finish(device, job_id, status=ExecutionStatus.SUCCEEDED):
+    services.execution_update(device=device, job_id=job_id, status=ExecutionStatus.IN_PROGRESS)
+    if status != ExecutionStatus.IN_PROGRESS:
+        services.execution_update(device=device, job_id=job_id, status=status)
+
+
+@pytest.fixture
+def alice(tenant):
+    return staff(tenant, "alice-admin")
+
+
+@pytest.fixture
+def fleet(tenant, other_tenant, make_device):
+    """Three devices in acme (two tagged berlin), one in globex, and a job in each tenant."""
+    a = [make_device(tenant, f"pump-{i}", tags={"site": "berlin" if i < 2 else "paris"}) for i in range(3)]
+    b = make_device(other_tenant, "globex-secret-device", tags={"site": "berlin"})
+    return {
+        "a": a,
+        "b": b,
+        "a_job": job(tenant, a, "acme-job"),
+        "b_job": job(other_tenant, [b], "globex-secret-job", document_type="globex-only-type"),
+    }
+
+
+def add_form(**overrides):
+    data = {
+        "job_id": "",
+        "document_type": "fw_update",
+        "document_params": '{"url": "https://example.test/fw.bin"}',
+        "description": "",
+        "tags": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "in_progress_timeout_seconds": "",
+    }
+    data.update(overrides)
+    return data
+
+
+# --- tenant scoping ------------------------------------------------------------------------------
+
+
+def test_changelists_show_only_own_tenant(alice, fleet):
+    jobs_page = alice.get(CHANGELIST)
+    assert jobs_page.status_code == 200
+    body = jobs_page.content.decode()
+    assert "acme-job" in body
+    assert "globex-secret-job" not in body
+    assert "globex-only-type" not in body  # the document_type filter's choices are scoped too
+    executions = alice.get(EXECUTIONS).content.decode()
+    assert "pump-0" in executions
+    assert "globex-secret" not in executions  # neither B's job (filter choices) nor B's device
+
+
+def test_foreign_change_pages_are_not_found(alice, fleet):
+    b_job = fleet["b_job"]
+    b_execution = JobExecution.objects.get(job=b_job)
+    for url in [
+        reverse("admin:jobs_job_change", args=[b_job.pk]),
+        reverse("admin:jobs_jobexecution_change", args=[b_execution.pk]),
+    ]:
+        response = alice.get(url)
+        assert response.status_code in (302, 404), url
+        if response.status_code == 302:
+            assert response["Location"] == reverse("admin:index")
+
+
+def test_forged_cancel_of_foreign_job_does_nothing(alice, fleet):
+    b_job = fleet["b_job"]
+    alice.post(CHANGELIST, {"action": "force_cancel", "_selected_action": [b_job.pk]})
+    b_job.refresh_from_db()
+    assert b_job.status == JobStatus.IN_PROGRESS
+    assert JobExecution.objects.get(job=b_job).status == ExecutionStatus.QUEUED
+
+
+def test_execution_filter_for_a_foreign_job_shows_nothing(alice, fleet):
+    response = alice.get(EXECUTIONS, {"job__id__exact": fleet["b_job"].pk})
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_autocomplete_does_not_leak_foreign_objects(alice, fleet):
+    jobs = alice.get(
+        reverse("admin:autocomplete"),
+        {"app_label": "jobs", "model_name": "jobexecution", "field_name": "job", "term": ""},
+    )
+    assert jobs.status_code == 200
+    assert {r["text"] for r in jobs.json()["results"]} == {str(fleet["a_job"])}
+    devices = alice.get(DEVICES, {"term": ""}).json()
+    assert {r["text"] for r in devices["results"]} == {"pump-0", "pump-1", "pump-2"}
+    assert alice.get(DEVICES, {"term": "globex"}).json()["results"] == []
+
+
+def test_progress_json_omits_foreign_jobs(alice, fleet):
+    a_job, b_job = fleet["a_job"], fleet["b_job"]
+    data = alice.get(PROGRESS, {"ids": f"{a_job.pk},{b_job.pk}"}).json()
+    assert set(data["jobs"]) == {str(a_job.pk)}
+    assert alice.get(PROGRESS, {"ids": "1,x"}).status_code == 400
+    assert alice.get(PROGRESS, {"ids": str(2**64)}).status_code == 400
+
+
+def test_superuser_sees_every_tenant(tenant, fleet):
+    root = staff(None, "root", superuser=True)
+    body = root.get(CHANGELIST).content.decode()
+    assert "acme-job" in body and "globex-secret-job" in body
+    data = root.get(PROGRESS, {"ids": f"{fleet['a_job'].pk},{fleet['b_job'].pk}"}).json()
+    assert len(data["jobs"]) == 2
+
+
+# --- add form ------------------------------------------------------------------------------------
+
+
+def test_add_by_device_pick_creates_executions(alice, fleet):
+    picked = fleet["a"][:2]
+    response = alice.post(ADD, add_form(job_id="fw-13", devices=[d.pk for d in picked]))
+    created = Job.objects.get(tenant=fleet["a"][0].tenant, job_id="fw-13")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:jobs_job_change", args=[created.pk])
+    assert created.document_params == {"url": "https://example.test/fw.bin"}
+    assert set(created.executions.values_list("device__device_id", flat=True)) == {"pump-0", "pump-1"}
+    assert created.total == 2
+
+
+@pytest.mark.parametrize("selector", ["site=berlin", '{"site": "berlin"}'])
+def test_add_by_tag_selector(alice, fleet, selector):
+    response = alice.post(ADD, add_form(tags=selector, expires_at_0="2999-01-01", expires_at_1="00:00:00"))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    created = Job.objects.exclude(pk__in=[fleet["a_job"].pk, fleet["b_job"].pk]).get()
+    assert created.job_id.startswith("job-")  # generated
+    # Tag matches only inside the tenant: globex's berlin device is not targeted.
+    assert set(created.executions.values_list("device__device_id", flat=True)) == {"pump-0", "pump-1"}
+    assert created.expires_at is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"document_params": '{"url": '}, "Document params are not valid JSON"),
+        ({"document_params": "[1, 2]"}, "Document params must be a JSON object"),
+        ({}, "Pick target devices, give a tag selector, or both"),
+        ({"tags": "site"}, "is not key=value"),
+        ({"tags": "site=nowhere"}, "no active device matches the tag selector"),
+        ({"tags": "site=berlin", "job_id": "acme-job"}, "already exists"),
+        ({"tags": "site=berlin", "job_id": "bad/id"}, "Invalid job id"),
+        ({"tags": "site=berlin", "expires_at_0": "2001-01-01", "expires_at_1": "00:00:00"}, "must be in the future"),
+        ({"tags": "site=berlin", "in_progress_timeout_seconds": "0"}, "greater than or equal to 1"),
+    ],
+)
+def test_add_invalid_input_shows_error_and_creates_nothing(alice, fleet, overrides, message):
+    before = (Job.objects.count(), JobExecution.objects.count())
+    response = alice.post(ADD, add_form(**overrides))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert (Job.objects.count(), JobExecution.objects.count()) == before
+
+
+def test_add_with_forged_foreign_device_is_refused(alice, fleet):
+    before = Job.objects.count()
+    response = alice.post(ADD, add_form(devices=[fleet["a"][0].pk, fleet["b"].pk]))
+    assert response.status_code == 200
+    assert "is not one of the available choices" in response.content.decode()
+    assert Job.objects.count() == before
+
+
+def test_add_with_decommissioned_device_is_refused(alice, fleet):
+    device = fleet["a"][2]
+    Device.objects.filter(pk=device.pk).update(status=DeviceStatus.DECOMMISSIONED)
+    response = alice.post(ADD, add_form(devices=[device.pk]))
+    assert response.status_code == 200
+    assert "is not one of the available choices" in response.content.decode()
+
+
+def test_superuser_picks_tenant_and_devices_must_belong_to_it(tenant, fleet):
+    root = staff(None, "root", superuser=True)
+    page = root.get(ADD)
+    assert page.status_code == 200 and 'name="tenant"' in page.content.decode()
+    refused = root.post(ADD, add_form(tenant=tenant.pk, devices=[fleet["b"].pk]))
+    assert refused.status_code == 200
+    assert "not in tenant &#x27;acme&#x27;: globex/globex-secret-device" in refused.content.decode()
+    created = root.post(ADD, add_form(tenant="globex", job_id="root-job", devices=[fleet["b"].pk]))
+    assert created.status_code == 302
+    assert Job.objects.get(job_id="root-job").tenant_id == "globex"
+
+
+def test_operator_add_page_has_no_tenant_field(alice, fleet):
+    page = alice.get(ADD)
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert 'name="tenant"' not in body
+    assert DEVICES in body  # the select2 widget asks our scoped endpoint
+
+
+# --- roles and actions -------------------------------------------------------------------------------
+
+
+def test_viewer_cannot_add_or_cancel(tenant, fleet):
+    viewer = staff(tenant, "vera", role=Role.VIEWER)
+    assert viewer.get(CHANGELIST).status_code == 200
+    assert viewer.get(ADD).status_code == 403
+    assert viewer.post(ADD, add_form(tags="site=berlin")).status_code == 403
+    assert viewer.get(DEVICES).status_code == 403
+    viewer.post(CHANGELIST, {"action": "force_cancel", "_selected_action": [fleet["a_job"].pk]})
+    fleet["a_job"].refresh_from_db()
+    assert fleet["a_job"].status == JobStatus.IN_PROGRESS
+    assert "force_cancel" not in viewer.get(CHANGELIST).content.decode()
+
+
+def test_cancel_then_force_cancel(alice, fleet):
+    a_job = fleet["a_job"]
+    pump0, pump1, _ = fleet["a"]
+    finish(pump0, "acme-job", ExecutionStatus.IN_PROGRESS)
+    finish(pump1, "acme-job")
+    response = alice.post(CHANGELIST, {"action": "cancel", "_selected_action": [a_job.pk]}, follow=True)
+    assert "Canceled 1 job(s): acme-job" in response.content.decode()
+    a_job.refresh_from_db()
+    assert a_job.status == JobStatus.CANCELED
+    statuses = dict(a_job.executions.values_list("device__device_id", "status"))
+    assert statuses == {"pump-0": "IN_PROGRESS", "pump-1": "SUCCEEDED", "pump-2": "CANCELED"}
+    alice.post(CHANGELIST, {"action": "force_cancel", "_selected_action": [a_job.pk]})
+    assert a_job.executions.get(device=pump0).status == ExecutionStatus.CANCELED
+
+
+def test_cancel_of_completed_job_warns(alice, fleet):
+    for device in fleet["a"]:
+        finish(device, "acme-job")
+    response = alice.post(CHANGELIST, {"action": "cancel", "_selected_action": [fleet["a_job"].pk]}, follow=True)
+    assert "Not canceled: Job &#x27;acme-job&#x27; is already completed" in response.content.decode()
+    fleet["a_job"].refresh_from_db()
+    assert fleet["a_job"].status == JobStatus.COMPLETED
+
+
+def test_job_page_is_read_only(alice, fleet):
+    a_job = fleet["a_job"]
+    url = reverse("admin:jobs_job_change", args=[a_job.pk])
+    page = alice.get(url)
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert f'data-job-progress="{a_job.pk}"' in body
+    assert f"{EXECUTIONS}?job__id__exact={a_job.pk}" in body
+    assert 'name="_save"' not in body
+    assert alice.post(url, {"status": "COMPLETED"}).status_code == 403
+    a_job.refresh_from_db()
+    assert a_job.status == JobStatus.IN_PROGRESS
+
+
+def test_executions_are_read_only(alice, fleet):
+    execution = JobExecution.objects.filter(job=fleet["a_job"]).first()
+    assert alice.get(reverse("admin:jobs_jobexecution_add")).status_code == 403
+    url = reverse("admin:jobs_jobexecution_change", args=[execution.pk])
+    assert alice.get(url).status_code == 200
+    assert alice.post(url, {"status": "SUCCEEDED"}).status_code == 403
+
+
+# --- progress ------------------------------------------------------------------------------------------
+
+
+def test_progress_counts(alice, fleet):
+    a_job = fleet["a_job"]
+    pump0, pump1, _ = fleet["a"]
+    finish(pump0, "acme-job")
+    finish(pump1, "acme-job", ExecutionStatus.IN_PROGRESS)
+    item = alice.get(PROGRESS, {"ids": str(a_job.pk)}).json()["jobs"][str(a_job.pk)]
+    assert item["status"] == JobStatus.IN_PROGRESS
+    assert item["total"] == 3 and item["remaining"] == 2
+    assert item["counts"]["SUCCEEDED"] == 1
+    assert item["counts"]["IN_PROGRESS"] == 1
+    assert item["counts"]["QUEUED"] == 1
+    assert item["percent_done"] == pytest.approx(33.3)
+    assert "succeeded <b>1</b> · in progress <b>1</b> · queued <b>1</b> of <b>3</b>" in item["html"]
+    assert "succeeded <b>1</b> · in progress <b>1</b> · queued <b>1</b> of <b>3</b>" in (
+        alice.get(CHANGELIST).content.decode()
+    )
+
+
+def test_changelist_queries_do_not_grow_with_jobs(tenant, alice, make_device, django_assert_max_num_queries):
+    devices = [make_device(tenant, f"d-{i}") for i in range(3)]
+
+    def page_queries():
+        with CaptureQueriesContext(connection) as queries:
+            assert alice.get(CHANGELIST).status_code == 200
+        return len(queries)
+
+    job(tenant, devices, "first")
+    few = page_queries()
+    for i in range(25):
+        job(tenant, devices, f"more-{i}")
+    with django_assert_max_num_queries(few):
+        alice.get(CHANGELIST)
+    assert page_queries() <= few
+    executions_page = CaptureQueriesContext(connection)
+    with executions_page:
+        alice.get(EXECUTIONS)
+    assert len(executions_page) <= few
+
+
+def test_executions_list_counts_at_most_the_cap(alice, fleet, monkeypatch):
+    from jobs.admin import CappedCountPaginator
+
+    monkeypatch.setattr(CappedCountPaginator, "COUNT_CAP", 1)
+    monkeypatch.setattr("jobs.admin.JobExecutionAdmin.list_per_page", 1)
+    response = alice.get(EXECUTIONS)
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 2  # of 3: the count stops at cap + 1
+    assert len(response.context["cl"].result_list) == 1
+
+
+def test_jobs_progress_is_one_query(fleet, django_assert_num_queries):
+    from jobs.selectors import jobs_progress
+
+    with django_assert_num_queries(1):
+        progress = jobs_progress([fleet["a_job"].pk, fleet["b_job"].pk])
+    assert progress[fleet["a_job"].pk]["total"] == 3
+    assert progress[fleet["b_job"].pk]["counts"]["QUEUED"] == 1
+
+
+def test_expired_job_is_shown_timed_out(alice, tenant, make_device):
+    device = make_device(tenant, "late")
+    created = services.job_create(
+        tenant=tenant, job_id="soon", document_type="x", device_ids=["late"],
+        expires_at=timezone.now() + timedelta(seconds=30),
+    )  # fmt: skip
+    services.job_sweep(now=timezone.now() + timedelta(minutes=1))
+    item = alice.get(PROGRESS, {"ids": str(created.pk)}).json()["jobs"][str(created.pk)]
+    assert item["counts"]["TIMED_OUT"] == 1 and item["status"] == JobStatus.COMPLETED
+    assert device.pk
