@@ -23,6 +23,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,12 +45,17 @@ GOAL_P95_MS = 300
 
 
 def setup(database_url: str) -> None:
-    os.environ.update(django_env(database_url, ALLOWED_HOSTS="testserver", LIVE_UPDATES="false"))
+    static_root = tempfile.mkdtemp(prefix="bench-static-")
+    os.environ.update(
+        django_env(database_url, ALLOWED_HOSTS="testserver", LIVE_UPDATES="false", STATIC_ROOT=static_root)
+    )
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotcloud.settings")
     sys.path.insert(0, str(REPO))
     import django
+    from django.core.management import call_command
 
     django.setup()
+    call_command("collectstatic", "--noinput", verbosity=0)  # DEBUG is off: hashed static names, as in production
 
 
 def seed(count: int):
@@ -80,8 +86,8 @@ def seed(count: int):
     job_create(tenant=tenant, job_id="fw-all", document_type="firmware", device_ids=None, tags={"site": "lyon"})
     with connection.cursor() as cursor:
         cursor.execute(
-            """UPDATE job_executions SET status = CASE WHEN id % 10 < 2 THEN 'SUCCEEDED' ELSE 'IN_PROGRESS' END
-               WHERE job_id = %s AND id % 10 < 3""",
+            """UPDATE job_executions SET status = CASE WHEN id %% 10 < 2 THEN 'SUCCEEDED' ELSE 'IN_PROGRESS' END
+               WHERE job_id = %s AND id %% 10 < 3""",
             [job.pk],
         )
         cursor.execute("VACUUM ANALYZE")
