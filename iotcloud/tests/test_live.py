@@ -6,53 +6,16 @@ and the services, the way devices, operators and the bridge make them.
 """
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
-from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.test import Client
+from asgiref.sync import sync_to_async
 
 from conftest import device_client, make_operator_client
 from devices.choices import Role
-from devices.services import device_provision, operator_create
-from iotcloud.asgi import application
+from devices.services import device_provision
+from iotcloud.tests.live_helpers import connect, next_event, run, session_headers, staff, subscribe
 from jobs.services import execution_update, job_create
 from twin.services import Report, twin_record_reports
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer reads the database from its own thread
-
-
-def session_headers(user):
-    client = Client()
-    client.force_login(user)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-    return [(b"cookie", cookie.encode()), (b"origin", b"http://testserver"), (b"host", b"testserver")]
-
-
-def staff(tenant, username, **kwargs):
-    return operator_create(username=username, tenant=tenant, password="pw-123456789", **kwargs)
-
-
-async def connect(headers):
-    communicator = WebsocketCommunicator(application, "/ws/live", headers=headers)
-    connected, code = await communicator.connect()
-    return communicator, connected, code
-
-
-async def subscribe(communicator, tenants):
-    await communicator.send_json_to({"subscribe": tenants})
-    return await communicator.receive_json_from(timeout=5)
-
-
-async def next_event(communicator, type_, timeout=5):
-    """The next event of this type (others, e.g. last_seen updates, may come first)."""
-    while True:
-        event = await communicator.receive_json_from(timeout=timeout)
-        if event["type"] == type_:
-            return event
-
-
-def run(coroutine_function):
-    return async_to_sync(coroutine_function)()
 
 
 def test_a_device_report_over_http_reaches_a_subscribed_operator(tenant):
