@@ -22,6 +22,7 @@ from django.db.models import F
 
 from devices.choices import DeviceStatus
 from devices.models import Device
+from iotcloud.live import events
 from mqtt_bridge import topics
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,14 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
         ]
         acknowledged = publish(publications)
         _record_published(acknowledged)
+        # Operator screens show the published version ("delivered to the broker").
+        names = {pk: (tenant_id, device_id) for pk, tenant_id, device_id, *_ in rows}
+        by_tenant: dict[str, list[str]] = {}
+        for publication in acknowledged:
+            tenant_id, device_id = names[publication.device_pk]
+            by_tenant.setdefault(tenant_id, []).append(device_id)
+        for tenant_id, device_ids in by_tenant.items():
+            events.twins_changed(tenant_id, device_ids)
     for publication in acknowledged:
         logger.info(
             "desired %s topic=%s version=%d",

@@ -26,7 +26,17 @@ from django.conf import settings
 from conftest import subprocess_database_url
 from devices.choices import Role
 from devices.services import device_provision, operator_create, tenant_create
-from mqtt_bridge.tests.conftest import free_port, wait_until
+from mqtt_bridge import topics
+from mqtt_bridge.tests import conftest as mqtt_fixtures
+from mqtt_bridge.tests.conftest import (
+    MqttClient,
+    broker_url,
+    free_port,
+    purge_session,
+    wait_until,
+)
+
+mqtt_broker = mqtt_fixtures.mqtt_broker  # the fixture: MQTT_URL's broker, or the embedded one
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
@@ -44,21 +54,29 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class WebServer:
-    def __init__(self):
+    """`manage.py web --with-bridge`: make run's web process (daphne + the MQTT bridge in-process)."""
+
+    def __init__(self, broker):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.broker = broker
+        self.client_id = f"browser-bridge-{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="web-", suffix=".log", delete=False)  # noqa: SIM115
         env = {
             **os.environ,
             "DATABASE_URL": subprocess_database_url(),
             "DEBUG": "1",  # static files from the app folders, no collectstatic
             "LOG_LEVEL": "INFO",
+            "MQTT_URL": broker_url(broker),
+            "MQTT_CLIENT_ID": self.client_id,
+            "MQTT_POLL_SECONDS": "0.2",
         }
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "web", f"127.0.0.1:{self.port}"],
+            [sys.executable, "manage.py", "web", f"127.0.0.1:{self.port}", "--with-bridge"],
             cwd=settings.BASE_DIR, env=env, stdout=self.log, stderr=self.log,
         )  # fmt: skip
         wait_until(self._up, timeout=30, message="the web server to answer")
+        wait_until(lambda: b"connected to" in Path(self.log.name).read_bytes(), message="the bridge to connect")
 
     def _up(self) -> bool:
         if self.process.poll() is not None:
@@ -72,9 +90,10 @@ class WebServer:
     def stop(self):
         self.process.terminate()
         try:
-            self.process.wait(10)
+            self.process.wait(20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        purge_session(self.broker, self.client_id)
 
     def device_call(self, method: str, path: str, token: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(
@@ -102,10 +121,14 @@ def fleet(transactional_db):
 
 
 @pytest.fixture
-def server(fleet):
-    web = WebServer()
+def server(fleet, mqtt_broker):
+    web = WebServer(mqtt_broker)
     yield web
     web.stop()
+    with MqttClient(mqtt_broker) as client:  # leave no retained state behind on a shared broker
+        for device_id in fleet:
+            client.publish(topics.desired("acme", device_id), b"", retain=True)
+            client.publish(topics.jobs_notify("acme", device_id), b"", retain=True)
 
 
 @pytest.fixture
@@ -160,6 +183,13 @@ def test_edit_desired_then_a_device_report_turns_the_badge_green_without_reload(
     expect(page.locator("#iot-desired-version")).to_have_text("1")
     expect(badge).to_have_text("pending")
     expect(page.locator("#iot-delta")).to_contain_text('"led": "on"')
+    # Delivered over MQTT: the bridge publishes it retained, and the panel shows the published version.
+    expect(page.locator("#iot-published-version")).to_have_text("1")
+    with MqttClient(server.broker) as device_mqtt:
+        device_mqtt.subscribe(topics.desired("acme", "pump-1"))
+        (retained,) = device_mqtt.collect(count=1)
+    assert json.loads(retained.payload)["desired"] == {"led": "on", "interval_s": 30}
+    assert json.loads(retained.payload)["version"] == 1
     shot(page, "twin-panel-pending", page.locator("#iot-twin"))
 
     # The device applies it and reports over HTTP; the panel follows without a reload.
