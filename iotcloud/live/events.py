@@ -44,7 +44,7 @@ def _after_commit(tenant_id: str, message: dict) -> None:
 
 def _send(group: str, message: dict) -> None:
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not getattr(layer, "has_listeners", lambda group: True)(group):
         return
     try:
         async_to_sync(layer.group_send)(group, message)

@@ -30,3 +30,9 @@ class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
             return
         future = asyncio.run_coroutine_threadsafe(super().group_send(group, message), home)
         await asyncio.wrap_future(future)
+
+    def has_listeners(self, group: str) -> bool:
+        """Whether anyone in this process listens to the group: a web worker or bridge with no
+        websocket consumers skips the send (and its event loop round trip) altogether."""
+        return bool(self.groups.get(group))
+

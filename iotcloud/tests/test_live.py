@@ -209,3 +209,18 @@ def test_events_from_a_plain_thread_reach_the_servers_loop(tenant):
         await communicator.disconnect()
 
     run(scenario)
+
+
+def test_without_listeners_the_in_memory_layer_is_not_called(tenant, monkeypatch):
+    """Gunicorn workers and bridges without Redis have no websocket consumers: sending would be pure overhead."""
+    from channels.layers import get_channel_layer
+
+    from iotcloud.live import events
+
+    layer = get_channel_layer()
+    if not hasattr(layer, "has_listeners"):
+        pytest.skip("only the in-memory layer knows its listeners (REDIS_URL is set)")
+    sent = []
+    monkeypatch.setattr(layer, "group_send", lambda *args: sent.append(args))
+    events._send(events.tenant_group("acme"), {"type": events.TWIN_CHANGED, "devices": ["x"]})
+    assert sent == []
