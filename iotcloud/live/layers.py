@@ -35,4 +35,3 @@ class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
         """Whether anyone in this process listens to the group: a web worker or bridge with no
         websocket consumers skips the send (and its event loop round trip) altogether."""
         return bool(self.groups.get(group))
-
