@@ -6,7 +6,7 @@ and the services, the way devices, operators and the bridge make them.
 """
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 
 from conftest import device_client, make_operator_client
 from devices.choices import Role
@@ -211,16 +211,21 @@ def test_events_from_a_plain_thread_reach_the_servers_loop(tenant):
     run(scenario)
 
 
-def test_without_listeners_the_in_memory_layer_is_not_called(tenant, monkeypatch):
+def test_without_listeners_the_in_memory_layer_is_not_called(monkeypatch):
     """Gunicorn workers and bridges without Redis have no websocket consumers: sending would be pure overhead."""
-    from channels.layers import get_channel_layer
-
     from iotcloud.live import events
+    from iotcloud.live.layers import ThreadSafeInMemoryChannelLayer
 
-    layer = get_channel_layer()
-    if not hasattr(layer, "has_listeners"):
-        pytest.skip("only the in-memory layer knows its listeners (REDIS_URL is set)")
+    layer = ThreadSafeInMemoryChannelLayer()
     sent = []
-    monkeypatch.setattr(layer, "group_send", lambda *args: sent.append(args))
+
+    async def group_send(group, message):
+        sent.append(group)
+
+    monkeypatch.setattr(layer, "group_send", group_send)
+    monkeypatch.setattr(events, "get_channel_layer", lambda: layer)
     events._send(events.tenant_group("acme"), {"type": events.TWIN_CHANGED, "devices": ["x"]})
     assert sent == []
+    async_to_sync(layer.group_add)(events.tenant_group("acme"), "specific.inmemory!abc")
+    events._send(events.tenant_group("acme"), {"type": events.TWIN_CHANGED, "devices": ["x"]})
+    assert sent == ["tenant.acme"]
