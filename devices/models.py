@@ -71,6 +71,14 @@ class Device(models.Model):
     # Delivery: the highest desired_version the MQTT bridge has published.
     desired_published_version = models.PositiveIntegerField(default=0)
 
+    # The device's own account on a broker the platform manages (MQTT_DEVICE_AUTH=dynsec):
+    # provisioning, rotation and decommission advance broker_account_version; the bridge
+    # applies it and records broker_synced_version. A new token travels to the bridge in
+    # broker_secret, encrypted (mqtt_bridge.secrets), and is erased once applied.
+    broker_account_version = models.PositiveIntegerField(default=0)
+    broker_synced_version = models.PositiveIntegerField(default=0)
+    broker_secret = models.TextField(blank=True, default="")
+
     class Meta:
         db_table = "device_state"
         ordering = ["tenant_id", "device_id"]
@@ -93,6 +101,11 @@ class Device(models.Model):
                 fields=["id"],
                 name="idx_device_state_unpublished",
                 condition=Q(desired_version__gt=F("desired_published_version")),
+            ),
+            models.Index(
+                fields=["id"],
+                name="idx_device_state_broker_pending",
+                condition=Q(broker_account_version__gt=F("broker_synced_version")),
             ),
         ]
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from knox.models import AuthToken
 
@@ -120,11 +120,13 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
     try:
         with transaction.atomic():
             device = Device.objects.create(
-                tenant=tenant, device_id=device_id, tags=tags, provision_token_hash=hash_token(token)
-            )
+                tenant=tenant, device_id=device_id, tags=tags, provision_token_hash=hash_token(token),
+                **_broker_account_change(token, current_version=0),
+            )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"Device {device_id!r} already exists in tenant {tenant.id!r}", code="device_exists") from None
     events.twins_changed(tenant.id, [device_id])
+    _wake_broker_sync()
     logger.info("device provisioned %s/%s", tenant.id, device_id)
     return device, token
 
@@ -133,13 +135,14 @@ def device_rotate_token(*, device: Device) -> str:
     """Replace the provision token; the old one stops working at once."""
     token = new_provision_token()
     updated = Device.objects.filter(pk=device.pk, status=DeviceStatus.ACTIVE).update(
-        provision_token_hash=hash_token(token)
+        provision_token_hash=hash_token(token), **_broker_account_change(token)
     )
     if not updated:
         raise Conflict(
             f"Device {device.device_id!r} is decommissioned; its token cannot be rotated", code="device_decommissioned"
         )
     device.provision_token_hash = hash_token(token)
+    _wake_broker_sync()
     logger.info("device token rotated %s", device)
     return token
 
@@ -157,6 +160,7 @@ def device_decommission(*, device: Device) -> Device:
         status=DeviceStatus.DECOMMISSIONED,
         decommissioned_at=now,
         desired_published_version=0,
+        **_broker_account_change(None),  # the bridge deletes its broker account
     )
     if changed:
         from jobs.services import executions_cancel_for_device  # jobs build on devices, not the reverse
@@ -167,6 +171,24 @@ def device_decommission(*, device: Device) -> Device:
     device.refresh_from_db()
     logger.info("device decommissioned %s", device)
     return device
+
+
+def _broker_account_change(token: str | None, *, current_version=None) -> dict:
+    """Columns that hand a device's broker account change to the bridge (MQTT_DEVICE_AUTH=dynsec).
+
+    The new token rides along encrypted until the bridge has set it; None means "delete".
+    """
+    if not settings.MQTT_DEVICE_AUTH:
+        return {}
+    from mqtt_bridge.secrets import seal
+
+    version = F("broker_account_version") + 1 if current_version is None else current_version + 1
+    return {"broker_account_version": version, "broker_secret": seal(token) if token else ""}
+
+
+def _wake_broker_sync() -> None:
+    if settings.MQTT_DEVICE_AUTH:
+        wake_bridge()
 
 
 def device_set_tags(*, device: Device, tags: dict) -> Device:

@@ -6,6 +6,9 @@ SECRET_KEY, DEBUG=false and ALLOWED_HOSTS; a missing SECRET_KEY with DEBUG
 off fails fast instead of running with a guessable key.
 """
 
+import os
+import re
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,9 +25,17 @@ DEBUG = env.bool("DEBUG", default=True)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off: a long random string, e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
     SECRET_KEY = "insecure-dev-only-key-set-SECRET_KEY-in-production"
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if DEBUG else ["localhost", "127.0.0.1"])
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if DEBUG else [])
+if not ALLOWED_HOSTS and not DEBUG:
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS must be set when DEBUG is off: the host names clients use to reach this "
+        "server, comma-separated (e.g. ALLOWED_HOSTS=iot.example.com)"
+    )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -48,6 +59,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts and times every response, including those of the middleware below.
+    "iotcloud.metrics.metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -134,15 +147,42 @@ STORAGES = {
     },
 }
 
+# --- Production security ------------------------------------------------------------
+# Secure defaults when DEBUG is off (`manage.py check --deploy` is clean); each can be
+# turned off for a plain-HTTP trial. TLS is terminated in front of Django (a proxy or
+# load balancer): set USE_X_FORWARDED_PROTO=true when that proxy sets X-Forwarded-Proto
+# (and strips it from clients), so Django knows the request came over HTTPS.
+if env.bool("USE_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Plain-HTTP requests are redirected to https://, except probes, metrics and the broker's
+# auth hooks, which are called from inside the network.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)(/|$)", r"^mqtt/"]
+# HSTS is only sent on HTTPS responses; browsers then refuse plain HTTP to this host for
+# SECURE_HSTS_SECONDS (one year by default). 0 turns it off.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+# Preloading is a commitment for the whole registered domain, which only its owner can make
+# (hstspreload.org): off unless asked for, and check --deploy's reminder (W021) is silenced.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+if not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "security.W021"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+
 # --- MQTT ---------------------------------------------------------------------
 # mqtt://user:pass@host:1883 or mqtts://... (TLS); ?protocol=5|3.1.1|auto, ?ca_file=/path.
 # Empty: the embedded broker (manage.py mqtt_broker), which make run starts.
 MQTT_URL = env.str("MQTT_URL", default="")
-# Stable id + persistent session: QoS 1 reports queued while the bridge is down
-# are delivered when it returns. Give every bridge instance its own id.
-MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="iotcloud-bridge")
 # Set (e.g. "iotcloud") to subscribe as $share/<group>/... so bridges split reports.
 MQTT_SHARED_GROUP = env.str("MQTT_SHARED_GROUP", default="")
+# Stable id + persistent session: QoS 1 reports queued while the bridge is down
+# are delivered when it returns. Give every bridge instance its own id; with a
+# shared group and no id set, it defaults to one per host (container), so
+# `docker compose up --scale bridge=N` gives each replica its own.
+MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="") or (
+    f"iotcloud-bridge-{socket.gethostname()}" if MQTT_SHARED_GROUP else "iotcloud-bridge"
+)
 MQTT_SESSION_EXPIRY_SECONDS = env.int("MQTT_SESSION_EXPIRY_SECONDS", default=7 * 24 * 3600)
 MQTT_KEEPALIVE_SECONDS = env.int("MQTT_KEEPALIVE_SECONDS", default=30)
 MQTT_BATCH_MAX = env.int("MQTT_BATCH_MAX", default=2000)
@@ -154,10 +194,49 @@ MQTT_DELIVERY_BATCH = env.int("MQTT_DELIVERY_BATCH", default=500)
 MQTT_POLL_SECONDS = env.float(
     "MQTT_POLL_SECONDS", default=5.0 if DATABASES["default"]["ENGINE"].endswith("postgresql") else 0.5
 )
+# Per-device broker accounts. "dynsec": the bridge keeps Mosquitto's dynamic security plugin in
+# step with provisioning, rotation and decommission (its MQTT_URL account needs the plugin's admin
+# role). "" : the broker authenticates devices some other way (the embedded broker asks the
+# database; EMQX-style brokers call /mqtt/auth and /mqtt/acl).
+MQTT_DEVICE_AUTH = env.str("MQTT_DEVICE_AUTH", default="")
+if MQTT_DEVICE_AUTH not in ("", "dynsec"):
+    raise ImproperlyConfigured(f'MQTT_DEVICE_AUTH must be "" or "dynsec", not {MQTT_DEVICE_AUTH!r}')
+# Read directly: django-environ would take the leading "$" for a reference to another variable.
+MQTT_DYNSEC_TOPIC = os.environ.get("MQTT_DYNSEC_TOPIC", "$CONTROL/dynamic-security/v1")
+# Encrypts a new device token on its way to the broker (erased once applied); defaults to a key
+# derived from SECRET_KEY.
+BROKER_CREDENTIALS_KEY = env.str("BROKER_CREDENTIALS_KEY", default="")
+# Shared secret that EMQX-style brokers send (Authorization: Bearer ...) to /mqtt/auth and /mqtt/acl.
+MQTT_AUTH_HOOK_TOKEN = env.str("MQTT_AUTH_HOOK_TOKEN", default="")
 EMBEDDED_MQTT_HOST = env.str("EMBEDDED_MQTT_HOST", default="127.0.0.1")
 EMBEDDED_MQTT_PORT = env.int("EMBEDDED_MQTT_PORT", default=1884)
 
 REDIS_URL = env.str("REDIS_URL", default="")
+
+# --- Rate limits -------------------------------------------------------------------
+# Per-device limit on the device HTTP API (devices/throttling.py): "20/s" (AWS IoT's
+# per-thing rate), "600/m", "100/10s"; empty or "0" turns it off. DEVICE_RATE_BURST
+# requests may come at once (0: the rate's count). Over it: 429 + Retry-After.
+DEVICE_RATE_LIMIT = env.str("DEVICE_RATE_LIMIT", default="20/s").strip().replace(" ", "")
+DEVICE_RATE_BURST = env.int("DEVICE_RATE_BURST", default=0)
+if DEVICE_RATE_LIMIT not in ("", "0") and not re.fullmatch(
+    r"\d+/\d*(s|sec|second|m|min|minute|h|hour|d|day)s?", DEVICE_RATE_LIMIT, re.IGNORECASE
+):
+    raise ImproperlyConfigured(f'DEVICE_RATE_LIMIT must look like "20/s" or "600/m", not {DEVICE_RATE_LIMIT!r}')
+# The counters live in the cache: Redis when REDIS_URL is set (shared by every worker and
+# host), else local memory (per process: with N workers a device gets up to N times the limit).
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "iotcloud",
+            # A slow or absent Redis must not stall the API (the throttle lets requests through then).
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "iotcloud"}}
 
 # --- Live updates (Channels) ------------------------------------------------------
 # Events reach operator screens through a channel layer. Several processes
@@ -188,6 +267,19 @@ JOB_MAX_STATUS_DETAILS_BYTES = env.int("JOB_MAX_STATUS_DETAILS_BYTES", default=4
 JOBS_PENDING_LIMIT = env.int("JOBS_PENDING_LIMIT", default=10)
 # How often the bridge runs the timeout/expiry sweep (also: manage.py sweep_jobs).
 JOBS_SWEEP_SECONDS = env.float("JOBS_SWEEP_SECONDS", default=5.0)
+
+# --- Health and metrics ---------------------------------------------------------
+# Bridges upsert a row in bridge_heartbeats this often; /readyz fails when none beat within the stale window.
+BRIDGE_HEARTBEAT_SECONDS = env.float("BRIDGE_HEARTBEAT_SECONDS", default=5.0)
+BRIDGE_HEARTBEAT_STALE_SECONDS = env.float("BRIDGE_HEARTBEAT_STALE_SECONDS", default=30.0)
+# false: the bridge check is reported but does not make /readyz fail (web deployed apart from bridges).
+READY_REQUIRE_BRIDGE = env.bool("READY_REQUIRE_BRIDGE", default=True)
+# /readyz fails when the oldest undelivered desired change is older than this; 0 turns the gate off.
+READY_MAX_DELIVERY_LAG_SECONDS = env.float("READY_MAX_DELIVERY_LAG_SECONDS", default=60.0)
+READY_BROKER_TIMEOUT_SECONDS = env.float("READY_BROKER_TIMEOUT_SECONDS", default=1.0)
+# Set: /metrics requires Authorization: Bearer <METRICS_TOKEN>. Empty: open (keep it on an internal network).
+# Several worker processes: set PROMETHEUS_MULTIPROC_DIR (read by prometheus_client) for totals across them.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- REST framework -----------------------------------------------------------
 REST_FRAMEWORK = {
@@ -235,6 +327,8 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# One JSON object per line (for log collectors) unless DEBUG is on.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -243,7 +337,7 @@ LOGGING = {
         "json": {"()": "iotcloud.logs.JSONFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": env.str("LOG_FORMAT", default="plain")},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {

@@ -12,11 +12,16 @@ urlpatterns = [
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="api-docs"),
     path("api/redoc", SpectacularRedocView.as_view(url_name="openapi"), name="api-redoc"),
+    path("healthz", views.live, name="healthz"),
+    path("readyz", views.ready, name="readyz"),
+    path("metrics", views.prometheus_metrics, name="metrics"),
+    # Older probe paths, kept as aliases (benchmarks and deployments use them).
     path("healthz/live", views.live, name="health-live"),
     path("healthz/ready", views.ready, name="health-ready"),
     path("", include("devices.urls")),
     path("", include("twin.urls")),
     path("", include("jobs.urls")),
+    path("", include("mqtt_bridge.urls")),
 ]
 
 handler404 = "iotcloud.views.not_found"

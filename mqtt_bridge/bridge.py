@@ -8,7 +8,9 @@ Threads, each with its own database connection:
 - deliver: publishes pending desired states and jobs-notify lists whenever
   woken (PostgreSQL NOTIFY, a (re)connect) or every MQTT_POLL_SECONDS;
 - sweep: times out stuck job executions and closes expired jobs;
-- listen (PostgreSQL only): LISTEN for desired changes and wake deliver.
+- heartbeat: upserts this bridge's bridge_heartbeats row (liveness, counters);
+- listen (PostgreSQL only): LISTEN for desired changes and wake deliver;
+- accounts (MQTT_DEVICE_AUTH=dynsec): keeps per-device broker accounts in step.
 stop() lets the batch in flight finish, then disconnects.
 """
 
@@ -28,8 +30,10 @@ from django.db.utils import DatabaseError, InterfaceError
 
 from jobs.services import job_sweep
 from mqtt_bridge import topics
+from mqtt_bridge.accounts import AccountsLoop
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
 from mqtt_bridge.config import BrokerSettings, broker_settings
+from mqtt_bridge.heartbeat import Heartbeat
 from mqtt_bridge.ingest import Incoming, ingest_batch, log_verdicts, rejection_replies
 from mqtt_bridge.listener import NotificationListener
 from mqtt_bridge.services import DESIRED_CHANNEL, Publication, desired_deliver_pending, jobs_deliver_pending
@@ -62,6 +66,7 @@ class Bridge:
         self._threads: list[threading.Thread] = []
         self._listener: NotificationListener | None = None
         self.client: mqtt.Client | None = None
+        self.accounts: AccountsLoop | None = None  # per-device broker accounts (MQTT_DEVICE_AUTH=dynsec)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -78,18 +83,32 @@ class Bridge:
         self._spawn("ingest", self._ingest_loop)
         self._spawn("deliver", self._deliver_loop)
         self._spawn("sweep", self._sweep_loop)
+        self._spawn("heartbeat", Heartbeat(self).run)  # bridge_heartbeats row for /readyz and /metrics
+        if settings.MQTT_DEVICE_AUTH == "dynsec":
+            self.accounts = AccountsLoop(
+                self.broker, client_id=f"{self.client_id}-accounts", stopping=self.stopping,
+                poll_seconds=self.poll_seconds,
+            )  # fmt: skip
+            self._spawn("accounts", self.accounts.run)
         if connection.vendor == "postgresql":
-            self._listener = NotificationListener(DESIRED_CHANNEL, on_notify=self.wake.set, stopping=self.stopping)
+            self._listener = NotificationListener(DESIRED_CHANNEL, on_notify=self._notified, stopping=self.stopping)
             self._spawn("listen", self._listener.run)
         logger.info(
             "bridge started broker=%s client_id=%s protocol=%s shared_group=%s",
             self.broker, self.client_id, "5" if self.protocol == V5 else "3.1.1", self.shared_group or "-",
         )  # fmt: skip
 
+    def _notified(self) -> None:
+        self.wake.set()
+        if self.accounts is not None:
+            self.accounts.wake.set()
+
     def stop(self, timeout: float = 30) -> None:
         """Finish the batch in flight, disconnect, close database connections."""
         self.stopping.set()
         self.wake.set()
+        if self.accounts is not None:
+            self.accounts.wake.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))

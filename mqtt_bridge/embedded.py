@@ -64,6 +64,8 @@ from amqtt.session import OUTGOING, Session
 from amqtt.utils import format_client_message, gen_client_id
 from django.conf import settings
 
+from mqtt_bridge import acl
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 1884
@@ -95,10 +97,6 @@ def embedded_credentials() -> tuple[str, str, int]:
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _device_base(tenant_id: str, device_id: str) -> str:
-    return f"tenant/{tenant_id}/device/{device_id}/"
 
 
 def _lookup_device(tenant_id: str, device_id: str, token: str) -> bool:
@@ -151,26 +149,12 @@ class IotcloudAuthPlugin(BaseAuthPlugin):
             return ("service", username) if hmac.compare_digest(_digest(password), expected) else None
         if not self.config.device_auth:
             return None
-        tenant_id, sep, device_id = username.partition("/")
-        if not (sep and tenant_id and device_id) or "/" in device_id or any(c in username for c in "+#\x00"):
+        login = acl.parse_username(username)
+        if login is None:
             return None
-        if await asyncio.to_thread(_lookup_device, tenant_id, device_id, password):
-            return ("device", tenant_id, device_id)
+        if await asyncio.to_thread(_lookup_device, login.tenant_id, login.device_id, password):
+            return ("device", login.tenant_id, login.device_id)
         return None
-
-
-def device_may(action: Action | str, tenant_id: str, device_id: str, topic: str) -> bool:
-    """The device ACL (service accounts are unrestricted)."""
-    base = _device_base(tenant_id, device_id)
-    if action == Action.PUBLISH:
-        if topic == base + "shadow/reported":
-            return True
-        # its own jobs topics, except notify (platform -> device, retained)
-        rest = topic.removeprefix(base + "jobs/") if topic.startswith(base + "jobs/") else None
-        return bool(rest) and rest != "notify"
-    # SUBSCRIBE (a filter) and RECEIVE (a topic): under its own prefix. A filter that
-    # starts with the prefix cannot match anything outside it ('+'/'#' come later).
-    return topic.startswith(base) and len(topic) > len(base)
 
 
 class IotcloudTopicPlugin(BaseTopicPlugin):
@@ -184,7 +168,7 @@ class IotcloudTopicPlugin(BaseTopicPlugin):
             return False
         if principal[0] == "service":
             return True
-        allowed = device_may(action, principal[1], principal[2], topic)
+        allowed = acl.device_may(str(action), principal[1], principal[2], topic)
         if not allowed and action != Action.RECEIVE:
             logger.info("MQTT %s denied: device %s/%s topic %r", action, principal[1], principal[2], topic)
         return allowed

@@ -7,6 +7,7 @@ from rest_framework.views import APIView
 
 from devices.authentication import ProvisionTokenAuthentication
 from devices.permissions import IsDevice
+from devices.throttling import RateLimitedViewMixin
 from twin.serializers import (
     DeviceShadowSerializer,
     ErrorSerializer,
@@ -16,7 +17,9 @@ from twin.serializers import (
 from twin.services import twin_record_reported
 
 
-class DeviceAPIView(APIView):
+class DeviceAPIView(RateLimitedViewMixin, APIView):
+    """Device endpoints: provision-token auth, per-device rate limit (DEVICE_RATE_LIMIT), JSON only."""
+
     authentication_classes = [ProvisionTokenAuthentication]
     permission_classes = [IsDevice]
     renderer_classes = [JSONRenderer]  # devices speak JSON; no browsable-API negotiation on the hot path

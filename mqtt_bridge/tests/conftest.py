@@ -110,6 +110,87 @@ class PrivateMosquitto:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+DYNSEC_PLUGIN_PATHS = [
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+]
+
+
+def dynsec_plugin() -> str | None:
+    return next((p for p in DYNSEC_PLUGIN_PATHS if Path(p).exists()), None)
+
+
+class DynsecMosquitto:
+    """A Mosquitto of the test's own with the dynamic security plugin; the bridge's account is its admin."""
+
+    USER = "iotcloud-bridge"
+
+    def __init__(self):
+        import base64
+        import hashlib
+        import json
+
+        self.dir = Path(tempfile.mkdtemp(prefix="iotcloud-dynsec-"))
+        self.dir.chmod(0o777)  # Mosquitto started as root runs as user mosquitto and rewrites the file
+        self.port = free_port()
+        self.password = uuid.uuid4().hex
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", self.password.encode(), salt, 101)
+        everything = [
+            {"acltype": kind, "topic": "#", "allow": True}
+            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+        ]
+        control = "$CONTROL/dynamic-security/#"
+        config = {
+            "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False,
+                                 "unsubscribe": True},
+            "clients": [{"username": self.USER, "roles": [{"rolename": "iotcloud-bridge"}],
+                         "password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+                         "iterations": 101}],
+            "groups": [],
+            "roles": [{"rolename": "iotcloud-bridge", "acls": [
+                *everything,
+                {"acltype": "publishClientSend", "topic": control, "allow": True},
+                {"acltype": "publishClientReceive", "topic": control, "allow": True},
+                {"acltype": "subscribePattern", "topic": control, "allow": True},
+            ]}],
+        }  # fmt: skip
+        security = self.dir / "dynamic-security.json"
+        security.write_text(json.dumps(config))
+        security.chmod(0o666)
+        (self.dir / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous false\nplugin {dynsec_plugin()}\n"
+            f"plugin_opt_config_file {security}\npersistence false\nlog_dest stderr\nlog_type error\n"
+        )
+        self.settings = BrokerSettings(host="127.0.0.1", port=self.port, username=self.USER, password=self.password)
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.dir / "mosquitto.conf")])
+        wait_until(lambda: _port_open(self.port), message="mosquitto (dynamic security) to listen")
+
+    def stop(self):
+        if self.process:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dynsec_broker():
+    if not shutil.which("mosquitto") or not dynsec_plugin():
+        pytest.skip("needs mosquitto and its dynamic security plugin (Debian package mosquitto)")
+    broker = DynsecMosquitto()
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)

@@ -1,0 +1,58 @@
+"""Broker login and topic decisions for brokers that ask over HTTP (EMQX's HTTP authn/authz,
+VerneMQ webhooks): the same answers as the embedded broker and the dynamic-security roles.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from devices.choices import DeviceStatus
+from devices.models import Device
+from devices.selectors import active_device_for_token
+from mqtt_bridge import acl
+from mqtt_bridge.config import broker_settings
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    superuser: bool = False
+    reason: str = ""
+
+
+def _bridge_username() -> str | None:
+    return broker_settings().username
+
+
+def login_decision(username: str, password: str) -> Decision:
+    """May this client connect? The bridge's account, or a device with its current provision token."""
+    broker = broker_settings()
+    if broker.username and username == broker.username:
+        ok = hmac.compare_digest((password or "").encode(), (broker.password or "").encode())
+        return Decision(ok, superuser=ok, reason="bridge" if ok else "bad bridge password")
+    login = acl.parse_username(username)
+    if login is None:
+        return Decision(False, reason="username is not <tenant>/<device>")
+    device = active_device_for_token(password or "")
+    if device is None or (device.tenant_id, device.device_id) != (login.tenant_id, login.device_id):
+        return Decision(False, reason="unknown device, wrong token or decommissioned")
+    return Decision(True, reason="device")
+
+
+def topic_decision(username: str, action: str, topic: str) -> Decision:
+    """May this (already connected) client publish / subscribe to this topic?"""
+    if _bridge_username() and username == _bridge_username():
+        return Decision(True, superuser=True, reason="bridge")
+    login = acl.parse_username(username)
+    if login is None:
+        return Decision(False, reason="username is not <tenant>/<device>")
+    if action not in (acl.PUBLISH, acl.SUBSCRIBE, acl.RECEIVE):
+        return Decision(False, reason=f"unknown action {action[:20]!r}")
+    active = Device.objects.filter(
+        tenant_id=login.tenant_id, device_id=login.device_id, status=DeviceStatus.ACTIVE
+    ).exists()
+    if not active:
+        return Decision(False, reason="unknown or decommissioned device")
+    allowed = acl.device_may(action, login.tenant_id, login.device_id, topic)
+    return Decision(allowed, reason="own topic" if allowed else "not the device's topic")

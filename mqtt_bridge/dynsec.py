@@ -1,0 +1,157 @@
+"""Mosquitto's dynamic security plugin, driven over its control topic.
+
+Each device gets a client `<tenant>/<device>` (password = its provision token) and a role of
+its own holding its ACLs: Mosquitto 2.0 roles cannot say "%u", so one role per device. Commands
+go in batches to `$CONTROL/dynamic-security/v1`; the plugin answers each batch on `.../response`
+with one entry per command (an "error" member when it failed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+
+from mqtt_bridge import acl
+from mqtt_bridge.client import make_client
+from mqtt_bridge.config import BrokerSettings
+
+logger = logging.getLogger(__name__)
+
+ROLE_PREFIX = "iotcloud-device:"
+ALREADY_EXISTS = "already exists"
+
+
+def role_name(tenant_id: str, device_id: str) -> str:
+    return ROLE_PREFIX + acl.device_username(tenant_id, device_id)
+
+
+def upsert_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
+    """Role (with ACLs) and client; a client that exists gets the password and role set instead."""
+    username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
+    client = {"command": "createClient", "username": username, "roles": [{"rolename": role}]}
+    if password is not None:
+        client["password"] = password
+    return [{"command": "createRole", "rolename": role, "acls": acl.dynsec_acls(tenant_id, device_id)}, client]
+
+
+def update_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
+    """For an existing client: set its roles to exactly its own (and the new password), and enable it.
+
+    modifyClient, not addClientRole: Mosquitto 2.0 answers addClientRole for a role the client
+    already has with "Internal error".
+    """
+    username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
+    modify = {"command": "modifyClient", "username": username, "roles": [{"rolename": role}]}
+    if password is not None:
+        modify["password"] = password
+    return [modify, {"command": "enableClient", "username": username}]
+
+
+def delete_commands(tenant_id: str, device_id: str) -> list[dict]:
+    """Delete the client (its sessions are disconnected) and its role."""
+    username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
+    return [{"command": "deleteClient", "username": username}, {"command": "deleteRole", "rolename": role}]
+
+
+def rebuild_commands(tenant_id: str, device_id: str) -> list[dict]:
+    """Recreate the device's role (current ACLs) and create its client; the password is not known here."""
+    role = role_name(tenant_id, device_id)
+    return [{"command": "deleteRole", "rolename": role}, *upsert_commands(tenant_id, device_id, None)]
+
+
+class DynsecError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    command: str
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class DynsecClient:
+    """A control connection: send a batch, wait for its response (one batch in flight at a time)."""
+
+    def __init__(self, broker: BrokerSettings, *, client_id: str, timeout: float = 10.0):
+        self.topic = settings.MQTT_DYNSEC_TOPIC
+        self.client_id = client_id
+        self.timeout = timeout
+        self._sequence = 0
+        self._responses: queue.Queue[dict] = queue.Queue()
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = make_client(broker, client_id=client_id, protocol=mqtt.MQTTv311, persistent=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise DynsecError(f"no answer from the broker's dynamic security plugin at {broker}")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            logger.error("dynsec control connection refused: %s", reason_code)
+            return
+        client.subscribe(self.topic + "/response", qos=1)
+
+    def _on_message(self, client, userdata, message):
+        try:
+            self._responses.put(json.loads(message.payload))
+        except ValueError:
+            logger.warning("dynsec: unreadable response %r", message.payload[:200])
+
+    def run(self, commands: Sequence[dict]) -> list[Outcome]:
+        if not commands:
+            return []
+        responses = self._exchange([dict(c) for c in commands])
+        return [Outcome(r.get("command", ""), r.get("error")) for r in responses]
+
+    def query(self, command: str, key: str) -> list[str]:
+        """listClients -> usernames, listRoles -> role names."""
+        (response,) = self._exchange([{"command": command, "verbose": False, "count": -1, "offset": 0}])
+        if response.get("error"):
+            raise DynsecError(f"{command}: {response['error']}")
+        return list(response.get("data", {}).get(key, []))
+
+    def _exchange(self, commands: list[dict]) -> list[dict]:
+        """Send one batch and wait for its answer. Every control client sees every answer on the
+        response topic (other bridges, a resync), so ours are recognised by their correlationData."""
+        with self._lock:
+            self._sequence += 1
+            tag = f"{self.client_id}:{self._sequence}"
+            for command in commands:
+                command["correlationData"] = tag
+            info = self.client.publish(self.topic, json.dumps({"commands": commands}), qos=1)
+            info.wait_for_publish(self.timeout)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    answer = self._responses.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise DynsecError(
+                        f"the dynamic security plugin did not answer within {self.timeout:.0f} s"
+                    ) from None
+                responses = answer.get("responses", [])
+                if responses and responses[0].get("correlationData") == tag:
+                    break
+        if len(responses) != len(commands):
+            raise DynsecError(f"expected {len(commands)} answers, got {len(responses)}: {answer!r:.300}")
+        return responses
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
