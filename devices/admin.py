@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -246,6 +247,19 @@ class DeviceAdmin(TenantScopedAdmin):
     ]  # fmt: skip
     # Versions and timestamps are in the twin panel above the form.
     fields = ["tenant", "device_id", "status", "tags", "created_at", "decommissioned_at"]
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        return [*fields, "broker_account"] if settings.MQTT_DEVICE_AUTH and obj else fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "broker_account"]
+
+    @admin.display(description="broker account")
+    def broker_account(self, obj):
+        if obj.broker_synced_version >= obj.broker_account_version:
+            return "removed" if obj.status != DeviceStatus.ACTIVE else "in step with the broker"
+        return "waiting for the bridge to apply the latest change (broker unreachable?)"
 
     @property
     def media(self):

@@ -280,3 +280,13 @@ def test_staff_user_without_membership_sees_nothing(fleet):
     client.force_login(user)
     assert client.get(reverse("admin:devices_device_changelist")).status_code == 403
     assert not Membership.objects.filter(user=user).exists()
+
+
+def test_device_page_shows_the_broker_account_when_iotcloud_manages_it(alice, fleet, settings):
+    url = reverse("admin:devices_device_change", args=[fleet["a1"].pk])
+    assert "broker account" not in alice.get(url).content.decode().lower()
+    settings.MQTT_DEVICE_AUTH = "dynsec"
+    Device.objects.filter(pk=fleet["a1"].pk).update(broker_account_version=2, broker_synced_version=1)
+    assert "waiting for the bridge" in alice.get(url).content.decode()
+    Device.objects.filter(pk=fleet["a1"].pk).update(broker_synced_version=2)
+    assert "in step with the broker" in alice.get(url).content.decode()
