@@ -5,20 +5,20 @@ import hmac
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from iotcloud import health, metrics
 
 
-@require_GET
+@require_safe  # GET or HEAD: some load balancers probe with HEAD
 def live(request):
     """Liveness: the process answers. No database (also the benchmark's baseline view)."""
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
-@require_GET
+@require_safe
 def ready(request):
     """Readiness: database, broker, bridge heartbeat, delivery backlog; 503 naming what failed."""
     result = health.readiness()

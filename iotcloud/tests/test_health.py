@@ -104,6 +104,18 @@ def test_unready_while_the_broker_is_down_and_ready_again_after(client, settings
     readyz(client, 200)
 
 
+def test_probes_answer_head_too(client, all_ready):
+    assert client.head("/healthz").status_code == 200
+    assert client.head("/readyz").status_code == 200
+
+
+def test_backlog_query_leaves_the_planner_settings_alone(postgres_only):
+    health.delivery_backlog()
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_seqscan")
+        assert cursor.fetchone()[0] == "on"
+
+
 def test_broker_probe_is_cached_briefly(listening_broker, monkeypatch):
     probes = []
     real = socket.create_connection

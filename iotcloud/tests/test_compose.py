@@ -1,0 +1,345 @@
+"""docker-compose.yml, .env.example, the Dockerfile and the Mosquitto config checked without Docker.
+
+docker compose is not available here: the compose file is read with PyYAML and held to the rules
+of the deployment (services, dependencies, health checks, scalable bridges, no literal secrets,
+every variable documented). When a `mosquitto` binary and its dynamic security plugin are
+installed, the broker config is started for real and the bridge account's rights are exercised.
+"""
+
+import base64
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+SERVICES = COMPOSE["services"]
+DYNSEC_CONF = ROOT / "mqtt_bridge" / "mosquitto-dynsec.conf"
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}; $$ is a literal dollar.
+VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|_KEY$")
+APP_SERVICES = ("migrate", "web", "admin", "bridge")
+
+
+def compose_variables():
+    """(name, operator, argument) for every interpolation in docker-compose.yml."""
+    return [m.groups() for m in VAR_RE.finditer(COMPOSE_TEXT.replace("$$", ""))]
+
+
+def env_example():
+    """Variables set in .env.example ({name: value}) and those only shown commented out."""
+    active, commented = {}, set()
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if m := re.match(r"^([A-Z][A-Z0-9_]*)=(.*)$", line):
+            active[m[1]] = m[2]
+        elif m := re.match(r"^#\s*([A-Z][A-Z0-9_]*)=", line):
+            commented.add(m[1])
+    return active, commented
+
+
+def environment(service) -> dict:
+    env = SERVICES[service].get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return env
+
+
+def depends_on(service) -> dict:
+    deps = SERVICES[service].get("depends_on") or {}
+    return {name: {} for name in deps} if isinstance(deps, list) else deps
+
+
+def test_services():
+    assert {"postgres", "mosquitto", "redis", "migrate", "web", "admin", "bridge"} <= set(SERVICES)
+
+
+def test_dependencies_exist_and_wait_for_the_right_state():
+    for name in SERVICES:
+        for dep in depends_on(name):
+            assert dep in SERVICES, f"{name} depends on unknown service {dep}"
+            assert dep != name
+    for name in ("web", "admin", "bridge"):
+        assert depends_on(name)["migrate"] == {"condition": "service_completed_successfully"}, name
+    assert depends_on("migrate")["postgres"] == {"condition": "service_healthy"}
+    assert depends_on("bridge")["mosquitto"] == {"condition": "service_healthy"}
+
+
+def test_every_service_has_an_image_or_builds_this_repository():
+    for name, service in SERVICES.items():
+        assert service.get("build") == "." or service.get("image"), name
+        if "build" in service:
+            assert service["build"] == ".", name
+
+
+def test_health_checks():
+    for name in ("web", "admin", "bridge", "mosquitto", "postgres", "redis"):
+        check = SERVICES[name].get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), f"{name} has no health check"
+    for name, port in (("web", 8000), ("admin", 8080)):
+        assert f"http://127.0.0.1:{port}/healthz" in " ".join(SERVICES[name]["healthcheck"]["test"]), name
+
+
+def test_migrations_run_once_in_their_own_one_shot_service():
+    migrate = SERVICES["migrate"]
+    assert "migrate" in " ".join(migrate["command"])
+    assert migrate.get("restart") == "no"
+    for name in ("web", "admin", "bridge"):
+        assert "migrate" not in json.dumps(SERVICES[name].get("command", "")), f"{name} runs migrations itself"
+
+
+def test_bridge_scales():
+    bridge = SERVICES["bridge"]
+    assert bridge["restart"] == "unless-stopped"
+    assert "container_name" not in bridge and "ports" not in bridge and "hostname" not in bridge
+    env = environment("bridge")
+    assert env.get("MQTT_SHARED_GROUP"), "replicas must share the reports"
+    assert "MQTT_CLIENT_ID" not in env, "a fixed client id would make replicas kick each other off"
+    assert env["MQTT_URL"].startswith("mqtt://") and "@mosquitto:1883" in env["MQTT_URL"]
+
+
+def test_web_runs_gunicorn_with_configurable_workers_and_admin_runs_daphne():
+    web = " ".join(SERVICES["web"]["command"])
+    assert web.startswith("gunicorn iotcloud.wsgi:application") and "${WEB_WORKERS:-" in web
+    assert "daphne" in SERVICES["admin"]["command"] and "iotcloud.asgi:application" in SERVICES["admin"]["command"]
+    assert environment("web")["DEBUG"] == "false"
+
+
+def test_no_literal_secrets():
+    for name in SERVICES:
+        for key, value in environment(name).items():
+            value = str(value)
+            if SECRET_NAME.search(key):
+                assert VAR_RE.fullmatch(value), f"{name}.{key} must come from a ${{VAR}} reference, not {value!r}"
+            for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+                assert VAR_RE.fullmatch(password), f"{name}.{key} has a literal password in a URL"
+    for name, operator, argument in compose_variables():
+        if SECRET_NAME.search(name) and operator in (":-", "-"):
+            assert not argument, f"${{{name}}} has a default: a secret must be set, not defaulted"
+
+
+def test_every_mounted_file_exists():
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+
+
+def test_every_variable_is_in_env_example():
+    active, commented = env_example()
+    for name, operator, _ in compose_variables():
+        if operator in (None, ":?", "?"):  # required: compose refuses to start without it
+            assert name in active, f"${{{name}}} is required: .env.example must list it (uncommented)"
+        assert name in active or name in commented, f"${{{name}}} is not described in .env.example"
+    for name in ("SECRET_KEY", "POSTGRES_PASSWORD", "MQTT_BRIDGE_PASSWORD"):
+        assert active[name] == "", f".env.example must not ship a value for {name}"
+
+
+def test_dockerfile():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER (?!root\b)\S+", dockerfile, re.M), "the image must not run as root"
+    assert "collectstatic" in dockerfile
+    assert ".env" in (ROOT / ".dockerignore").read_text().split(), ".env (secrets) must stay out of the image"
+
+
+# --- Mosquitto ---------------------------------------------------------------------------
+
+DYNSEC_PLUGIN_IMAGE = "/usr/lib/mosquitto_dynamic_security.so"  # eclipse-mosquitto:2
+DYNSEC_PLUGIN_LOCAL = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian
+
+
+def conf_lines(path=DYNSEC_CONF):
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_dynsec_conf():
+    lines = conf_lines()
+    for line in (
+        "listener 1883",
+        "allow_anonymous false",
+        f"plugin {DYNSEC_PLUGIN_IMAGE}",
+        "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
+        "persistence true",
+        "max_queued_messages 100000",
+    ):
+        assert line in lines, line
+    mosquitto = SERVICES["mosquitto"]
+    assert "./mqtt_bridge/mosquitto-dynsec.conf:/mosquitto/config/iotcloud.conf:ro" in mosquitto["volumes"]
+    assert mosquitto["command"] == "mosquitto -c /mosquitto/config/iotcloud.conf"
+    assert depends_on("mosquitto")["mosquitto-init"] == {"condition": "service_completed_successfully"}
+    init = "\n".join(SERVICES["mosquitto-init"]["command"])
+    assert "mosquitto_ctrl dynsec init" in init and "/mosquitto/data/dynamic-security.json" in init
+    assert "addRoleACL iotcloud-bridge publishClientSend 'tenant/#' allow" in init
+
+
+def dynsec_client(username: str, password: str, roles) -> dict:
+    """A client entry as `mosquitto_ctrl dynsec init` writes it (PBKDF2-SHA512, 12-byte salt, 101 rounds)."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return {
+        "username": username, "textname": "", "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(), "iterations": 101, "roles": [{"rolename": r} for r in roles],
+    }  # fmt: skip
+
+
+def acl(acltype, topic):
+    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": True}
+
+
+CONTROL = "$CONTROL/dynamic-security/#"
+
+
+def initial_dynsec_json(username, password) -> dict:
+    """What the compose service mosquitto-init leaves: `dynsec init`'s admin, plus the iotcloud-bridge role."""
+    admin = [
+        acl("publishClientSend", CONTROL), acl("publishClientReceive", CONTROL), acl("subscribePattern", CONTROL),
+        acl("publishClientReceive", "$SYS/#"),
+        acl("subscribePattern", "$SYS/#"), acl("publishClientReceive", "#"), acl("subscribePattern", "#"),
+        acl("unsubscribePattern", "#"),
+    ]  # fmt: skip
+    return {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False,
+                             "unsubscribe": True},
+        "clients": [dynsec_client(username, password, ["admin", "iotcloud-bridge"])],
+        "groups": [],
+        "roles": [{"rolename": "admin", "acls": admin},
+                  {"rolename": "iotcloud-bridge", "acls": [acl("publishClientSend", "tenant/#")]}],
+    }  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dynsec_broker(tmp_path):
+    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not mosquitto or not Path(DYNSEC_PLUGIN_LOCAL).exists():
+        pytest.skip(f"needs the mosquitto binary and {DYNSEC_PLUGIN_LOCAL} (apt-get install mosquitto)")
+    # mosquitto_ctrl is not installed here, so the init step's output is written directly in its format.
+    username, password = "iotcloud-bridge", "pw-" + os.urandom(8).hex()
+    (tmp_path / "dynamic-security.json").write_text(json.dumps(initial_dynsec_json(username, password)))
+    port = free_port()
+    conf = DYNSEC_CONF.read_text()
+    conf = conf.replace(DYNSEC_PLUGIN_IMAGE, DYNSEC_PLUGIN_LOCAL).replace("/mosquitto/data/", f"{tmp_path}/")
+    conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf += f"\nuser {getpass.getuser()}\n"  # as root, mosquitto would switch to a user who cannot write tmp_path
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    log = open(tmp_path / "mosquitto.log", "w")  # noqa: SIM115
+    process = subprocess.Popen([mosquitto, "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
+                assert time.monotonic() < deadline, "mosquitto did not start"
+                time.sleep(0.05)
+        yield {"port": port, "username": username, "password": password, "dir": tmp_path}
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+class Client:
+    def __init__(self, port, username=None, password=None, client_id=""):
+        self.messages, self.connected, self.reason = [], threading.Event(), None
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.connected.wait(5)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.reason = reason_code
+        self.connected.set()
+
+    @property
+    def ok(self):
+        return self.reason is not None and not self.reason.is_failure
+
+    def wait_for(self, count, timeout=5):
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.messages
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_dynsec_broker_starts_and_the_bridge_account_works(dynsec_broker):
+    port, user, password = dynsec_broker["port"], dynsec_broker["username"], dynsec_broker["password"]
+    anonymous, wrong = Client(port), Client(port, user, "wrong")
+    assert not anonymous.ok and not wrong.ok, "anonymous and wrong-password logins must be refused"
+    for c in (anonymous, wrong):
+        c.close()
+
+    bridge, publisher = Client(port, user, password, "bridge-1"), Client(port, user, password, "bridge-pub")
+    try:
+        assert bridge.ok and publisher.ok
+        bridge.client.subscribe("$share/iotcloud/tenant/+/device/+/shadow/reported", qos=1)
+        bridge.client.subscribe("tenant/+/device/+/shadow/desired", qos=1)
+        bridge.client.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
+        time.sleep(0.3)
+        publisher.client.publish("tenant/acme/device/d1/shadow/reported", b"r", qos=1)
+        publisher.client.publish("tenant/acme/device/d1/shadow/desired", b"d", qos=1, retain=True)
+        # Admin of the plugin: the bridge manages device accounts over the control topic.
+        publisher.client.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": [{"command": "listClients"}]}))
+        topics = {topic for topic, _ in bridge.wait_for(3)}
+        assert topics == {
+            "tenant/acme/device/d1/shadow/reported",
+            "tenant/acme/device/d1/shadow/desired",
+            "$CONTROL/dynamic-security/v1/response",
+        }
+        response = json.loads(dict(bridge.messages)["$CONTROL/dynamic-security/v1/response"])
+        assert user in response["responses"][0]["data"]["clients"]
+    finally:
+        bridge.close()
+        publisher.close()
+
+
+def test_compose_health_checks_pass_against_the_broker(dynsec_broker):
+    """The mosquitto and bridge health-check commands, run as compose would run them (ports rewritten)."""
+    if not shutil.which("mosquitto_sub"):
+        pytest.skip("needs mosquitto_sub (apt-get install mosquitto-clients)")
+    port = dynsec_broker["port"]
+    env = {
+        **os.environ,
+        "MQTT_BRIDGE_USERNAME": dynsec_broker["username"],
+        "MQTT_BRIDGE_PASSWORD": dynsec_broker["password"],
+    }
+    kind, command = SERVICES["mosquitto"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    command = command.replace("$$", "$").replace("-p 1883", f"-p {port}")
+    assert subprocess.run(["sh", "-c", command], env=env, timeout=15).returncode == 0
+    assert subprocess.run(["sh", "-c", command], env={**env, "MQTT_BRIDGE_PASSWORD": "wrong"}, timeout=15).returncode
+
+    bridge_check = SERVICES["bridge"]["healthcheck"]["test"]
+    assert bridge_check[:3] == ["CMD", "python", "-c"]
+    url_env = {**os.environ, "MQTT_URL": f"mqtt://u:p@127.0.0.1:{port}"}
+    assert subprocess.run(["python3", "-c", bridge_check[3]], env=url_env, timeout=15).returncode == 0
+    closed = {**os.environ, "MQTT_URL": f"mqtt://u:p@127.0.0.1:{free_port()}"}
+    assert subprocess.run(["python3", "-c", bridge_check[3]], env=closed, timeout=15, capture_output=True).returncode
