@@ -27,6 +27,14 @@ def subprocess_database_url() -> str:
     return f"sqlite:///{db['NAME']}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_device_rate_limits():
+    """Empty per-device rate-limit buckets for every test (device pks repeat across tests on SQLite)."""
+    from devices.throttling import reset_device_rate_limits
+
+    reset_device_rate_limits()
+
+
 @pytest.fixture
 def postgres_only():
     if connection.vendor != "postgresql":

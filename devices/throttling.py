@@ -2,11 +2,10 @@
 
 `DEVICE_RATE_LIMIT` ("20/s", "600/m", "100/10s"; empty or "0" turns it off) with a burst of
 `DEVICE_RATE_BURST` requests (0: as many as the rate's count). A token bucket kept as one number
-per device in the Django cache (GCRA: the "theoretical arrival time" of the next request), so a
-request costs one cache get and one set, whatever the rate. The cache is Redis when REDIS_URL is
-set (limits hold across workers and hosts), else local memory (each worker process counts on its
-own). Two workers reading a device's entry at the same instant may both admit a request: the limit
-can be exceeded by the number of concurrent requests of one device, never more.
+per device (GCRA: the time at which the device's bucket is next empty), whatever the rate. With
+REDIS_URL the default cache is Redis and the check is one atomic Lua script (one round trip; the
+limit holds across workers and hosts); otherwise it is a get and a set in the local-memory cache,
+so each worker process counts on its own.
 
 Over the limit: 429 with Retry-After (whole seconds, at least 1) and the usual error body naming
 the limit. If the cache is unreachable the request is let through (logged): a rate limit is not a
@@ -22,8 +21,10 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
+import redis
 from django.conf import settings
 from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import exceptions
 from rest_framework.throttling import BaseThrottle
@@ -52,7 +53,8 @@ class Rate:
         unit = next(u for u in ("d", "h", "m", "s") if self.period_seconds % UNIT_SECONDS[u] == 0)
         count = self.period_seconds // UNIT_SECONDS[unit]
         per = UNIT_WORDS[unit] if count == 1 else f"{count} {UNIT_WORDS[unit]}s"
-        return f"{self.requests} requests per {per} per device (burst {self.burst})"
+        requests = f"{self.requests} request{'' if self.requests == 1 else 's'}"
+        return f"{requests} per {per} per device (burst {self.burst})"
 
 
 @lru_cache(maxsize=16)
@@ -85,6 +87,63 @@ def cache_key(device_pk) -> str:
     return f"throttle:device:{device_pk}"
 
 
+# KEYS[1] the device's key; ARGV: now, interval, allowance (microseconds). Returns 0 when the
+# request is admitted (and recorded), else how far over the allowance it is (microseconds).
+TAKE_LUA = """
+local now, interval, allowance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local empty_at = tonumber(redis.call('GET', KEYS[1]) or now)
+if empty_at < now then empty_at = now end
+local arrival = empty_at + interval
+if arrival - now > allowance then return string.format('%.0f', arrival - now - allowance) end
+redis.call('SET', KEYS[1], string.format('%.0f', arrival), 'PX', math.ceil((arrival - now) / 1000) + 1000)
+return 0
+"""
+
+
+@lru_cache(maxsize=4)
+def _redis_take(location: str):
+    """The Lua script on a client of the cache's (first) Redis server; one per process."""
+    server = re.split("[;,]", location)[0]
+    client = redis.Redis.from_url(server, socket_connect_timeout=1, socket_timeout=1)
+    return client.register_script(TAKE_LUA)
+
+
+def _take(cache, alias: str, key: str, now: int, rate: Rate) -> int:
+    """Record a request at `now` unless over the limit; returns microseconds over (0: admitted)."""
+    interval, allowance = rate.interval_us, rate.interval_us * rate.burst
+    if isinstance(cache, RedisCache):
+        location = settings.CACHES[alias]["LOCATION"]
+        take = _redis_take(location if isinstance(location, str) else ",".join(location))
+        return int(take(keys=[cache.make_key(key)], args=[now, interval, allowance]))
+    arrival = max(cache.get(key) or now, now) + interval  # when the bucket is next empty
+    if arrival - now > allowance:
+        return arrival - now - allowance
+    cache.set(key, arrival, timeout=math.ceil((arrival - now) / MICROS) + 1)
+    return 0
+
+
+_last_warning = 0.0
+
+
+def _warn_cache_down() -> None:
+    global _last_warning
+    if time.monotonic() - _last_warning > 60:
+        _last_warning = time.monotonic()
+        logger.warning("device rate limit skipped: cache unavailable", exc_info=True)
+
+
+def reset_device_rate_limits() -> None:
+    """Forget every device's bucket (tests; an operator after changing the limit). Other cache keys stay."""
+    cache = caches[DeviceRateThrottle.cache_alias]
+    if not isinstance(cache, RedisCache):
+        cache.clear()
+        return
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=cache.make_key(cache_key("*")), count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 class RateLimited(exceptions.Throttled):
     default_code = "rate_limited"
     extra_detail_singular = "Retry in {wait} second."
@@ -107,20 +166,15 @@ class DeviceRateThrottle(BaseThrottle):
         device = getattr(request.user, "device", None)
         if rate is None or device is None:
             return True
-        key = cache_key(device.pk)
         now = int(self.timer() * MICROS)
-        interval, allowance = rate.interval_us, rate.interval_us * rate.burst
         try:
-            cache = caches[self.cache_alias]
-            arrival = max(cache.get(key) or now, now) + interval  # when the bucket is next empty
-            if arrival - now <= allowance:
-                cache.set(key, arrival, timeout=math.ceil((arrival - now) / MICROS) + 1)
-                return True
-        except Exception:  # the cache is down: let the request through, say so
-            logger.warning("device rate limit skipped: cache unavailable", exc_info=True)
+            over = _take(caches[self.cache_alias], self.cache_alias, cache_key(device.pk), now, rate)
+        except Exception:  # the cache is down: let the request through (logged once a minute)
+            _warn_cache_down()
             return True
-        wait = max(1, math.ceil((arrival - now - allowance) / MICROS))
-        raise RateLimited(rate, wait)
+        if over <= 0:
+            return True
+        raise RateLimited(rate, max(1, math.ceil(over / MICROS)))
 
     def wait(self):  # allow_request raises instead of returning False
         return None

@@ -7,27 +7,18 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from conftest import device_client
-from devices.throttling import DeviceRateThrottle, cache_key, parse_rate
+from devices import throttling
+from devices.throttling import DeviceRateThrottle, parse_rate, reset_device_rate_limits
 
 SHADOW = "/device/v1/shadow"
 
 
-def clear_limits():
-    """Forget every device's bucket (only the throttle's keys: Redis may hold other data)."""
-    cache = caches[DeviceRateThrottle.cache_alias]
-    if isinstance(cache, RedisCache):
-        client = cache._cache.get_client(write=True)
-        for key in client.scan_iter(match=cache.make_key(cache_key("*"))):
-            client.delete(key)
-    else:
-        cache.clear()
-
-
 @pytest.fixture(autouse=True)
 def fresh_limits():
-    clear_limits()
+    """Every test starts and ends with empty buckets (conftest.py also clears them before each test)."""
+    reset_device_rate_limits()
     yield
-    clear_limits()
+    reset_device_rate_limits()
 
 
 class Clock:
@@ -129,7 +120,7 @@ def test_cache_down_lets_requests_through(device_api, clock, monkeypatch):
     def broken(*args, **kwargs):
         raise ConnectionError("cache down")
 
-    monkeypatch.setattr(type(caches["default"]), "get", broken)
+    monkeypatch.setattr(throttling, "_take", broken)
     assert hit(device_api, 3) == [200] * 3
 
 
@@ -143,3 +134,16 @@ def test_parse_rate():
     assert parse_rate("") is None and parse_rate(None) is None and parse_rate("0") is None
     with pytest.raises(ImproperlyConfigured, match="DEVICE_RATE_LIMIT"):
         parse_rate("fast")
+
+
+@override_settings(DEVICE_RATE_LIMIT="1/s")
+def test_reset_forgets_the_buckets_and_nothing_else(device_api, clock):
+    cache = caches["default"]
+    cache.set("unrelated", 1)
+    device_api.get(SHADOW, expect=200)
+    device_api.get(SHADOW, expect=429)
+    reset_device_rate_limits()
+    device_api.get(SHADOW, expect=200)
+    if isinstance(cache, RedisCache):  # the local-memory cache holds nothing else and is cleared whole
+        assert cache.get("unrelated") == 1
+    cache.delete("unrelated")
