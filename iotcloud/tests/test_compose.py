@@ -112,7 +112,9 @@ def test_bridge_scales():
 
 def test_web_runs_gunicorn_with_configurable_workers_and_admin_runs_daphne():
     web = " ".join(SERVICES["web"]["command"])
-    assert web.startswith("gunicorn iotcloud.wsgi:application") and "${WEB_WORKERS:-" in web
+    assert "exec gunicorn iotcloud.wsgi:application" in web and "${WEB_WORKERS:-" in web
+    # one set of Prometheus counters across the workers, emptied at start
+    assert environment("web")["PROMETHEUS_MULTIPROC_DIR"] in web.split("rm -rf ")[1]
     assert "daphne" in SERVICES["admin"]["command"] and "iotcloud.asgi:application" in SERVICES["admin"]["command"]
     assert environment("web")["DEBUG"] == "false"
 
@@ -337,9 +339,5 @@ def test_compose_health_checks_pass_against_the_broker(dynsec_broker):
     assert subprocess.run(["sh", "-c", command], env=env, timeout=15).returncode == 0
     assert subprocess.run(["sh", "-c", command], env={**env, "MQTT_BRIDGE_PASSWORD": "wrong"}, timeout=15).returncode
 
-    bridge_check = SERVICES["bridge"]["healthcheck"]["test"]
-    assert bridge_check[:3] == ["CMD", "python", "-c"]
-    url_env = {**os.environ, "MQTT_URL": f"mqtt://u:p@127.0.0.1:{port}"}
-    assert subprocess.run(["python3", "-c", bridge_check[3]], env=url_env, timeout=15).returncode == 0
-    closed = {**os.environ, "MQTT_URL": f"mqtt://u:p@127.0.0.1:{free_port()}"}
-    assert subprocess.run(["python3", "-c", bridge_check[3]], env=closed, timeout=15, capture_output=True).returncode
+    # The bridge's own check reads its heartbeat row (mqtt_bridge/tests/test_bridge_health.py runs it).
+    assert SERVICES["bridge"]["healthcheck"]["test"] == ["CMD", "python", "manage.py", "bridge_health"]
