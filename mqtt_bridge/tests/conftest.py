@@ -121,7 +121,7 @@ def dynsec_plugin() -> str | None:
     return next((p for p in DYNSEC_PLUGIN_PATHS if Path(p).exists()), None)
 
 
-class DynsecMosquitto:
+class DynsecMosquitto(PrivateMosquitto):  # start/stop/cleanup as PrivateMosquitto; its own config
     """A Mosquitto of the test's own with the dynamic security plugin; the bridge's account is its admin."""
 
     USER = "iotcloud-bridge"
@@ -165,20 +165,6 @@ class DynsecMosquitto:
         )
         self.settings = BrokerSettings(host="127.0.0.1", port=self.port, username=self.USER, password=self.password)
         self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen(["mosquitto", "-c", str(self.dir / "mosquitto.conf")])
-        wait_until(lambda: _port_open(self.port), message="mosquitto (dynamic security) to listen")
-
-    def stop(self):
-        if self.process:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
