@@ -61,6 +61,7 @@ def django_env(database_url: str, **extra: str) -> dict[str, str]:
         **os.environ,
         "DATABASE_URL": database_url,
         "DEBUG": "false",
+        "SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, as behind a TLS proxy
         "SECRET_KEY": "bench-only-secret-key",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",

@@ -296,6 +296,7 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
             "DATABASE_URL": args.database_url,
             "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
+            "SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, as behind a TLS proxy
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DB_CONN_MAX_AGE": str(args.conn_max_age),
             "PYTHONUNBUFFERED": "1",
