@@ -325,6 +325,10 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "jobs.choices.JobStatus",
         "ExecutionStatusEnum": "jobs.choices.ExecutionStatus",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "iotcloud.api.schema.add_device_rate_limit",
+    ],
 }
 
 # One JSON object per line (for log collectors) unless DEBUG is on.

@@ -38,6 +38,17 @@ def test_openapi_lists_every_route_with_its_methods(client):
     assert device_ops["security"] == [{"ProvisionToken": []}]
 
 
+def test_openapi_declares_the_device_rate_limit(client, settings):
+    paths = client.get("/openapi.json").json()["paths"]
+    too_many = paths["/device/v1/shadow/reported"]["post"]["responses"]["429"]
+    assert "Retry-After" in too_many["headers"]
+    assert "429" in paths["/device/v1/jobs/{job_id}/execution"]["put"]["responses"]
+    assert "429" not in paths["/customer/jobs"]["post"]["responses"]  # operators are not limited
+    settings.DEVICE_RATE_LIMIT = ""
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "429" not in paths["/device/v1/shadow/reported"]["post"]["responses"]
+
+
 def test_docs_ui_is_served_without_a_cdn(client):
     response = client.get("/api/docs")
     assert response.status_code == 200
