@@ -41,6 +41,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.accept()
 
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        # Not JSON (or binary): explain instead of letting the decoder's exception drop the socket.
+        try:
+            content = await self.decode_json(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if content is None:
+            await self.send_json({"type": "error", "detail": 'Send JSON text: {"subscribe": "<tenant id>"}'})
+            return
+        await self.receive_json(content, **kwargs)
+
     async def receive_json(self, content, **kwargs):
         wanted = content.get("subscribe") if isinstance(content, dict) else None
         if isinstance(wanted, str):

@@ -171,6 +171,11 @@ def test_malformed_subscriptions_get_an_explanation(tenant):
             await communicator.send_json_to(bad)
             answer = await communicator.receive_json_from(timeout=5)
             assert answer["type"] == "error" and "subscribe" in answer["detail"]
+        for raw in [{"text_data": "{not json"}, {"bytes_data": b"\x00\x01"}]:
+            await communicator.send_to(**raw)
+            answer = await communicator.receive_json_from(timeout=5)
+            assert answer["type"] == "error" and "JSON" in answer["detail"]
+        assert (await subscribe(communicator, "acme"))["type"] == "subscribed"  # still open
         await communicator.disconnect()
 
     run(scenario)
