@@ -100,6 +100,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # Persistent connections: one per worker process/thread, health-checked.
     _db.setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
     _db.setdefault("CONN_HEALTH_CHECKS", True)
+    # An unreachable database host fails a request (and /readyz) in seconds, not after TCP's
+    # two-minute connect timeout.
+    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT_SECONDS", default=5))
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     if _db["NAME"] != ":memory:":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,29 @@ def test_unready_when_the_database_is_unreachable(client, all_ready, monkeypatch
     readyz(client, 200)
 
 
+def test_a_database_that_accepts_but_never_answers_fails_within_the_connect_timeout(postgres_only, monkeypatch):
+    """A hung host (here: a socket that accepts and stays silent) must not hold /readyz for minutes."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    params = {**connection.settings_dict, "HOST": "127.0.0.1", "PORT": silent.getsockname()[1], "CONN_MAX_AGE": 0}
+    assert params["OPTIONS"]["connect_timeout"] == 5  # the default (DB_CONNECT_TIMEOUT_SECONDS)
+    params["OPTIONS"] = {**params["OPTIONS"], "connect_timeout": 1}
+    hung = type(connections["default"])(params, alias="hung")
+    monkeypatch.setattr(health, "_database", lambda: hung)
+    started = time.monotonic()
+    try:
+        result = health.check_database()
+    finally:
+        hung.close()
+        silent.close()
+    assert not result.ok
+    assert time.monotonic() - started < 4
+
+
 def test_stale_bridge_heartbeat_makes_unready(client, listening_broker, settings):
     settings.BRIDGE_HEARTBEAT_STALE_SECONDS = 30
     beat("old-bridge", age_seconds=120)
