@@ -28,7 +28,9 @@ from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
-from iotcloud.errors import DomainError
+from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
+from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
+from iotcloud.form_fields import StrictJSONField
 from twin.selectors import SYNC_STATUSES, sync_status_q, twin_document
 from twin.services import DesiredMode, twin_update_desired
 
@@ -174,6 +176,8 @@ class TagFilter(admin.ListFilter):
 
 
 class DeviceForm(forms.ModelForm):
+    tags = StrictJSONField(required=False)
+
     class Meta:
         model = Device
         fields = ["tags"]
@@ -188,7 +192,7 @@ class DeviceForm(forms.ModelForm):
 class ProvisionForm(forms.Form):
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.all())
     device_id = forms.CharField(max_length=128, help_text="1-128 of A-Z a-z 0-9 _ . : - (it is part of MQTT topics).")
-    tags = forms.JSONField(required=False, initial=dict, help_text='For example {"site": "berlin"}.')
+    tags = StrictJSONField(required=False, initial=dict, help_text='For example {"site": "berlin"}.')
 
     def __init__(self, *args, tenant: Tenant | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -365,10 +369,7 @@ class DeviceAdmin(TenantScopedAdmin):
 
     @staticmethod
     def _desired_from_json(request):
-        try:
-            body = json.loads(request.body)
-        except ValueError as exc:
-            raise DomainError(f"The request is not valid JSON: {exc}", code="invalid_json") from None
+        body = _strict_json(request.body, what="The request")
         if not isinstance(body, dict):
             raise DomainError('Send {"document": {...}, "mode": "merge"|"replace", "expected_version": n}')
         return _desired_args(body.get("document"), body.get("mode", "merge"), body.get("expected_version"))
@@ -378,10 +379,7 @@ class DeviceAdmin(TenantScopedAdmin):
         form = DesiredForm(request.POST)
         if not form.is_valid():
             raise DomainError("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
-        try:
-            document = json.loads(form.cleaned_data["document"])
-        except ValueError as exc:
-            raise DomainError(f"Desired state is not valid JSON: {exc}", code="invalid_json") from None
+        document = _strict_json(form.cleaned_data["document"].encode("utf-8", "surrogatepass"), what="Desired state")
         return _desired_args(document, form.cleaned_data["mode"], form.cleaned_data["expected_version"])
 
     def rotate_token_view(self, request, pk):
@@ -474,6 +472,16 @@ class DeviceAdmin(TenantScopedAdmin):
             extra_context["twin_writable"] = writable
             extra_context["desired_pretty"] = json.dumps(device.desired_state, indent=2, sort_keys=True)
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _strict_json(raw: bytes, *, what: str):
+    """The project's strict JSON parsing (size, depth, NaN, surrogates) as a DomainError the panel shows."""
+    try:
+        return parse_json_bytes(raw)
+    except JSONBodyError as exc:
+        detail = exc.message.removeprefix("JSON parse error - ")
+        error = PayloadTooLarge if exc.status == 413 else InvalidInput
+        raise error(f"{what} is not valid JSON: {detail}", code="invalid_json") from None
 
 
 def _desired_args(document, mode, expected_version):

@@ -7,8 +7,6 @@ the service, whose DomainError is shown inline on the field it is about.
 
 from __future__ import annotations
 
-import json
-
 from django import forms
 from django.contrib.admin.widgets import AdminSplitDateTime, AutocompleteSelectMultiple
 from django.utils import timezone
@@ -16,6 +14,7 @@ from django.utils import timezone
 from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from iotcloud.errors import DomainError
+from iotcloud.form_fields import parse_json_text
 from jobs import services
 from jobs.models import Job, JobExecution
 
@@ -59,10 +58,7 @@ def parse_tags(text: str) -> dict:
     if not text:
         return {}
     if text.startswith("{"):
-        try:
-            tags = json.loads(text)
-        except ValueError as exc:
-            raise forms.ValidationError(f"Tag selector is not valid JSON: {exc}") from None
+        tags = parse_json_text(text, what="the tag selector")
         if not isinstance(tags, dict):
             raise forms.ValidationError("Tag selector must be a JSON object")
         return tags
@@ -136,10 +132,7 @@ class JobCreateForm(forms.ModelForm):
 
     def clean_document_params(self):
         text = self.cleaned_data["document_params"].strip() or "{}"
-        try:
-            params = json.loads(text)
-        except ValueError as exc:
-            raise forms.ValidationError(f"Document params are not valid JSON: {exc}") from None
+        params = parse_json_text(text, what="the document params")
         if not isinstance(params, dict):
             raise forms.ValidationError(f"Document params must be a JSON object, not {type(params).__name__}")
         return params

@@ -12,7 +12,6 @@ the broker (401/403) or a malformed request (400).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 from django.conf import settings
@@ -20,6 +19,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
 from mqtt_bridge.broker_auth import login_decision, topic_decision
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ def _caller_problem(request) -> JsonResponse | None:
 def _fields(request, names: tuple[str, ...]) -> dict[str, str]:
     if request.content_type == "application/json":
         try:
-            body = json.loads(request.body or b"{}")
-        except ValueError:
-            raise ValueError("the body is not valid JSON") from None
+            body = parse_json_bytes(request.body)
+        except JSONBodyError as exc:
+            raise ValueError(f"the body is not valid JSON: {exc.message}") from None
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
     else:

@@ -290,3 +290,49 @@ def test_device_page_shows_the_broker_account_when_iotcloud_manages_it(alice, fl
     assert "waiting for the bridge" in alice.get(url).content.decode()
     Device.objects.filter(pk=fleet["a1"].pk).update(broker_synced_version=2)
     assert "in step with the broker" in alice.get(url).content.decode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "fragment"),
+    [
+        ('{"document": ' + "[" * 20_000 + "]" * 20_000 + "}", 400, "nested too deeply"),
+        ('{"document": {"t": NaN}}', 400, "NaN"),
+        ('{"document": {"t": "\\ud800"}}', 400, "surrogate"),
+        ('{"document": {"t": "' + "x" * 70_000 + '"}}', 413, "larger than"),
+        (b'{"document": {"t": "\xff"}}', 400, "UTF-8"),
+    ],
+)
+def test_hostile_desired_bodies_are_refused_not_crashed(alice, fleet, raw, status, fragment):
+    response = alice.post(desired_url(fleet["a1"]), raw, content_type="application/json")
+    assert response.status_code == status, response.content[:300]
+    assert fragment in response.json()["detail"]
+    fleet["a1"].refresh_from_db()
+    assert fleet["a1"].desired_version == 0
+
+
+def test_hostile_desired_in_the_form_path(alice, fleet):
+    deep = "[" * 20_000 + "]" * 20_000
+    page = alice.post(desired_url(fleet["a1"]), {"document": deep, "mode": "merge"}, follow=True).content.decode()
+    assert "Desired state not saved" in page and "nested too deeply" in page
+
+
+def test_tags_edit_on_the_device_page(alice, fleet):
+    url = reverse("admin:devices_device_change", args=[fleet["a1"].pk])
+    response = alice.post(url, {"tags": '{"site": "oslo"}'})
+    assert response.status_code == 302
+    fleet["a1"].refresh_from_db()
+    assert fleet["a1"].tags == {"site": "oslo"}
+    for bad, fragment in [("[" * 20_000 + "]" * 20_000, "nested too deeply"), ('{"a": NaN}', "NaN"),
+                          ('{"a": {"b": 1}}', "")]:  # fmt: skip
+        page = alice.post(url, {"tags": bad}).content.decode()
+        assert "errorlist" in page and fragment in page
+    fleet["a1"].refresh_from_db()
+    assert fleet["a1"].tags == {"site": "oslo"}
+
+
+def test_provisioning_refuses_hostile_tags(alice, tenant):
+    page = alice.post(
+        reverse("admin:devices_device_add"), {"tenant": "acme", "device_id": "x-1", "tags": "[" * 20_000 + "]" * 20_000}
+    ).content.decode()
+    assert "nested too deeply" in page
+    assert not Device.objects.filter(device_id="x-1").exists()

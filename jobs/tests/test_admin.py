@@ -175,8 +175,11 @@ def test_add_by_tag_selector(alice, fleet, selector):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"document_params": '{"url": '}, "Document params are not valid JSON"),
+        ({"document_params": '{"url": '}, "Not valid JSON in the document params"),
         ({"document_params": "[1, 2]"}, "Document params must be a JSON object"),
+        ({"document_params": "[" * 20_000 + "]" * 20_000}, "nested too deeply"),
+        ({"document_params": '{"x": NaN}', "tags": "site=berlin"}, "NaN"),
+        ({"tags": "{" + "[" * 20_000}, "Not valid JSON in the tag selector"),
         ({}, "Pick target devices, give a tag selector, or both"),
         ({"tags": "site"}, "is not key=value"),
         ({"tags": "site=nowhere"}, "no active device matches the tag selector"),

@@ -251,3 +251,13 @@ def test_http_hooks_refuse_callers_that_are_not_the_broker(settings, db):
                          headers={"Authorization": f"Bearer {HOOK_TOKEN}"}).status_code == 400  # fmt: skip
     form = hook("/mqtt/auth", {"username": "a/b", "password": "x"}, content_type="application/x-www-form-urlencoded")
     assert form.status_code == 200 and form.json()["result"] == "deny"  # EMQX may send forms too
+
+
+def test_http_hooks_refuse_hostile_json(settings, db):
+    settings.MQTT_AUTH_HOOK_TOKEN = HOOK_TOKEN
+    deep = '{"username": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    for raw in [deep, '{"username": NaN}', '{"username": "\\ud800", "password": "x"}', "[1]"]:
+        response = Client().post(
+            "/mqtt/auth", raw, content_type="application/json", headers={"Authorization": f"Bearer {HOOK_TOKEN}"}
+        )
+        assert response.status_code == 400, (raw[:40], response.content[:200])
