@@ -14,6 +14,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, CharField, Value, When
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
@@ -119,11 +120,13 @@ class MembershipAdmin(TenantScopedAdmin):
             kwargs["form"] = OperatorCreationForm
         return super().get_form(request, obj, **kwargs)
 
-    def get_fields(self, request, obj=None):
-        return ["username", "email", "password", "tenant", "role"] if obj is None else ["user", "tenant", "role"]
-
     def get_readonly_fields(self, request, obj=None):
-        return ["user", "tenant"] if obj else []
+        return ["user", "tenant", "password_link"] if obj else []
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["username", "email", "password", "tenant", "role"]
+        return ["user", "tenant", "role", "password_link"]
 
     def save_model(self, request, obj, form, change):
         if change:  # a new one was saved by OperatorCreationForm.save
@@ -131,6 +134,39 @@ class MembershipAdmin(TenantScopedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return self.has_change_permission(request, obj)
+
+    @admin.display(description="password")
+    def password_link(self, obj):
+        url = reverse("admin:devices_membership_password", args=[obj.pk])
+        return format_html('<a href="{}">Set a new password</a> (their sessions and tokens stay valid)', url)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.password_view)
+        return [path("<int:pk>/password/", view, name="devices_membership_password"), *super().get_urls()]
+
+    def password_view(self, request, pk):
+        """A tenant admin sets a new password for one of the tenant's operators (never for a superuser)."""
+        membership = self.get_queryset(request).select_related("user").filter(pk=pk).first()
+        if membership is None:
+            raise Http404("No such operator")
+        if not self.has_change_permission(request, membership):
+            raise PermissionDenied
+        if membership.user.is_superuser and not request.user.is_superuser:
+            raise PermissionDenied
+        form = AdminPasswordChangeForm(membership.user, request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            form.save()
+            self.log_change(request, membership, "Password set")
+            self.message_user(request, f"New password set for {membership.user}.", messages.SUCCESS)
+            return redirect("admin:devices_membership_change", membership.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Set a password for {membership.user}",
+            "form": form,
+            "membership": membership,
+        }
+        return TemplateResponse(request, "admin/devices/membership/password.html", context)
 
 
 # --- devices -------------------------------------------------------------------------------------------

@@ -336,3 +336,34 @@ def test_provisioning_refuses_hostile_tags(alice, tenant):
     ).content.decode()
     assert "nested too deeply" in page
     assert not Device.objects.filter(device_id="x-1").exists()
+
+
+def test_tenant_admin_sets_an_operators_password(tenant, other_tenant):
+    from django.contrib.auth import authenticate
+
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    worker = operator_create(username="worker", tenant=tenant, password="old-password-1")
+    outsider = operator_create(username="outsider", tenant=other_tenant, password="old-password-1")
+    url = reverse("admin:devices_membership_password", args=[worker.membership.pk])
+    assert "Set a new password" in boss.get(reverse("admin:devices_membership_change",
+                                                    args=[worker.membership.pk])).content.decode()  # fmt: skip
+    mismatch = boss.post(url, {"password1": "N3w-secret-pass", "password2": "different"})
+    assert mismatch.status_code == 200 and "errorlist" in mismatch.content.decode()
+    assert boss.post(url, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 302
+    assert authenticate(username="worker", password="N3w-secret-pass") is not None
+    assert authenticate(username="worker", password="old-password-1") is None
+
+    foreign = reverse("admin:devices_membership_password", args=[outsider.membership.pk])
+    assert boss.post(foreign, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 404
+    assert authenticate(username="outsider", password="old-password-1") is not None
+
+
+def test_only_tenant_admins_set_passwords_and_never_a_superusers(tenant):
+    plain = staff_client(tenant, "plain-operator", role=Role.OPERATOR)
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    worker = operator_create(username="worker", tenant=tenant, password="old-password-1")
+    url = reverse("admin:devices_membership_password", args=[worker.membership.pk])
+    assert plain.post(url, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 403
+    root = operator_create(username="root-in-acme", tenant=tenant, password="old-password-1", superuser=True)
+    root_url = reverse("admin:devices_membership_password", args=[root.membership.pk])
+    assert boss.post(root_url, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 403
