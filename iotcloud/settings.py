@@ -61,6 +61,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: counts and times every response, including those of the middleware below.
     "iotcloud.metrics.metrics_middleware",
+    # Before anything reads the query string: NUL is never valid and PostgreSQL cannot take it.
+    "iotcloud.middleware.reject_nul_in_query",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

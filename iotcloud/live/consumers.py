@@ -15,10 +15,12 @@ error and the socket is closed (code 4403).
 
 from __future__ import annotations
 
+import re
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from devices.models import Tenant
+from devices.models import TENANT_ID_RE, Tenant
 from devices.selectors import operator_tenant
 from iotcloud.live.events import tenant_group
 
@@ -59,11 +61,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if (
             not isinstance(wanted, list)
             or not 0 < len(wanted) <= MAX_TENANTS
-            or not all(isinstance(t, str) and t for t in wanted)
+            or not all(isinstance(t, str) and re.fullmatch(TENANT_ID_RE, t) for t in wanted)
         ):
-            await self.send_json(
-                {"type": "error", "detail": f'Send {{"subscribe": "<tenant id>"}} or a list of at most {MAX_TENANTS}'}
-            )
+            detail = f'Send {{"subscribe": "<tenant id>"}} or a list of at most {MAX_TENANTS} tenant ids'
+            await self.send_json({"type": "error", "detail": detail})
             return
         refused = await self._refused(set(wanted))
         if refused:

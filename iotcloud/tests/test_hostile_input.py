@@ -63,3 +63,42 @@ def test_huge_execution_number_is_4xx(operator, device, device_api):
     operator.post("/customer/jobs", body, expect=201)
     response = device_api.put("/device/v1/jobs/j/execution", {"status": "IN_PROGRESS", "execution_number": 10**30})
     assert response.status_code == 400, response.content
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/devices/device/?tag=%00",  # was a 500: PostgreSQL refuses NUL in the tag lookup
+        "/admin/devices/device/?q=a%00b",
+        "/admin/jobs/job/?q=%00",
+        "/admin/devices/membership/?q=%00",
+        "/admin/autocomplete/?app_label=devices&model_name=membership&field_name=tenant&term=%00",
+        "/admin/dashboard/?tenant=%00",
+        "/customer/devices?tag=%00",
+        "/customer/devices?%00=1",
+    ],
+)
+def test_nul_in_any_query_string_is_a_400(url, tenant):
+    from django.test import Client
+
+    from devices.services import operator_create
+
+    client = Client()
+    client.force_login(operator_create(username="nul-probe", tenant=tenant, role="admin", password="pw-123456789"))
+    response = client.get(url)
+    assert response.status_code == 400
+    assert "NUL" in response.json()["detail"]
+
+
+def test_out_of_range_ids_in_admin_endpoints_are_not_errors(tenant):
+    from django.test import Client
+
+    from devices.services import operator_create
+
+    client = Client()
+    client.force_login(operator_create(username="big-ids", tenant=tenant, role="admin", password="pw-123456789"))
+    big = 10**30
+    assert client.get(f"/admin/devices/device/status.json?ids={big},-3").json() == {"devices": {}}
+    assert client.get(f"/admin/devices/device/{big}/twin.json").status_code == 404
+    assert client.get(f"/admin/devices/membership/{big}/password/").status_code == 404
+    assert client.get(f"/admin/jobs/job/progress.json?ids={big}").status_code == 400

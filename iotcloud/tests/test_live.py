@@ -127,7 +127,9 @@ def test_superuser_may_watch_existing_tenants_only(tenant, other_tenant):
     async def scenario():
         communicator, _, _ = await connect(await sync_to_async(session_headers)(root))
         assert (await subscribe(communicator, ["acme", "globex"]))["tenants"] == ["acme", "globex"]
-        assert (await subscribe(communicator, "nope"))["type"] == "error"
+        for bad in ["bad\x00id", "Upper/Case", "x" * 100]:  # not tenant ids: explained, nothing looked up
+            assert "tenant ids" in (await subscribe(communicator, bad))["detail"]
+        assert (await subscribe(communicator, "nope"))["type"] == "error"  # unknown: refused (and closed)
         await communicator.disconnect()
 
     run(scenario)
