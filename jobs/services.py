@@ -271,38 +271,30 @@ def executions_cancel_for_device(*, device: Device, reason: str) -> int:
 def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Time out stuck IN_PROGRESS executions and close QUEUED ones of expired jobs."""
     now = now or timezone.now()
-    timed_out = expired = 0
     touched: set[int] = set()
+
+    def close(queryset, job_pk: int, reason: str) -> int:
+        closed = _close_executions(queryset, ExecutionStatus.TIMED_OUT, {"reason": reason}, now, job_pk=job_pk)
+        if closed:
+            touched.add(job_pk)
+        return closed
+
+    timed_out = expired = 0
     with transaction.atomic():
         jobs_with_timeout = Job.objects.filter(
             status=JobStatus.IN_PROGRESS, in_progress_timeout_seconds__isnull=False
         ).values_list("pk", "in_progress_timeout_seconds")
         for job_pk, timeout in jobs_with_timeout:
-            closed = _close_executions(
-                JobExecution.objects.filter(
-                    job_id=job_pk, status=ExecutionStatus.IN_PROGRESS, started_at__lt=now - timedelta(seconds=timeout)
-                ),
-                ExecutionStatus.TIMED_OUT,
-                {"reason": f"in-progress timeout of {timeout}s exceeded"},
-                now,
-                job_pk=job_pk,
+            stuck = JobExecution.objects.filter(
+                job_id=job_pk, status=ExecutionStatus.IN_PROGRESS, started_at__lt=now - timedelta(seconds=timeout)
             )
-            timed_out += closed
-            if closed:
-                touched.add(job_pk)
+            timed_out += close(stuck, job_pk, f"in-progress timeout of {timeout}s exceeded")
         for job_pk, expires_at in Job.objects.filter(status=JobStatus.IN_PROGRESS, expires_at__lte=now).values_list(
             "pk", "expires_at"
         ):
-            closed = _close_executions(
-                JobExecution.objects.filter(job_id=job_pk, status=ExecutionStatus.QUEUED),
-                ExecutionStatus.TIMED_OUT,
-                {"reason": f"job expired at {expires_at.isoformat()} before the device started it"},
-                now,
-                job_pk=job_pk,
-            )
-            expired += closed
-            if closed:
-                touched.add(job_pk)
+            queued = JobExecution.objects.filter(job_id=job_pk, status=ExecutionStatus.QUEUED)
+            expired += close(queued, job_pk, f"job expired at {expires_at.isoformat()} before the device started it")
+        # Operator screens follow (after commit), one event per job that changed.
         for tenant_id, job_id in Job.objects.filter(pk__in=touched).values_list("tenant_id", "job_id"):
             events.jobs_changed(tenant_id, [job_id])
     if timed_out or expired:

@@ -236,3 +236,24 @@ def test_without_listeners_the_in_memory_layer_is_not_called(monkeypatch):
     async_to_sync(layer.group_add)(events.tenant_group("acme"), "specific.inmemory!abc")
     events._send(events.tenant_group("acme"), {"type": events.TWIN_CHANGED, "devices": ["x"]})
     assert sent == ["tenant.acme"]
+
+
+def test_the_sweeper_announces_the_jobs_it_closed(tenant, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from iotcloud.live import events
+    from jobs.models import JobExecution
+    from jobs.services import job_sweep
+
+    device, _ = device_provision(tenant=tenant, device_id="pump-1")
+    device_provision(tenant=tenant, device_id="pump-2")
+    job_create(tenant=tenant, job_id="slow", document_type="x", device_ids=["pump-1"], in_progress_timeout_seconds=60)
+    job_create(tenant=tenant, job_id="calm", document_type="x", device_ids=["pump-2"])
+    execution_update(device=device, job_id="slow", status="IN_PROGRESS")
+    JobExecution.objects.filter(job__job_id="slow").update(started_at=timezone.now() - timedelta(minutes=5))
+    sent = []
+    monkeypatch.setattr(events, "_send", lambda group, message: sent.append((group, message)))
+    assert job_sweep() == {"timed_out": 1, "expired": 0}
+    assert sent == [("tenant.acme", {"type": "jobs.changed", "tenant": "acme", "jobs": ["slow"]})]
