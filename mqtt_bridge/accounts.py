@@ -151,9 +151,6 @@ def broker_accounts_resync(control: dynsec.DynsecClient) -> ResyncReport:
         login = acl.parse_username(username)
         control.run(dynsec.delete_commands(login.tenant_id, login.device_id))
     report.removed = stale
-    Device.objects.filter(broker_account_version__gt=F("broker_synced_version"), broker_secret="").update(
-        broker_synced_version=F("broker_account_version")
-    )
     logger.info("broker resync: %d accounts rebuilt, %d removed, %d without password",
                 report.rebuilt, len(report.removed), len(report.without_password))  # fmt: skip
     return report
