@@ -25,7 +25,7 @@ from django.utils import formats, timezone
 from django.utils.html import format_html
 
 from devices import services
-from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write
+from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write, valid_pk
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
@@ -146,7 +146,7 @@ class MembershipAdmin(TenantScopedAdmin):
 
     def password_view(self, request, pk):
         """A tenant admin sets a new password for one of the tenant's operators (never for a superuser)."""
-        membership = self.get_queryset(request).select_related("user").filter(pk=pk).first()
+        membership = self.get_queryset(request).select_related("user").filter(pk=pk).first() if valid_pk(pk) else None
         if membership is None:
             raise Http404("No such operator")
         if not self.has_change_permission(request, membership):
@@ -350,7 +350,7 @@ class DeviceAdmin(TenantScopedAdmin):
         ]
 
     def _device(self, request, pk: int, *, write: bool = False) -> Device:
-        device = self.get_queryset(request).filter(pk=pk).first()
+        device = self.get_queryset(request).filter(pk=pk).first() if valid_pk(pk) else None
         if device is None or not self.has_view_permission(request, device):
             raise Http404("No such device")  # another tenant's device does not exist for you
         if write and not self.has_change_permission(request, device):
@@ -360,7 +360,7 @@ class DeviceAdmin(TenantScopedAdmin):
     def status_json(self, request):
         """Badges and versions of the listed devices (the change list refreshes them on events)."""
         try:
-            pks = [int(p) for p in request.GET.get("ids", "").split(",") if p][:200]
+            pks = [pk for pk in (int(p) for p in request.GET.get("ids", "").split(",") if p) if valid_pk(pk)][:200]
         except ValueError:
             return JsonResponse({"detail": "ids must be a comma-separated list of integers"}, status=400)
         rows = self.get_queryset(request).filter(pk__in=pks)

@@ -102,3 +102,5 @@ def test_out_of_range_ids_in_admin_endpoints_are_not_errors(tenant):
     assert client.get(f"/admin/devices/device/{big}/twin.json").status_code == 404
     assert client.get(f"/admin/devices/membership/{big}/password/").status_code == 404
     assert client.get(f"/admin/jobs/job/progress.json?ids={big}").status_code == 400
+    for page in ["devices/device", "devices/membership", "jobs/job", "jobs/jobexecution", "devices/tenant"]:
+        assert client.get(f"/admin/{page}/{big}/change/").status_code == 302  # "does not exist", back to the index
