@@ -157,6 +157,29 @@ def test_dockerfile():
     assert ".env" in (ROOT / ".dockerignore").read_text().split(), ".env (secrets) must stay out of the image"
 
 
+SECRET_ENV_FILES = (".env", ".env.production", ".env.local", "deploy/.env")
+
+
+def test_env_files_with_secrets_are_ignored_by_git_and_docker():
+    """The README has you create .env with secrets: git must not offer to commit it (only .env.example)."""
+    if not (ROOT / ".git").exists() or not shutil.which("git"):
+        pytest.skip("needs a git checkout and the git binary")
+
+    def ignored(path: str) -> bool:
+        # --no-index: the patterns decide, whatever is in the index
+        result = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT, timeout=30)
+        assert result.returncode in (0, 1), f"git check-ignore failed for {path}"
+        return result.returncode == 0
+
+    for path in SECRET_ENV_FILES:
+        assert ignored(path), f"{path} is not git-ignored"
+    assert not ignored(".env.example"), ".env.example must stay tracked"
+    tracked = subprocess.run(["git", "ls-files", "--", ".env", ".env.*"], cwd=ROOT, capture_output=True, text=True)
+    assert tracked.stdout.split() in ([], [".env.example"]), f"secret env files are tracked: {tracked.stdout}"
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    assert {".env", ".env.*", "!.env.example"} <= set(dockerignore), ".env files must stay out of the image"
+
+
 # --- Mosquitto ---------------------------------------------------------------------------
 
 DYNSEC_PLUGIN_IMAGE = "/usr/lib/mosquitto_dynamic_security.so"  # eclipse-mosquitto:2
