@@ -342,7 +342,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # One line per record whatever it carries (control characters escaped: no forged lines).
+        "plain": {"()": "iotcloud.logs.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "iotcloud.logs.JSONFormatter"},
     },
     "handlers": {
