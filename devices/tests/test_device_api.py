@@ -114,7 +114,8 @@ def test_list_paginates_with_a_cursor(operator, tenant, make_device):
         seen += [d["device_id"] for d in page["results"]]
         url = page["next"]
     assert seen == [f"d{n}" for n in range(7)]
-    operator.get("/customer/devices?cursor=garbage", expect=404)
+    body = operator.get("/customer/devices?cursor=garbage", expect=400).json()
+    assert body == {"detail": "Invalid cursor", "code": "invalid_cursor"}
 
 
 def test_list_costs_a_fixed_number_of_queries(operator, tenant, make_device, django_assert_max_num_queries):

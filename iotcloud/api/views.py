@@ -1,14 +1,110 @@
 """Shared machinery of the operator API viewsets."""
 
+import binascii
+import datetime
+import re
+from base64 import b64decode
+from urllib.parse import unquote_plus
+
+from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.db import models
 from rest_framework import mixins, viewsets
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
+
+from iotcloud.errors import InvalidInput
+
+# What DRF's encode_cursor writes: standard base64 (with `=` padding) of `o=N&r=1&p=<urlencoded position>`.
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_TOKEN = re.compile(r"([opr])=([A-Za-z0-9._~%+-]*)")
+MAX_CURSOR_CHARS = 2048
+
+
+class InvalidCursor(InvalidInput):
+    code = "invalid_cursor"
+
+    def __init__(self):
+        super().__init__("Invalid cursor")
+
+
+class StrictCursorPagination(CursorPagination):
+    """DRF's CursorPagination that takes back only what it could have issued.
+
+    DRF decodes a cursor leniently and filters with its position as a string:
+    a position that is not a date (for `created_at`) or a number (for `id`)
+    made Django or the database raise (a 500). Here every part is checked, and
+    the position is parsed as the ordering field's type (an aware datetime, a
+    64-bit integer, a string passing the field's validators), so anything but
+    a cursor of ours is a 400 `invalid_cursor`.
+    """
+
+    invalid_cursor_message = "Invalid cursor"
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self._model = queryset.model
+        return super().paginate_queryset(queryset, request, view)
+
+    def decode_cursor(self, request):
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
+        if len(encoded) > MAX_CURSOR_CHARS or not _BASE64.fullmatch(encoded):
+            raise InvalidCursor
+        try:
+            querystring = b64decode(encoded, validate=True).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidCursor from None
+        tokens = {}
+        for part in querystring.split("&") if querystring else []:
+            match = _TOKEN.fullmatch(part)
+            if not match or match[1] in tokens:
+                raise InvalidCursor
+            try:
+                tokens[match[1]] = unquote_plus(match[2], errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidCursor from None
+        offset = tokens.get("o", "0")
+        if not offset.isascii() or not offset.isdigit() or len(offset) > 6 or int(offset) > self.offset_cutoff:
+            raise InvalidCursor
+        if tokens.get("r", "0") not in ("0", "1"):
+            raise InvalidCursor
+        position = tokens.get("p")
+        if position is not None:
+            position = self._parse_position(position)
+        return Cursor(offset=int(offset), reverse=tokens.get("r") == "1", position=position)
+
+    def _parse_position(self, raw: str):
+        """The position as a value of the ordering field (what a row of ours could have), or InvalidCursor."""
+        if not raw.isascii() or not raw.isprintable():
+            raise InvalidCursor
+        try:
+            field = self._model._meta.get_field(self.ordering[0].lstrip("-"))
+        except FieldDoesNotExist:  # pragma: no cover (a programming error, caught by the tests of each list)
+            raise InvalidCursor from None
+        try:
+            value = field.to_python(raw)
+            if isinstance(field, models.DateTimeField):
+                if not isinstance(value, datetime.datetime) or value.tzinfo is None:
+                    raise InvalidCursor
+                value = value.astimezone(datetime.UTC)  # OverflowError near year 1 and 9999
+            elif isinstance(field, models.IntegerField) and not -(2**63) <= value < 2**63:
+                raise InvalidCursor
+            field.run_validators(value)
+        except (ValidationError, ValueError, TypeError, OverflowError):
+            raise InvalidCursor from None
+        if value in field.empty_values:  # run_validators skips empty values
+            raise InvalidCursor
+        return value
 
 
 def cursor_pagination(ordering: str, *, page_size: int = 100, max_page_size: int = 1000) -> type[CursorPagination]:
-    """Keyset pagination: page N of a million rows costs the same as page 1 (no COUNT, no OFFSET)."""
+    """Keyset pagination: page N of a million rows costs the same as page 1 (no COUNT, no OFFSET).
+
+    A cursor we did not issue (malformed, or a position that is not of the ordering field's type)
+    is a 400 `{"detail": "Invalid cursor", "code": "invalid_cursor"}`.
+    """
     return type(
         "CursorPagination",
-        (CursorPagination,),
+        (StrictCursorPagination,),
         {"ordering": ordering, "page_size": page_size, "page_size_query_param": "page_size",
          "max_page_size": max_page_size},
     )  # fmt: skip
