@@ -7,7 +7,7 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 # Hashed, compressed static files for whitenoise. The values below exist only for this build step.
-RUN DEBUG=false SECRET_KEY=build-only-not-a-secret ALLOWED_HOSTS=build.invalid \
+RUN DEBUG=false SECRET_KEY=build-only-not-a-secret ALLOWED_HOSTS=build.invalid METRICS_PUBLIC=true \
     python manage.py collectstatic --noinput --verbosity 0
 # Run as an unprivileged user with a fixed uid (for volumes); the code stays read-only to it.
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin iotcloud \

@@ -64,6 +64,7 @@ def django_env(database_url: str, **extra: str) -> dict[str, str]:
         "SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, as behind a TLS proxy
         "SECRET_KEY": "bench-only-secret-key",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "METRICS_TOKEN": "bench-only-metrics-token",  # required when DEBUG is off
         "LOG_LEVEL": "WARNING",
         **extra,
     }

@@ -55,12 +55,13 @@ class Readiness:
     def failed(self) -> list[str]:
         return [check.name for check in self.checks if not check.ok and check.required]
 
+    def summary(self) -> dict:
+        """What anyone may see: the verdict and the names of the failed checks (no counts, ids or addresses)."""
+        return {"status": "ok" if self.ready else "unavailable", "failed": self.failed}
+
     def as_dict(self) -> dict:
-        return {
-            "status": "ok" if self.ready else "unavailable",
-            "failed": self.failed,
-            "checks": {check.name: check.as_dict() for check in self.checks},
-        }
+        """The full detail, for operators (the metrics token): every check with its reason and figures."""
+        return {**self.summary(), "checks": {check.name: check.as_dict() for check in self.checks}}
 
 
 @dataclass(frozen=True)

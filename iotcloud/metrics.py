@@ -25,6 +25,7 @@ from asgiref.sync import iscoroutinefunction
 from django.db.models import Count
 from django.urls import Resolver404, resolve
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.decorators import sync_and_async_middleware
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -113,7 +114,14 @@ class _ProcessRegistry:
 
 
 class DatabaseCollector:
-    """Fleet gauges and the bridges' counters, read with a handful of aggregate queries per scrape."""
+    """Fleet gauges and the bridges' counters, read with a handful of aggregate queries per scrape.
+
+    client_ids=False (an unauthenticated scrape, METRICS_PUBLIC): each bridge is labelled with a
+    pseudonym instead of its MQTT client id.
+    """
+
+    def __init__(self, client_ids: bool = True):
+        self.client_ids = client_ids
 
     def collect(self) -> Iterator[Metric]:
         start = time.perf_counter()
@@ -124,7 +132,7 @@ class DatabaseCollector:
             yield _gauge("iotcloud_metrics_database_up", "1 when the database figures below could be read.", 0)
             return
         yield _gauge("iotcloud_metrics_database_up", "1 when the database figures below could be read.", 1)
-        yield from _fleet_metrics(snapshot)
+        yield from _fleet_metrics(snapshot, self.client_ids)
         yield _gauge(
             "iotcloud_metrics_database_seconds", "Time the database figures of this scrape took.",
             time.perf_counter() - start,
@@ -173,7 +181,7 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def _fleet_metrics(snapshot) -> Iterator[Metric]:
+def _fleet_metrics(snapshot, client_ids: bool = True) -> Iterator[Metric]:
     devices = GaugeMetricFamily("iotcloud_devices", "Devices by status.", labels=["status"])
     for status, count in sorted(snapshot.devices_by_status.items()):
         devices.add_metric([status], count)
@@ -196,7 +204,7 @@ def _fleet_metrics(snapshot) -> Iterator[Metric]:
         "Age of the oldest desired change not yet published (0 when none).",
         backlog.oldest_age_seconds or 0.0,
     )
-    yield from _bridge_metrics(snapshot.bridges)
+    yield from _bridge_metrics(snapshot.bridges, client_ids)
 
 
 # Heartbeat stats key -> (metric name, help).
@@ -208,7 +216,12 @@ BRIDGE_COUNTERS = {
 }
 
 
-def _bridge_metrics(bridges) -> Iterator[Metric]:
+def bridge_pseudonym(client_id: str) -> str:
+    """A stable label for a bridge that does not reveal its client id (HMAC keyed by SECRET_KEY)."""
+    return "bridge-" + salted_hmac("iotcloud.metrics.bridge", client_id, algorithm="sha256").hexdigest()[:12]
+
+
+def _bridge_metrics(bridges, client_ids: bool = True) -> Iterator[Metric]:
     now = timezone.now()
     counters = {
         key: CounterMetricFamily(name, text, labels=["client_id"]) for key, (name, text) in BRIDGE_COUNTERS.items()
@@ -224,7 +237,7 @@ def _bridge_metrics(bridges) -> Iterator[Metric]:
         "iotcloud_bridge_start_time_seconds", "When the bridge started (counters reset then).", labels=["client_id"]
     )
     for bridge in bridges:
-        labels = [bridge.client_id]
+        labels = [bridge.client_id if client_ids else bridge_pseudonym(bridge.client_id)]
         for key, family in counters.items():
             family.add_metric(labels, float((bridge.stats or {}).get(key, 0)))
         age.add_metric(labels, (now - bridge.last_beat_at).total_seconds())
@@ -234,7 +247,7 @@ def _bridge_metrics(bridges) -> Iterator[Metric]:
     yield from (age, connected, started)
 
 
-def scrape_registry() -> CollectorRegistry:
+def scrape_registry(client_ids: bool = True) -> CollectorRegistry:
     """A registry for one scrape: every worker's HTTP metrics (or this process's) plus the database figures."""
     registry = CollectorRegistry(auto_describe=False)
     path = multiprocess_dir()
@@ -242,10 +255,10 @@ def scrape_registry() -> CollectorRegistry:
         MultiProcessCollector(registry, path=path)
     else:
         registry.register(_ProcessRegistry())
-    registry.register(DatabaseCollector())
+    registry.register(DatabaseCollector(client_ids))
     return registry
 
 
-def render() -> bytes:
-    """The Prometheus text exposition of all metrics."""
-    return generate_latest(scrape_registry())
+def render(client_ids: bool = True) -> bytes:
+    """The Prometheus text exposition of all metrics (client_ids=False: bridges under pseudonyms)."""
+    return generate_latest(scrape_registry(client_ids))

@@ -282,9 +282,23 @@ READY_REQUIRE_BRIDGE = env.bool("READY_REQUIRE_BRIDGE", default=True)
 # /readyz fails when the oldest undelivered desired change is older than this; 0 turns the gate off.
 READY_MAX_DELIVERY_LAG_SECONDS = env.float("READY_MAX_DELIVERY_LAG_SECONDS", default=60.0)
 READY_BROKER_TIMEOUT_SECONDS = env.float("READY_BROKER_TIMEOUT_SECONDS", default=1.0)
-# Set: /metrics requires Authorization: Bearer <METRICS_TOKEN>. Empty: open (keep it on an internal network).
+# Operational data (fleet counts, bridge client ids, the broker's address) is for operators only:
+# /metrics requires Authorization: Bearer <METRICS_TOKEN>, and /readyz without it says only which
+# checks failed. Required when DEBUG is off, unless METRICS_PUBLIC=true deliberately serves /metrics
+# without authentication (bridge client ids replaced by pseudonyms; /readyz stays minimal). With a
+# token, METRICS_PUBLIC changes nothing.
 # Several worker processes: set PROMETHEUS_MULTIPROC_DIR (read by prometheus_client) for totals across them.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
+if not METRICS_TOKEN and not METRICS_PUBLIC and not DEBUG:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be set when DEBUG is off: /metrics and the detail of /readyz are only served "
+        "with Authorization: Bearer <METRICS_TOKEN> (a long random string, e.g. the output of python -c "
+        "'import secrets; print(secrets.token_urlsafe(32))'); set METRICS_PUBLIC=true instead to serve "
+        "/metrics without authentication"
+    )
+# Derived, not read from the environment: DEBUG without a token (make run) shows everything to anyone.
+METRICS_DEBUG_OPEN = DEBUG and not METRICS_TOKEN and not METRICS_PUBLIC
 
 # --- REST framework -----------------------------------------------------------
 REST_FRAMEWORK = {

@@ -4,6 +4,7 @@ import hmac
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -17,12 +18,36 @@ def live(request):
     return JsonResponse({"status": "ok"})
 
 
+# How much operational detail a request may see (see operational_access).
+FULL, PUBLIC, NONE = "full", "public", "none"
+
+
+def operational_access(request) -> str:
+    """FULL with `Authorization: Bearer <METRICS_TOKEN>` (or DEBUG without a token: make run's convenience);
+    PUBLIC when METRICS_PUBLIC serves /metrics without a token (bridge client ids pseudonymised); else NONE.
+
+    /readyz answers everyone, with its full detail only for FULL; /metrics answers FULL and PUBLIC, else 401.
+    """
+    token = settings.METRICS_TOKEN
+    if token:
+        return FULL if _bearer_matches(request, token) else NONE
+    if settings.METRICS_DEBUG_OPEN:
+        return FULL
+    return PUBLIC if settings.METRICS_PUBLIC else NONE
+
+
 @never_cache
 @require_safe
 def ready(request):
-    """Readiness: database, broker, bridge heartbeat, delivery backlog; 503 naming what failed."""
+    """Readiness: database, broker, bridge heartbeat, delivery backlog; 503 naming what failed.
+
+    Without the metrics token only the verdict and the names of failed checks: the reasons carry
+    bridge client ids, the broker's address and fleet figures.
+    """
     result = health.readiness()
-    response = JsonResponse(result.as_dict(), status=200 if result.ready else 503)
+    body = result.as_dict() if operational_access(request) == FULL else result.summary()
+    response = JsonResponse(body, status=200 if result.ready else 503)
+    patch_vary_headers(response, ["Authorization"])
     # Django would log every failing probe at ERROR; health logs the change of state once instead.
     response._has_been_logged = True
     return response
@@ -31,13 +56,13 @@ def ready(request):
 @never_cache
 @require_GET
 def prometheus_metrics(request):
-    """Prometheus exposition; with METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>`."""
-    token = settings.METRICS_TOKEN
-    if token and not _bearer_matches(request, token):
+    """Prometheus exposition: for `Authorization: Bearer <METRICS_TOKEN>`, or open with METRICS_PUBLIC (or DEBUG)."""
+    access = operational_access(request)
+    if access == NONE:
         response = JsonResponse({"detail": "Missing or invalid metrics token", "code": "not_authenticated"}, status=401)
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(metrics.render(client_ids=access == FULL), content_type=CONTENT_TYPE_LATEST)
 
 
 def _bearer_matches(request, token: str) -> bool:

@@ -298,6 +298,7 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
             "DEBUG": "false",
             "SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, as behind a TLS proxy
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "METRICS_TOKEN": secrets.token_urlsafe(32),  # required when DEBUG is off
             "DB_CONN_MAX_AGE": str(args.conn_max_age),
             "PYTHONUNBUFFERED": "1",
         }

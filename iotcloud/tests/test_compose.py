@@ -132,6 +132,14 @@ def test_no_literal_secrets():
             assert not argument, f"${{{name}}} has a default: a secret must be set, not defaulted"
 
 
+def test_metrics_token_is_required():
+    """Production refuses to start without it (or METRICS_PUBLIC): compose says so before starting anything."""
+    operators = {operator for name, operator, _ in compose_variables() if name == "METRICS_TOKEN"}
+    assert operators == {":?"}, "METRICS_TOKEN must be required (${METRICS_TOKEN:?...}), never defaulted"
+    assert all(environment(name)["METRICS_TOKEN"].startswith("${METRICS_TOKEN:?") for name in APP_SERVICES)
+    assert env_example()[0]["METRICS_TOKEN"] == "", ".env.example lists it as required, without a value"
+
+
 def test_every_mounted_file_exists():
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):

@@ -14,7 +14,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 SECURITY_VARS = (
     "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "USE_X_FORWARDED_PROTO", "SECURE_SSL_REDIRECT",
     "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SESSION_COOKIE_SECURE",
-    "CSRF_COOKIE_SECURE", "LOG_FORMAT", "DEVICE_RATE_LIMIT", "DEVICE_RATE_BURST",
+    "CSRF_COOKIE_SECURE", "LOG_FORMAT", "DEVICE_RATE_LIMIT", "DEVICE_RATE_BURST", "METRICS_TOKEN", "METRICS_PUBLIC",
 )  # fmt: skip
 
 
@@ -26,6 +26,7 @@ def production_env(tmp_path, **overrides) -> dict:
         SECRET_KEY=secrets.token_urlsafe(50),
         ALLOWED_HOSTS="iot.example.com",
         USE_X_FORWARDED_PROTO="true",  # TLS terminated by the proxy in front
+        METRICS_TOKEN=secrets.token_urlsafe(32),
     )
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}
@@ -58,12 +59,26 @@ def test_check_deploy_reports_a_weakened_setting(tmp_path):
     [
         ("ALLOWED_HOSTS", "ALLOWED_HOSTS must be set when DEBUG is off"),
         ("SECRET_KEY", "SECRET_KEY must be set when DEBUG is off"),
+        ("METRICS_TOKEN", "METRICS_TOKEN must be set when DEBUG is off"),
     ],
 )
 def test_start_fails_clearly_without_essentials(tmp_path, missing, message):
     result = manage(production_env(tmp_path, **{missing: None}), "check")
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and message in result.stderr, result.stderr
+
+
+def test_metrics_public_is_an_explicit_opt_out_of_the_metrics_token(tmp_path):
+    code = "from django.conf import settings as s; print([s.METRICS_TOKEN, s.METRICS_PUBLIC, s.METRICS_DEBUG_OPEN])"
+    env = production_env(tmp_path, METRICS_TOKEN=None, METRICS_PUBLIC="true")
+    result = manage(env, "shell", "--verbosity", "0", "--command", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == repr(["", True, False])
+    # make run: DEBUG without a token starts, and keeps /metrics and /readyz open as before
+    env = production_env(tmp_path, METRICS_TOKEN=None, DEBUG="true")
+    result = manage(env, "shell", "--verbosity", "0", "--command", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == repr(["", False, True])
 
 
 def test_start_fails_clearly_on_a_bad_rate_limit(tmp_path):

@@ -261,3 +261,75 @@ def test_readiness_logs_changes_not_every_probe(client, all_ready, caplog, monke
     messages = [r.getMessage() for r in caplog.records if r.name == "iotcloud.health"]
     assert messages == ["ready", "not ready: bridge: no bridge has ever written a heartbeat"]
     assert not [r for r in caplog.records if r.name == "django.request"]
+
+
+# --- who sees the detail ---------------------------------------------------------------------------
+
+OPS_TOKEN = "ops-token-for-readyz"
+SECRET_BRIDGE = "iotcloud-bridge-c0ffee-5ecret"
+
+
+@pytest.fixture
+def production_access(settings):
+    """As with DEBUG=false: no detail for everyone; the metrics token unlocks it."""
+    settings.METRICS_DEBUG_OPEN = False
+    settings.METRICS_PUBLIC = False
+    settings.METRICS_TOKEN = OPS_TOKEN
+
+
+def test_readyz_without_the_metrics_token_names_the_failed_checks_only(client, production_access, listening_broker):
+    beat(SECRET_BRIDGE, age_seconds=120)  # stale: the bridge check fails, and its reason names the bridge
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {OPS_TOKEN}"}):
+        response = client.get("/readyz", headers=headers)
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "failed": ["bridge"]}
+        text = response.content.decode()
+        assert SECRET_BRIDGE not in text and "127.0.0.1" not in text
+        assert "Authorization" in response["Vary"]
+
+    full = client.get("/readyz", headers={"Authorization": f"Bearer {OPS_TOKEN}"})
+    assert full.status_code == 503
+    body = full.json()
+    assert SECRET_BRIDGE in body["checks"]["bridge"]["reason"]
+    assert body["checks"]["broker"]["host"] == "127.0.0.1"
+
+
+def test_readyz_minimal_body_when_ready_and_when_the_broker_is_down(client, production_access, settings):
+    beat(SECRET_BRIDGE)
+    settings.MQTT_URL = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    health.clear_broker_cache()
+    try:
+        down = client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json() == {"status": "unavailable", "failed": ["broker"]}
+        assert str(settings.MQTT_URL.rsplit(":", 1)[1]) not in down.content.decode()
+    finally:
+        health.clear_broker_cache()
+    settings.READY_REQUIRE_BRIDGE = False
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        settings.MQTT_URL = f"mqtt://127.0.0.1:{server.getsockname()[1]}"
+        health.clear_broker_cache()
+        ok = client.get("/readyz")
+        health.clear_broker_cache()
+    assert ok.status_code == 200
+    assert ok.json() == {"status": "ok", "failed": []}
+
+
+def test_readyz_is_minimal_with_public_metrics_too(client, settings, listening_broker):
+    """METRICS_PUBLIC opens /metrics (without client ids), never the readiness detail."""
+    settings.METRICS_DEBUG_OPEN = False
+    settings.METRICS_PUBLIC = True
+    settings.METRICS_TOKEN = ""
+    beat(SECRET_BRIDGE)
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "failed": []}
+
+
+def test_readyz_shows_everything_in_debug_without_a_token(client, settings, all_ready):
+    """make run (DEBUG, METRICS_TOKEN empty): today's full detail, for convenience."""
+    settings.METRICS_DEBUG_OPEN = True
+    settings.METRICS_TOKEN = ""
+    assert client.get("/readyz").json()["checks"]["bridge"]["bridges"][0]["client_id"] == "bridge-a"

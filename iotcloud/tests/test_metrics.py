@@ -23,6 +23,8 @@ from devices.models import Device
 from devices.services import device_decommission
 from iotcloud import metrics
 from jobs.services import execution_update, job_create
+from mqtt_bridge.heartbeat import write_beat
+from mqtt_bridge.models import BridgeHeartbeat
 from mqtt_bridge.tests.conftest import free_port, wait_until
 from twin.services import twin_update_desired
 
@@ -176,9 +178,62 @@ def test_metrics_token_is_enforced_when_set(client, settings):
     assert "iotcloud_http_requests_total" in scrape(client, Authorization="Bearer s3cret-metrics-token")
 
 
-def test_metrics_are_open_without_a_token(client, settings):
+def test_metrics_are_open_in_debug_without_a_token(client, settings):
+    """make run: DEBUG and no METRICS_TOKEN keeps /metrics open, client ids included."""
+    settings.METRICS_DEBUG_OPEN = True
     settings.METRICS_TOKEN = ""
-    assert client.get("/metrics").status_code == 200
+    beat("iotcloud-bridge-dev")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert 'client_id="iotcloud-bridge-dev"' in response.content.decode()
+
+
+def test_production_without_a_token_or_public_opt_in_is_refused(client, settings):
+    """Start-up refuses this configuration (test_deploy_settings); should it happen anyway, nothing leaks."""
+    settings.METRICS_DEBUG_OPEN = False
+    settings.METRICS_PUBLIC = False
+    settings.METRICS_TOKEN = ""
+    response = client.get("/metrics")
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated" and response.json()["detail"]
+
+
+SECRET_BRIDGES = ("iotcloud-bridge-4f2a9c1b-7d3e5a60b1c2d3e4", "iotcloud-bridge-88aa77bb-0011223344556677")
+
+
+def test_public_metrics_leave_the_bridge_client_ids_out(client, settings):
+    """METRICS_PUBLIC=true (no token): open, but a bridge is a stable pseudonym, never its MQTT client id."""
+    settings.METRICS_DEBUG_OPEN = False
+    settings.METRICS_PUBLIC = True
+    settings.METRICS_TOKEN = ""
+    for client_id in SECRET_BRIDGES:
+        beat(client_id)
+    first, second = client.get("/metrics"), client.get("/metrics")
+    assert first.status_code == 200
+    text = first.content.decode()
+    for client_id in SECRET_BRIDGES:
+        assert client_id not in text
+        assert client_id.rsplit("-", 1)[1] not in text
+    labels = {labels for labels in parse(text)["iotcloud_bridge_reports_ingested_total"]}
+    assert len(labels) == 2  # still one series per bridge
+    assert all(dict(label)["client_id"].startswith("bridge-") for label in labels)
+    assert parse(second.content.decode())["iotcloud_bridge_reports_ingested_total"].keys() == labels  # stable
+
+    settings.METRICS_TOKEN = "s3cret-metrics-token"  # with a token, the token is what counts
+    assert client.get("/metrics").status_code == 401
+    full = client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics-token"}).content.decode()
+    for client_id in SECRET_BRIDGES:
+        assert f'client_id="{client_id}"' in full
+
+
+def beat(client_id: str) -> None:
+    now = timezone.now()
+    write_beat(
+        BridgeHeartbeat(
+            client_id=client_id, hostname="h", pid=1, protocol="5", connected=True,
+            started_at=now - timedelta(minutes=5), last_beat_at=now, stats={"accepted": 7},
+        )
+    )  # fmt: skip
 
 
 # --- several worker processes ---------------------------------------------------------------------
