@@ -13,7 +13,7 @@ import json
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
+from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, CharField, Value, When
@@ -74,11 +74,25 @@ class TenantAdmin(TenantScopedAdmin):
 
 
 class OperatorCreationForm(forms.ModelForm):
-    """A new operator account with its membership (operator_create does both)."""
+    """A new operator account with its membership (operator_create does both, and holds the rules)."""
 
-    username = forms.CharField(max_length=150)
+    username = forms.CharField(
+        max_length=services.USERNAME_MAX_LENGTH,
+        help_text=f"1-{services.USERNAME_MAX_LENGTH} of A-Z a-z 0-9 @ . + - _ (no spaces or accents).",
+    )
     email = forms.EmailField(required=False)
-    password = forms.CharField(widget=forms.PasswordInput, min_length=8, help_text="At least 8 characters.")
+    password = forms.CharField(
+        widget=forms.PasswordInput, strip=False, help_text=password_validation.password_validators_help_text_html()
+    )
+
+    # Which field a service error belongs under.
+    ERROR_FIELDS = {
+        "invalid_username": "username",
+        "user_exists": "username",
+        "username_unavailable": "username",
+        "invalid_password": "password",
+        "invalid_email": "email",
+    }
 
     class Meta:
         model = Membership
@@ -87,11 +101,24 @@ class OperatorCreationForm(forms.ModelForm):
     def _post_clean(self):
         pass  # the membership is made by operator_create, not by the model form
 
-    def clean_username(self):
-        username = self.cleaned_data["username"]
-        if get_user_model().objects.filter(username=username).exists():
-            raise forms.ValidationError(f"User {username!r} already exists.")
-        return username
+    def clean(self):
+        cleaned = super().clean()
+        if "username" not in cleaned or "password" not in cleaned:
+            return cleaned
+        try:
+            # The tenant is the acting admin's own (the field offers no other): a name taken
+            # elsewhere gets a neutral answer, never "exists in tenant X".
+            cleaned["username"] = services.operator_check(
+                username=cleaned["username"],
+                password=cleaned["password"],
+                email=cleaned.get("email", ""),
+                tenant=cleaned.get("tenant"),
+            )
+        except DomainError as exc:
+            field = self.ERROR_FIELDS.get(exc.code)
+            for message in exc.extra.get("errors") or [exc.message]:
+                self.add_error(field, message)
+        return cleaned
 
     def save(self, commit=True):
         # ModelAdmin calls save(commit=False) once; the account and membership are created here.

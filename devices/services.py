@@ -12,6 +12,10 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.validators import ASCIIUsernameValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -48,6 +52,79 @@ def tenant_create(*, tenant_id: str, name: str = "") -> Tenant:
     return tenant
 
 
+# Operator usernames: ASCII letters, digits and @ . + - _ (Django's ASCIIUsernameValidator), at most
+# 150 characters. No spaces, newlines, markup, zero-width or other invisible characters, and no
+# look-alike letters from other scripts ("acme-admin\u200b" or a Cyrillic "\u0430" cannot pass for
+# "acme-admin"); a name differing only in case from an existing one is refused too.
+USERNAME_MAX_LENGTH = 150
+_username_validator = ASCIIUsernameValidator()
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A user-supplied value quoted for a message: repr (escapes control characters), shortened."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def operator_username_check(username, *, tenant: Tenant | None) -> str:
+    """The username normalized (NFKC), or InvalidInput / Conflict.
+
+    A name taken by an operator of `tenant` (the tenant the account is made in: the acting
+    admin's own) is "already exists"; a name taken anywhere else gets the same neutral answer as
+    any other unusable name, so a tenant admin cannot learn which accounts exist platform-wide.
+    """
+    User = get_user_model()
+    if not isinstance(username, str) or not username:
+        raise InvalidInput("A username is required", code="invalid_username")
+    username = User.normalize_username(username)
+    try:
+        if len(username) > USERNAME_MAX_LENGTH:
+            raise ValidationError("too long")
+        _username_validator(username)
+    except ValidationError:
+        raise InvalidInput(
+            f"Invalid username {_shown(username)}: use 1-{USERNAME_MAX_LENGTH} of A-Z a-z 0-9 @ . + - _ "
+            "(no spaces, accents or invisible characters)",
+            code="invalid_username",
+        ) from None
+    taken = User.objects.filter(username__iexact=username).first()
+    if taken is not None:
+        if tenant is not None and Membership.objects.filter(user=taken, tenant=tenant).exists():
+            raise Conflict(
+                f"An operator named {taken.username!r} already exists in tenant {tenant.id!r}", code="user_exists"
+            )
+        raise Conflict("This username cannot be used; choose another one", code="username_unavailable")
+    return username
+
+
+def operator_password_check(password: str, *, user) -> None:
+    """AUTH_PASSWORD_VALIDATORS (length, common passwords, similarity to the username...), as InvalidInput.
+
+    The messages are in `errors`, one per rule broken; the admin shows each under the field.
+    """
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise InvalidInput(
+            "Password refused: " + " ".join(exc.messages), code="invalid_password", errors=list(exc.messages)
+        ) from None
+
+
+def operator_check(*, username, password: str | None, tenant: Tenant | None, email: str = "") -> str:
+    """Every rule operator_create applies, without creating anything (forms show the errors first).
+
+    Returns the normalized username.
+    """
+    username = operator_username_check(username, tenant=tenant)
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise InvalidInput(f"Invalid email address {_shown(email)}", code="invalid_email") from None
+    if password:
+        operator_password_check(password, user=get_user_model()(username=username, email=email))
+    return username
+
+
 @transaction.atomic
 def operator_create(
     *,
@@ -58,20 +135,27 @@ def operator_create(
     password: str | None = None,
     superuser: bool = False,
 ):
-    """An operator account; a superuser may have no tenant (it sees all)."""
+    """An operator account; a superuser may have no tenant (it sees all).
+
+    The username and password rules hold on every path (admin, commands, demo); without a
+    password the account has an unusable one (bearer tokens only).
+    """
     if role not in Role.values:
         raise InvalidInput(f"Unknown role {role!r}; expected one of {', '.join(Role.values)}", code="invalid_role")
     if tenant is None and not superuser:
         raise InvalidInput("An operator who is not a superuser needs a tenant", code="tenant_required")
+    username = operator_check(username=username, password=password, tenant=tenant, email=email)
     User = get_user_model()
-    if User.objects.filter(username=username).exists():
-        raise Conflict(f"User {username!r} already exists", code="user_exists")
     user = User(username=username, email=email, is_staff=True, is_superuser=superuser)
     if password:
         user.set_password(password)
     else:
         user.set_unusable_password()
-    user.save()
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:  # created in between by someone else
+        raise Conflict("This username cannot be used; choose another one", code="username_unavailable") from None
     if tenant is not None:
         Membership.objects.create(user=user, tenant=tenant, role=role)
     logger.info("operator created %s tenant=%s role=%s", username, tenant and tenant.id, role)

@@ -118,6 +118,55 @@ def test_only_tenant_admins_manage_operators(alice):
     assert alice.get(reverse("admin:devices_membership_add")).status_code == 403
 
 
+def _add_operator(client, **fields):
+    form = {"username": "newbie", "email": "", "password": "long-enough-pw", "tenant": "acme", "role": "operator"}
+    return client.post(reverse("admin:devices_membership_add"), {**form, **fields})
+
+
+def _errors(response) -> str:
+    import re
+
+    return " ".join(re.findall(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', response.content.decode(), re.S))
+
+
+@pytest.mark.parametrize(
+    "password, fragments",
+    [
+        ("123", ["too short", "entirely numeric"]),
+        ("password", ["too common"]),
+        ("newbie12", ["too similar to the username"]),
+    ],
+)
+def test_adding_an_operator_applies_the_password_validators(tenant, password, fragments):
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    page = boss.get(reverse("admin:devices_membership_add")).content.decode()
+    assert "at least 8 characters" in page  # the rules are shown
+    response = _add_operator(boss, password=password)
+    assert response.status_code == 200
+    assert all(fragment in _errors(response) for fragment in fragments), _errors(response)
+    assert not get_user_model().objects.filter(username="newbie").exists()
+
+
+@pytest.mark.parametrize("username", ["acme-admin\u200b", "eve\nforged log line", "<i>x</i>", "\u0430cme-admin"])
+def test_adding_an_operator_refuses_hostile_usernames(tenant, username):
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    response = _add_operator(boss, username=username)
+    assert response.status_code == 200 and "Invalid username" in _errors(response)
+    assert "<i>x</i>" not in response.content.decode()
+    assert get_user_model().objects.count() == 1  # boss only
+
+
+def test_adding_an_operator_does_not_reveal_other_tenants_usernames(tenant, other_tenant):
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    operator_create(username="root", tenant=None, superuser=True)
+    operator_create(username="outsider", tenant=other_tenant)
+    operator_create(username="colleague", tenant=tenant)
+    root, outsider = _errors(_add_operator(boss, username="root")), _errors(_add_operator(boss, username="outsider"))
+    assert root == outsider and "This username cannot be used" in root
+    assert "exists" not in root and "globex" not in root
+    assert "already exists in tenant" in _errors(_add_operator(boss, username="colleague"))
+
+
 # --- list ------------------------------------------------------------------------------------------------
 
 

@@ -50,6 +50,29 @@ def test_commands_fail_clearly(args):
         run(*args)
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--password", "123"), "Password refused: This password is too short"),
+        (("--password", "alice1234"), "too similar to the username"),
+    ],
+)
+def test_create_operator_applies_the_password_validators(args, message):
+    run("create_tenant", "acme")
+    with pytest.raises(CommandError, match=message):
+        run("create_operator", "alice", "--tenant", "acme", *args)
+    assert not get_user_model().objects.filter(username="alice").exists()
+    run("create_operator", "alice", "--tenant", "acme", "--password", "s3cret-pass-word")  # a good one passes
+
+
+@pytest.mark.parametrize("username", ["eve\nforged", "acme-admin\u200b", "<b>x</b>"])
+def test_create_operator_refuses_hostile_usernames(username):
+    run("create_tenant", "acme")
+    with pytest.raises(CommandError, match="Invalid username"):
+        run("create_operator", username, "--tenant", "acme")
+    assert not get_user_model().objects.exists()
+
+
 def test_provision_device_refuses_bad_input():
     run("create_tenant", "acme")
     with pytest.raises(CommandError, match="not valid JSON"):
