@@ -8,6 +8,11 @@ class IotcloudConfig(AppConfig):
     default = True
     name = "iotcloud"
 
+    def ready(self):
+        from iotcloud.live.sessions import connect_signals
+
+        connect_signals()  # a live websocket closes when its session ends
+
 
 class IotcloudAdminConfig(admin_apps.AdminConfig):
     """Replaces "django.contrib.admin" in INSTALLED_APPS, so admin.site is IotcloudAdminSite."""

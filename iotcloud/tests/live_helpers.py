@@ -10,10 +10,15 @@ from iotcloud.asgi import application
 
 
 def session_headers(user):
+    return logged_in(user)[1]
+
+
+def logged_in(user):
+    """A test Client signed in as user (a session of its own) and the websocket headers of that session."""
     client = Client()
     client.force_login(user)
     cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-    return [(b"cookie", cookie.encode()), (b"origin", b"http://testserver"), (b"host", b"testserver")]
+    return client, [(b"cookie", cookie.encode()), (b"origin", b"http://testserver"), (b"host", b"testserver")]
 
 
 def staff(tenant, username, **kwargs):
