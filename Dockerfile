@@ -15,5 +15,6 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin iotcl
 USER iotcloud
 EXPOSE 8000 8080
 # Health checks are per service in docker-compose.yml (python + urllib, no curl needed):
-# GET /healthz on 8000 (gunicorn) or 8080 (daphne).
+# GET /healthz on 8000 (gunicorn) or 8080 (daphne). Neither port is for clients: gunicorn's sync
+# workers go behind a buffering reverse proxy (compose's nginx, iotcloud/deploy/nginx.conf.template).
 CMD ["sh", "-c", "exec gunicorn iotcloud.wsgi:application --bind 0.0.0.0:8000 --workers \"${WEB_WORKERS:-5}\""]

@@ -88,7 +88,7 @@ def test_health_checks():
     for name in ("web", "admin", "bridge", "mosquitto", "postgres", "redis"):
         check = SERVICES[name].get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), f"{name} has no health check"
-    for name, port in (("web", 8000), ("admin", 8080)):
+    for name, port in (("web", 8000), ("admin", 8080), ("proxy", 8080)):
         assert f"http://127.0.0.1:{port}/healthz" in " ".join(SERVICES[name]["healthcheck"]["test"]), name
 
 
@@ -117,6 +117,47 @@ def test_web_runs_gunicorn_with_configurable_workers_and_admin_runs_daphne():
     assert environment("web")["PROMETHEUS_MULTIPROC_DIR"] in web.split("rm -rf ")[1]
     assert "daphne" in SERVICES["admin"]["command"] and "iotcloud.asgi:application" in SERVICES["admin"]["command"]
     assert environment("web")["DEBUG"] == "false"
+
+
+NGINX_TEMPLATE = ROOT / "iotcloud" / "deploy" / "nginx.conf.template"
+
+
+def test_http_goes_through_the_proxy_only():
+    """gunicorn and daphne listen on the compose network only; nginx publishes the HTTP port (test_proxy runs it)."""
+    for name in ("web", "admin"):
+        assert "ports" not in SERVICES[name], f"{name} must not face the network: clients go through the proxy"
+    proxy, env = SERVICES["proxy"], environment("proxy")
+    assert proxy["image"].startswith("nginx:"), "the official nginx image"
+    assert proxy["ports"] == [f"${{HTTP_PORT:-8000}}:{env['IOTCLOUD_PROXY_PORT']}"]
+    web, admin = " ".join(SERVICES["web"]["command"]), " ".join(SERVICES["admin"]["command"])
+    assert env["IOTCLOUD_WEB_UPSTREAM"] == "web:8000" and "--bind=0.0.0.0:8000" in web
+    assert env["IOTCLOUD_ADMIN_UPSTREAM"] == "admin:8080" and "--port 8080" in admin
+    assert "./iotcloud/deploy/nginx.conf.template:/etc/nginx/templates/default.conf.template:ro" in proxy["volumes"]
+    for name in ("web", "admin"):
+        assert depends_on("proxy")[name]["condition"] == "service_healthy"
+
+
+def test_the_proxy_template_gets_every_variable_and_only_those():
+    template, env = NGINX_TEMPLATE.read_text(), environment("proxy")
+    used = set(re.findall(r"\$\{(IOTCLOUD_[A-Z0-9_]+)\}", template))
+    assert used == {name for name in env if name.startswith("IOTCLOUD_")}
+    assert not re.search(r"\$IOTCLOUD_", template), "write ${IOTCLOUD_...}: envsubst would also replace $IOTCLOUD_..."
+    # The image's envsubst step takes the variables whose NAME=value matches the filter: ours, never
+    # another one that could replace an nginx $variable or leak a value into the config.
+    selected = {name for name, value in env.items() if re.search(env["NGINX_ENVSUBST_FILTER"], f"{name}={value}")}
+    assert selected == used
+
+
+def test_gunicorn_timeouts_and_the_proxy_waits_longer():
+    web = " ".join(SERVICES["web"]["command"])
+    timeout = int(re.search(r"--timeout=(\d+)", web)[1])
+    assert 10 <= timeout <= 60, "a stuck worker is killed within a minute"
+    assert re.search(r"--keep-alive=\d+", web) and re.search(r"--graceful-timeout=(\d+)", web)
+    graceful = int(re.search(r"--graceful-timeout=(\d+)", web)[1])
+    assert int(SERVICES["web"]["stop_grace_period"].rstrip("s")) > graceful, "docker must not kill a graceful stop"
+    # The server-wide read timeout (the first one; /ws/ has its own): gunicorn gives up first.
+    read_timeout = int(re.search(r"^\s*proxy_read_timeout (\d+)s;", NGINX_TEMPLATE.read_text(), re.M)[1])
+    assert read_timeout > timeout
 
 
 def test_no_literal_secrets():
