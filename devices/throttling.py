@@ -49,33 +49,35 @@ class Rate:
         """Time one request's token takes to come back (microseconds)."""
         return max(1, self.period_seconds * MICROS // self.requests)
 
-    def describe(self) -> str:
+    def describe(self, noun: str = "request") -> str:
         unit = next(u for u in ("d", "h", "m", "s") if self.period_seconds % UNIT_SECONDS[u] == 0)
         count = self.period_seconds // UNIT_SECONDS[unit]
         per = UNIT_WORDS[unit] if count == 1 else f"{count} {UNIT_WORDS[unit]}s"
-        requests = f"{self.requests} request{'' if self.requests == 1 else 's'}"
+        requests = f"{self.requests} {noun}{'' if self.requests == 1 else 's'}"
         return f"{requests} per {per} per device (burst {self.burst})"
 
 
 @lru_cache(maxsize=16)
-def parse_rate(text: str | None, burst: int = 0) -> Rate | None:
-    """ "20/s" -> Rate; None, "" or "0" -> None (no limit)."""
+def parse_rate(text: str | None, burst: int = 0, name: str = "DEVICE_RATE_LIMIT") -> Rate | None:
+    """ "20/s" -> Rate; None, "" or "0" -> None (no limit). `name` is the setting, for the error."""
     text = (text or "").strip().replace(" ", "")
     if text in ("", "0"):
         return None
     match = RATE_RE.match(text)
     if not match:
         raise ImproperlyConfigured(
-            f'DEVICE_RATE_LIMIT must look like "20/s", "600/m" or "100/10s" (empty or "0": no limit), got {text!r}'
+            f'{name} must look like "20/s", "600/m" or "100/10s" (empty or "0": no limit), got {text!r}'
         )
     requests = int(match[1])
     if requests == 0:
         return None
     period = int(match[2] or 1) * UNIT_SECONDS[match[3][0].lower()]
     if period == 0:
-        raise ImproperlyConfigured(f"DEVICE_RATE_LIMIT has a zero period: {text!r}")
+        raise ImproperlyConfigured(f"{name} has a zero period: {text!r}")
     if burst < 0:
-        raise ImproperlyConfigured(f"DEVICE_RATE_BURST must be 0 (the rate's count) or more, got {burst}")
+        raise ImproperlyConfigured(
+            f"{name.replace('LIMIT', 'BURST')} must be 0 (the rate's count) or more, got {burst}"
+        )
     return Rate(text=text, requests=requests, period_seconds=period, burst=burst or requests)
 
 
@@ -83,8 +85,16 @@ def device_rate() -> Rate | None:
     return parse_rate(settings.DEVICE_RATE_LIMIT, settings.DEVICE_RATE_BURST)
 
 
+def mqtt_report_rate() -> Rate | None:
+    return parse_rate(settings.MQTT_REPORT_RATE_LIMIT, settings.MQTT_REPORT_RATE_BURST, "MQTT_REPORT_RATE_LIMIT")
+
+
 def cache_key(device_pk) -> str:
     return f"throttle:device:{device_pk}"
+
+
+def mqtt_report_key(tenant_id: str, device_id: str) -> str:
+    return f"throttle:device:mqtt-report:{tenant_id}/{device_id}"
 
 
 # KEYS[1] the device's key; ARGV: now, interval, allowance (microseconds). Returns 0 when the
@@ -120,6 +130,78 @@ def _take(cache, alias: str, key: str, now: int, rate: Rate) -> int:
         return arrival - now - allowance
     cache.set(key, arrival, timeout=math.ceil((arrival - now) / MICROS) + 1)
     return 0
+
+
+# The same bucket as TAKE_LUA for many keys in one round trip; ARGV[1..3] as there, one ARGV per
+# key after them: how many requests of that key to record (each admitted or not in turn).
+# Returns, per request, 0 (admitted) or 1 (over the limit).
+TAKE_MANY_LUA = """
+local now, interval, allowance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local empty_at = tonumber(redis.call('GET', key) or now)
+  if empty_at < now then empty_at = now end
+  for _ = 1, tonumber(ARGV[3 + i]) do
+    local arrival = empty_at + interval
+    if arrival - now > allowance then out[#out + 1] = 1 else empty_at = arrival; out[#out + 1] = 0 end
+  end
+  if empty_at > now then
+    redis.call('SET', key, string.format('%.0f', empty_at), 'PX', math.ceil((empty_at - now) / 1000) + 1000)
+  end
+end
+return out
+"""
+
+
+@lru_cache(maxsize=4)
+def _redis_take_many(location: str):
+    server = re.split("[;,]", location)[0]
+    client = redis.Redis.from_url(server, socket_connect_timeout=1, socket_timeout=1)
+    return client.register_script(TAKE_MANY_LUA)
+
+
+def take_many(keys: list[str], rate: Rate, *, alias: str = "default", now: int | None = None) -> list[bool]:
+    """One verdict per entry of `keys` (a key may repeat: each entry is one request, in order):
+    True if admitted (and recorded), False if over the limit. One round trip with Redis; if the
+    cache is unreachable everything is admitted (logged), as for the HTTP limit."""
+    if not keys:
+        return []
+    now = int(time.time() * MICROS) if now is None else now
+    interval, allowance = rate.interval_us, rate.interval_us * rate.burst
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    cache = caches[alias]
+    try:
+        if isinstance(cache, RedisCache):
+            location = settings.CACHES[alias]["LOCATION"]
+            take = _redis_take_many(location if isinstance(location, str) else ",".join(location))
+            flat = take(keys=[cache.make_key(k) for k in counts], args=[now, interval, allowance, *counts.values()])
+        else:
+            flat, stored = [], cache.get_many(list(counts))
+            updates = {}
+            for key, count in counts.items():
+                empty_at = max(stored.get(key) or now, now)
+                for _ in range(count):
+                    if empty_at + interval - now > allowance:
+                        flat.append(1)
+                    else:
+                        empty_at += interval
+                        flat.append(0)
+                if empty_at > now:
+                    updates[key] = empty_at
+            if updates:
+                cache.set_many(updates, timeout=math.ceil(allowance / MICROS) + 1)
+    except Exception:
+        _warn_cache_down()
+        return [True] * len(keys)
+    # flat is grouped by key (first-seen order); hand each entry of `keys` its verdict in turn.
+    verdicts: dict[str, list[bool]] = {}
+    position = 0
+    for key, count in counts.items():
+        verdicts[key] = [not flag for flag in flat[position : position + count]][::-1]
+        position += count
+    return [verdicts[key].pop() for key in keys]
 
 
 _last_warning = 0.0

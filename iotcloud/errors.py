@@ -44,3 +44,8 @@ class Conflict(DomainError):
 
 class VersionConflict(Conflict):
     code = "version_conflict"
+
+
+class TooManyRequests(DomainError):
+    status = 429
+    code = "rate_limited"

@@ -6,6 +6,8 @@ SECRET_KEY, DEBUG=false and ALLOWED_HOSTS; a missing SECRET_KEY with DEBUG
 off fails fast instead of running with a guessable key.
 """
 
+import hashlib
+import hmac
 import os
 import re
 import socket
@@ -109,8 +111,9 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     if _db["NAME"] != ":memory:":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # A file, not memory, for the test database too: the MQTT tests run the
-    # bridge as a separate process against it.
-    _db.setdefault("TEST", {"NAME": str(VAR_DIR / "test-iotcloud.sqlite3")})
+    # bridge as a separate process against it. One per test run (pid), so two
+    # runs on one checkout do not share it; pytest-django deletes it at the end.
+    _db.setdefault("TEST", {"NAME": str(VAR_DIR / f"test-iotcloud-{os.getpid()}.sqlite3")})
     # WAL and a busy timeout let the web server and the bridge share the file.
     # IMMEDIATE transactions take the write lock at BEGIN, so concurrent
     # writers queue on the busy timeout instead of failing with "database is
@@ -182,17 +185,23 @@ MQTT_URL = env.str("MQTT_URL", default="")
 # Set (e.g. "iotcloud") to subscribe as $share/<group>/... so bridges split reports.
 MQTT_SHARED_GROUP = env.str("MQTT_SHARED_GROUP", default="")
 # Stable id + persistent session: QoS 1 reports queued while the bridge is down
-# are delivered when it returns. Give every bridge instance its own id; with a
-# shared group and no id set, it defaults to one per host (container), so
-# `docker compose up --scale bridge=N` gives each replica its own.
-MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="") or (
-    f"iotcloud-bridge-{socket.gethostname()}" if MQTT_SHARED_GROUP else "iotcloud-bridge"
+# are delivered when it returns. Give every bridge instance its own id; unset, it
+# is one per host (container), so `docker compose up --scale bridge=N` gives each
+# replica its own, with a suffix derived from SECRET_KEY that nobody can guess (a
+# client that knew it could try to take the bridge's session over).
+MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="") or "iotcloud-bridge-{}-{}".format(
+    socket.gethostname(),
+    hmac.new(SECRET_KEY.encode(), b"mqtt-client-id:" + socket.gethostname().encode(), hashlib.sha256).hexdigest()[:16],
 )
 MQTT_SESSION_EXPIRY_SECONDS = env.int("MQTT_SESSION_EXPIRY_SECONDS", default=7 * 24 * 3600)
 MQTT_KEEPALIVE_SECONDS = env.int("MQTT_KEEPALIVE_SECONDS", default=30)
 MQTT_BATCH_MAX = env.int("MQTT_BATCH_MAX", default=2000)
 MQTT_BATCH_WAIT_MS = env.int("MQTT_BATCH_WAIT_MS", default=20)
 MQTT_MAX_PAYLOAD_BYTES = env.int("MQTT_MAX_PAYLOAD_BYTES", default=64 * 1024)
+# Reports per device over MQTT (as DEVICE_RATE_LIMIT for HTTP; same syntax): over it, a report is
+# dropped and answered on .../shadow/reported/rejected. Counted in the cache (Redis: shared by bridges).
+MQTT_REPORT_RATE_LIMIT = env.str("MQTT_REPORT_RATE_LIMIT", default="20/s")
+MQTT_REPORT_RATE_BURST = env.int("MQTT_REPORT_RATE_BURST", default=0)
 MQTT_PUBLISH_TIMEOUT_SECONDS = env.float("MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0)
 MQTT_DELIVERY_BATCH = env.int("MQTT_DELIVERY_BATCH", default=500)
 # Safety-net poll for desired delivery; PostgreSQL also wakes the bridge at once (LISTEN/NOTIFY).

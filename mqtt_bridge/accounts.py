@@ -27,16 +27,6 @@ logger = logging.getLogger(__name__)
 Runner = Callable[[Sequence[dict]], list[dynsec.Outcome]]
 
 
-def _harmless(outcome: dynsec.Outcome, *, deleting: bool) -> bool:
-    """Errors that mean the broker already is as we want it."""
-    if outcome.ok:
-        return True
-    error = outcome.error.lower()
-    if deleting:
-        return "not found" in error
-    return outcome.command in ("createRole", "addClientRole") and dynsec.ALREADY_EXISTS in error
-
-
 def broker_accounts_sync_pending(*, run: Runner, limit: int = 200) -> int:
     """Apply one batch of pending device accounts; returns how many the broker confirmed."""
     with transaction.atomic():
@@ -58,51 +48,94 @@ def broker_accounts_sync_pending(*, run: Runner, limit: int = 200) -> int:
 
 
 def _apply(rows, run: Runner) -> list[tuple[int, int]]:
-    plans = []  # (row, commands, deleting, password)
+    """(pk, version) of the rows whose account the broker now has as the database says."""
+    deleted, active = [], []
     for pk, tenant_id, device_id, status, version, secret in rows:
         if status != DeviceStatus.ACTIVE:
-            commands = dynsec.delete_commands(tenant_id, device_id)
-            plans.append(((pk, tenant_id, device_id, version), commands, True, None))
+            deleted.append((pk, tenant_id, device_id, version))
             continue
         password = unseal(secret) if secret else None
         if secret and password is None:
             logger.error("broker account %s/%s: token unreadable (BROKER_CREDENTIALS_KEY changed?); rotate it",
                          tenant_id, device_id)  # fmt: skip
-        commands = dynsec.upsert_commands(tenant_id, device_id, password)
-        plans.append(((pk, tenant_id, device_id, version), commands, False, password))
-    outcomes = run([command for _, commands, _, _ in plans for command in commands])
-
-    done, existing = [], []
-    position = 0
-    for row, commands, deleting, password in plans:
-        mine = outcomes[position : position + len(commands)]
-        position += len(commands)
-        client_exists = not deleting and any(
-            o.command == "createClient" and not o.ok and dynsec.ALREADY_EXISTS in o.error.lower() for o in mine
-        )
-        if client_exists:
-            existing.append((row, password))
-        elif all(_harmless(o, deleting=deleting) for o in mine):
-            done.append((row[0], row[3]))
-        else:
-            _log_failure(row, mine)
-    if existing:
-        updates = [dynsec.update_commands(row[1], row[2], password) for row, password in existing]
-        outcomes = run([command for commands in updates for command in commands])
-        position = 0
-        for (row, _), commands in zip(existing, updates, strict=True):
-            mine = outcomes[position : position + len(commands)]
-            position += len(commands)
-            if all(_harmless(o, deleting=False) for o in mine):
+        active.append(((pk, tenant_id, device_id, version), password))
+    done = []
+    if deleted:
+        plans = [dynsec.delete_commands(t, d) for _, t, d, _ in deleted]
+        for row, mine in zip(deleted, _per_plan(run, plans), strict=True):
+            if all(o.ok or "not found" in o.error.lower() for o in mine):
                 done.append((row[0], row[3]))
             else:
-                _log_failure(row, mine)
+                _log_failure(row[1], row[2], mine)
+    if active:
+        results = ensure_device_accounts(run, [(row[1], row[2], password) for row, password in active])
+        done += [(row[0], row[3]) for (row, _), (ok, _) in zip(active, results, strict=True) if ok]
     return done
 
 
-def _log_failure(row, outcomes) -> None:
+def _per_plan(run: Runner, plans: list[list[dict]]) -> list[list[dynsec.Outcome]]:
+    """Run several devices' commands in one control batch; the outcomes, split back per device."""
+    outcomes = run([command for plan in plans for command in plan])
+    split, position = [], 0
+    for plan in plans:
+        split.append(outcomes[position : position + len(plan)])
+        position += len(plan)
+    return split
+
+
+def _exists(outcome: dynsec.Outcome) -> bool:
+    return not outcome.ok and dynsec.ALREADY_EXISTS in outcome.error.lower()
+
+
+def ensure_device_accounts(run: Runner, devices: Sequence[tuple[str, str, str | None]]) -> list[tuple[bool, bool]]:
+    """Give each (tenant_id, device_id, password or None: keep it) a client bound to its client id
+    and a role with exactly the current ACLs, in three control batches for all of them.
+
+    Returns per device (ok, created): created means the client did not exist before (so, with
+    no password given, it has none now). Failures are logged; the caller retries them.
+    """
+    first = _per_plan(run, [dynsec.upsert_commands(t, d, password) for t, d, password in devices])
+    results, role_exists, client_exists = [], [], []
+    for (tenant_id, device_id, _), (role, client) in zip(devices, first, strict=True):
+        ok = (role.ok or _exists(role)) and (client.ok or _exists(client))
+        if not ok:
+            _log_failure(tenant_id, device_id, [role, client])
+        results.append([ok, client.ok])
+        role_exists.append(ok and _exists(role))
+        client_exists.append(ok and _exists(client))
+
+    # Existing roles: read their ACLs, to change only what differs.
+    to_read = [i for i, flag in enumerate(role_exists) if flag]
+    current: dict[int, list[dict]] = {}
+    if to_read:
+        read = _per_plan(run, [[dynsec.get_role_command(*devices[i][:2])] for i in to_read])
+        for i, (outcome,) in zip(to_read, read, strict=True):
+            if outcome.ok:
+                current[i] = list((outcome.data or {}).get("role", {}).get("acls", []))
+            else:
+                _log_failure(*devices[i][:2], [outcome])
+                results[i][0] = False
+
+    fixes = {}
+    for i, (tenant_id, device_id, password) in enumerate(devices):
+        if not results[i][0]:
+            continue
+        plan = dynsec.role_acl_commands(tenant_id, device_id, current[i]) if i in current else []
+        if client_exists[i]:
+            plan += dynsec.client_update_commands(tenant_id, device_id, password)
+        if plan:
+            fixes[i] = plan
+    if fixes:
+        for i, mine in zip(fixes, _per_plan(run, list(fixes.values())), strict=True):
+            if not all(o.ok or (o.command == "removeRoleACL" and "not found" in o.error.lower()) for o in mine):
+                _log_failure(*devices[i][:2], mine)
+                results[i][0] = False
+    return [(ok, created) for ok, created in results]
+
+
+def _log_failure(tenant_id: str, device_id: str, outcomes) -> None:
     errors = "; ".join(f"{o.command}: {o.error}" for o in outcomes if not o.ok)
-    logger.warning("broker account %s/%s not applied (will retry): %s", row[1], row[2], errors)
+    logger.warning("broker account %s/%s not applied (will retry): %s", tenant_id, device_id, errors)
 
 
 @dataclass
@@ -115,8 +148,8 @@ class ResyncReport:
 def broker_accounts_resync(control: dynsec.DynsecClient) -> ResyncReport:
     """Rebuild every device's broker account from the database (after a broker was replaced or wiped).
 
-    Pending changes (new tokens) are applied first. Then each active device's role is recreated
-    with the current ACLs and its client created if missing; a client created here has no
+    Pending changes (new tokens) are applied first. Then each active device's role is brought to
+    the current ACLs, its client bound to its client id, and created if missing; a client created here has no
     password (the database keeps only token digests), so it cannot log in until the device's
     token is rotated: those are listed. Device accounts the database does not know as active
     (decommissioned, deleted) are removed. Other accounts (the bridge's, admins') are left alone.
@@ -131,21 +164,14 @@ def broker_accounts_resync(control: dynsec.DynsecClient) -> ResyncReport:
     wanted = {acl.device_username(t, d) for t, d in active}
     for start in range(0, len(active), 200):
         chunk = active[start : start + 200]
-        commands, created = [], []
-        for tenant_id, device_id in chunk:
-            username = acl.device_username(tenant_id, device_id)
-            if username in existing:
-                commands += dynsec.rebuild_commands(tenant_id, device_id)[:2]  # role only
-                commands += dynsec.update_commands(tenant_id, device_id, None)
-            else:
-                commands += dynsec.rebuild_commands(tenant_id, device_id)
-                created.append(username)
-        outcomes = control.run(commands)
-        failed = [o for o in outcomes if not o.ok and "not found" not in o.error.lower()]
+        results = ensure_device_accounts(control.run, [(t, d, None) for t, d in chunk])
+        failed = [acl.device_username(t, d) for (t, d), (ok, _) in zip(chunk, results, strict=True) if not ok]
         if failed:
-            raise dynsec.DynsecError("; ".join(f"{o.command}: {o.error}" for o in failed[:5]))
+            raise dynsec.DynsecError(f"accounts not rebuilt (see the log): {', '.join(failed[:5])}")
         report.rebuilt += len(chunk)
-        report.without_password += created
+        report.without_password += [
+            acl.device_username(t, d) for (t, d), (_, created) in zip(chunk, results, strict=True) if created
+        ]
     stale = sorted(u for u in existing if acl.parse_username(u) and u not in wanted)
     for username in stale:
         login = acl.parse_username(username)

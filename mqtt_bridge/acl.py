@@ -1,10 +1,15 @@
-"""What a device may do on the broker: one rule for the embedded broker, Mosquitto's dynamic
-security roles and the HTTP auth/ACL endpoints of EMQX-style brokers.
+"""What a device may do on the broker: one rule, one implementation, for the embedded broker,
+Mosquitto's dynamic security roles and the HTTP auth/ACL hooks of EMQX-style brokers.
 
-A device logs in as `<tenant_id>/<device_id>` with its provision token as password. It may
-publish its reports and its own jobs topics (not jobs/notify, which only the platform publishes),
-and subscribe to (and receive) topics under its own prefix `tenant/<t>/device/<d>/`. Topic levels
-are validated ids (no / + #), so a filter starting with the prefix cannot reach outside it.
+A device logs in as `<tenant_id>/<device_id>` with its provision token as password, and with
+that same string as its MQTT client id: an account is bound to its client id, so no device can
+resume, take over or kick off anybody else's session (the bridge's, another device's).
+
+Its rights are a short list of grants (`device_grants`): publish its reports, subscribe to and
+receive topics under its own prefix `tenant/<t>/device/<d>/`. `device_may` evaluates the grants
+with MQTT's own matching rules, and `dynsec_acls` hands the very same grants to Mosquitto, so both
+give the same answer for every topic and filter (mqtt_bridge/tests/test_acl_agreement.py checks
+them against a real Mosquitto).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
 RECEIVE = "receive"
 
+MAX_TOPIC_BYTES = 65535  # MQTT strings are length-prefixed with two bytes
+
 
 @dataclass(frozen=True)
 class DeviceLogin:
@@ -24,8 +31,19 @@ class DeviceLogin:
     device_id: str
 
 
+@dataclass(frozen=True)
+class Grant:
+    action: str  # PUBLISH, SUBSCRIBE or RECEIVE
+    pattern: str  # an MQTT topic filter
+
+
 def device_username(tenant_id: str, device_id: str) -> str:
     return f"{tenant_id}/{device_id}"
+
+
+def device_client_id(tenant_id: str, device_id: str) -> str:
+    """The only MQTT client id a device's account may connect with: its username."""
+    return device_username(tenant_id, device_id)
 
 
 def parse_username(username: str) -> DeviceLogin | None:
@@ -36,31 +54,95 @@ def parse_username(username: str) -> DeviceLogin | None:
     return DeviceLogin(tenant_id, device_id)
 
 
-def device_prefix(tenant_id: str, device_id: str) -> str:
-    return topics.desired(tenant_id, device_id).removesuffix("shadow/desired")
+def client_id_allowed(login: DeviceLogin, client_id: str | None) -> bool:
+    return client_id == device_client_id(login.tenant_id, login.device_id)
+
+
+def device_grants(tenant_id: str, device_id: str) -> list[Grant]:
+    """Everything a device may do. Publishing is limited to the topics the platform reads, so a
+    device cannot park (retained) messages anywhere else."""
+    own = topics.device_all(tenant_id, device_id)
+    return [
+        Grant(PUBLISH, topics.reported(tenant_id, device_id)),
+        Grant(SUBSCRIBE, own),
+        Grant(RECEIVE, own),
+    ]
 
 
 def device_may(action: str, tenant_id: str, device_id: str, topic: str) -> bool:
     """Whether the device may publish to `topic`, or subscribe to / receive the filter or topic `topic`."""
-    base = device_prefix(tenant_id, device_id)
-    if action == PUBLISH:
-        if topic == topics.reported(tenant_id, device_id):
-            return True
-        rest = topic.removeprefix(base + "jobs/") if topic.startswith(base + "jobs/") else None
-        return bool(rest) and rest != "notify" and not any(c in rest for c in "+#")
-    if action in (SUBSCRIBE, RECEIVE):
-        return topic.startswith(base) and len(topic) > len(base)
-    return False
+    if action not in (PUBLISH, SUBSCRIBE, RECEIVE):
+        return False
+    grants = [g.pattern for g in device_grants(tenant_id, device_id) if g.action == action]
+    if action == SUBSCRIBE:
+        # No shared subscriptions ($share/...) for devices: Mosquitto checks its ACL on the whole filter.
+        shared = topic.startswith(topics.SHARED_PREFIX + "/")
+        return not shared and valid_filter(topic) and any(filter_within(topic, p) for p in grants)
+    return valid_topic(topic) and any(topic_matches(p, topic) for p in grants)
 
 
 def dynsec_acls(tenant_id: str, device_id: str) -> list[dict]:
-    """device_may as Mosquitto dynamic-security ACL entries (higher priority is checked first)."""
-    base = device_prefix(tenant_id, device_id)
+    """device_grants as Mosquitto dynamic-security ACL entries."""
+    kinds = {
+        PUBLISH: ["publishClientSend"],
+        SUBSCRIBE: ["subscribePattern", "unsubscribePattern"],
+        RECEIVE: ["publishClientReceive"],
+    }
     return [
-        {"acltype": "publishClientSend", "topic": base + "jobs/notify", "allow": False, "priority": 10},
-        {"acltype": "publishClientSend", "topic": topics.reported(tenant_id, device_id), "allow": True},
-        {"acltype": "publishClientSend", "topic": base + "jobs/+", "allow": True},
-        {"acltype": "subscribePattern", "topic": base + "#", "allow": True},
-        {"acltype": "unsubscribePattern", "topic": base + "#", "allow": True},
-        {"acltype": "publishClientReceive", "topic": base + "#", "allow": True},
+        {"acltype": kind, "topic": grant.pattern, "allow": True}
+        for grant in device_grants(tenant_id, device_id)
+        for kind in kinds[grant.action]
     ]
+
+
+# --- MQTT topic rules (MQTT 3.1.1 / 5, section 4.7) ------------------------------------------------
+
+
+def _well_formed(text: str) -> bool:
+    if not text or "\x00" in text:
+        return False
+    try:
+        return len(text.encode("utf-8")) <= MAX_TOPIC_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8, the broker refuses the packet
+        return False
+
+
+def valid_topic(topic: str) -> bool:
+    """A topic name one may publish to: no wildcards."""
+    return _well_formed(topic) and "+" not in topic and "#" not in topic
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """A subscription filter: `+` only as a whole level, `#` only as the whole last level."""
+    if not _well_formed(topic_filter):
+        return False
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if ("+" in level and level != "+") or ("#" in level and (level != "#" or index != len(levels) - 1)):
+            return False
+    return True
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether a topic name matches a filter (`a/#` also matches `a`)."""
+    p_levels, t_levels = pattern.split("/"), topic.split("/")
+    for index, p in enumerate(p_levels):
+        if p == "#":
+            return True
+        if index >= len(t_levels) or (p != "+" and p != t_levels[index]):
+            return False
+    return len(p_levels) == len(t_levels)
+
+
+def filter_within(topic_filter: str, pattern: str) -> bool:
+    """Whether every topic the filter can match is matched by the pattern too."""
+    f_levels, p_levels = topic_filter.split("/"), pattern.split("/")
+    for index, p in enumerate(p_levels):
+        if p == "#":
+            return True
+        if index >= len(f_levels):
+            return False
+        f = f_levels[index]
+        if f == "#" or (p != "+" and f != p):
+            return False
+    return len(f_levels) == len(p_levels)

@@ -34,7 +34,7 @@ from mqtt_bridge.accounts import AccountsLoop
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
 from mqtt_bridge.config import BrokerSettings, broker_settings
 from mqtt_bridge.heartbeat import Heartbeat
-from mqtt_bridge.ingest import Incoming, ingest_batch, log_verdicts, rejection_replies
+from mqtt_bridge.ingest import RETAINED, Incoming, ingest_batch, log_verdicts, rejection_replies, retained_topics
 from mqtt_bridge.listener import NotificationListener
 from mqtt_bridge.services import DESIRED_CHANNEL, Publication, desired_deliver_pending, jobs_deliver_pending
 
@@ -62,7 +62,7 @@ class Bridge:
         self.connected = threading.Event()
         self.wake = threading.Event()
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0}
+        self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0, "rate_limited": 0, "retained": 0}
         self._threads: list[threading.Thread] = []
         self._listener: NotificationListener | None = None
         self.client: mqtt.Client | None = None
@@ -156,7 +156,9 @@ class Bridge:
         # Subscribing here means every reconnect resubscribes.
         filter_ = topics.subscription(topics.REPORTED_FILTER, self.shared_group)
         if self.protocol == V5:
-            client.subscribe(filter_, options=mqtt.SubscribeOptions(qos=1))
+            # retainAsPublished: a device's report published with the retain flag shows it at once,
+            # not only when the broker replays it after a reconnect (see ingest._refusal).
+            client.subscribe(filter_, options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
         else:
             client.subscribe(filter_, qos=1)
         self.connected.set()
@@ -197,7 +199,7 @@ class Bridge:
         return batch
 
     def _ingest(self, batch: Sequence[mqtt.MQTTMessage]) -> None:
-        incoming = [Incoming(_topic(m), m.payload, m.mid, m.qos) for m in batch]
+        incoming = [Incoming(_topic(m), m.payload, m.mid, m.qos, bool(m.retain)) for m in batch]
         attempt = 0
         while True:
             close_old_connections()
@@ -219,11 +221,16 @@ class Bridge:
                 self.client.ack(message.mid, message.qos)
         for topic, payload in replies:
             self.client.publish(topic, payload, qos=1)
+        for topic in retained_topics(verdicts):
+            self.client.publish(topic, b"", qos=1, retain=True)  # clear the broker's copy
         log_verdicts(verdicts)
         accepted = sum(v.accepted for v in verdicts)
+        codes = [v.error.code for v in verdicts if v.error is not None]
         self.stats["received"] += len(batch)
         self.stats["accepted"] += accepted
         self.stats["rejected"] += len(batch) - accepted
+        self.stats["rate_limited"] += codes.count("rate_limited")
+        self.stats["retained"] += codes.count(RETAINED)
 
     # --- desired delivery ------------------------------------------------------
 

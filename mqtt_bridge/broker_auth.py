@@ -25,8 +25,9 @@ def _bridge_username() -> str | None:
     return broker_settings().username
 
 
-def login_decision(username: str, password: str) -> Decision:
-    """May this client connect? The bridge's account, or a device with its current provision token."""
+def login_decision(username: str, password: str, client_id: str) -> Decision:
+    """May this client connect? The bridge's account, or a device with its current provision token
+    and its own client id (acl.device_client_id: nobody takes over another client's session)."""
     broker = broker_settings()
     if broker.username and username == broker.username:
         ok = hmac.compare_digest((password or "").encode(), (broker.password or "").encode())
@@ -34,19 +35,24 @@ def login_decision(username: str, password: str) -> Decision:
     login = acl.parse_username(username)
     if login is None:
         return Decision(False, reason="username is not <tenant>/<device>")
+    if not acl.client_id_allowed(login, client_id):
+        return Decision(False, reason="a device must connect with its username as client id")
     device = active_device_for_token(password or "")
     if device is None or (device.tenant_id, device.device_id) != (login.tenant_id, login.device_id):
         return Decision(False, reason="unknown device, wrong token or decommissioned")
     return Decision(True, reason="device")
 
 
-def topic_decision(username: str, action: str, topic: str) -> Decision:
-    """May this (already connected) client publish / subscribe to this topic?"""
+def topic_decision(username: str, action: str, topic: str, client_id: str | None = None) -> Decision:
+    """May this (already connected) client publish / subscribe to this topic? (client_id, when the
+    broker sends it, must be the device's own, as at login.)"""
     if _bridge_username() and username == _bridge_username():
         return Decision(True, superuser=True, reason="bridge")
     login = acl.parse_username(username)
     if login is None:
         return Decision(False, reason="username is not <tenant>/<device>")
+    if client_id is not None and not acl.client_id_allowed(login, client_id):
+        return Decision(False, reason="not the device's client id")
     if action not in (acl.PUBLISH, acl.SUBSCRIBE, acl.RECEIVE):
         return Decision(False, reason=f"unknown action {action[:20]!r}")
     active = Device.objects.filter(

@@ -1,7 +1,8 @@
 """Mosquitto's dynamic security plugin, driven over its control topic.
 
-Each device gets a client `<tenant>/<device>` (password = its provision token) and a role of
-its own holding its ACLs: Mosquitto 2.0 roles cannot say "%u", so one role per device. Commands
+Each device gets a client `<tenant>/<device>` (password = its provision token, bound to the
+client id `<tenant>/<device>`: no other client id logs in with it) and a role of its own
+holding its ACLs: Mosquitto 2.0 roles cannot say "%u", so one role per device. Commands
 go in batches to `$CONTROL/dynamic-security/v1`; the plugin answers each batch on `.../response`
 with one entry per command (an "error" member when it failed).
 """
@@ -34,37 +35,59 @@ def role_name(tenant_id: str, device_id: str) -> str:
 
 
 def upsert_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
-    """Role (with ACLs) and client; a client that exists gets the password and role set instead."""
+    """Role (with ACLs) and client (bound to its client id); either may exist already, which
+    the caller then brings in step with role_acl_commands / client_update_commands."""
     username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
-    client = {"command": "createClient", "username": username, "roles": [{"rolename": role}]}
+    client = {
+        "command": "createClient", "username": username, "clientid": acl.device_client_id(tenant_id, device_id),
+        "roles": [{"rolename": role}],
+    }  # fmt: skip
     if password is not None:
         client["password"] = password
     return [{"command": "createRole", "rolename": role, "acls": acl.dynsec_acls(tenant_id, device_id)}, client]
 
 
-def update_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
-    """For an existing client: set its roles to exactly its own (and the new password), and enable it.
+def get_role_command(tenant_id: str, device_id: str) -> dict:
+    return {"command": "getRole", "rolename": role_name(tenant_id, device_id)}
+
+
+def role_acl_commands(tenant_id: str, device_id: str, current: Sequence[dict]) -> list[dict]:
+    """Bring an existing role's ACLs (`current`, as getRole lists them) to acl.dynsec_acls.
+
+    Entry by entry, never deleteRole + createRole: Mosquitto 2.0.11 crashes now and then when a
+    role its clients hold is deleted and created again (seen in this project's tests).
+    """
+    role = role_name(tenant_id, device_id)
+    wanted = {(a["acltype"], a["topic"], a["allow"]) for a in acl.dynsec_acls(tenant_id, device_id)}
+    have = {(a.get("acltype"), a.get("topic"), a.get("allow")) for a in current}
+    remove = [{"command": "removeRoleACL", "rolename": role, "acltype": kind, "topic": topic}
+              for kind, topic, allow in sorted(have - wanted, key=str)]  # fmt: skip
+    add = [{"command": "addRoleACL", "rolename": role, "acltype": kind, "topic": topic, "allow": allow}
+           for kind, topic, allow in sorted(wanted - have, key=str)]  # fmt: skip
+    return remove + add
+
+
+def client_update_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
+    """For an existing client: bind its client id, set its roles to exactly its own (and the new
+    password), and enable it.
 
     modifyClient, not addClientRole: Mosquitto 2.0 answers addClientRole for a role the client
     already has with "Internal error".
     """
     username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
-    modify = {"command": "modifyClient", "username": username, "roles": [{"rolename": role}]}
+    modify = {
+        "command": "modifyClient", "username": username, "clientid": acl.device_client_id(tenant_id, device_id),
+        "roles": [{"rolename": role}],
+    }  # fmt: skip
     if password is not None:
         modify["password"] = password
     return [modify, {"command": "enableClient", "username": username}]
 
 
 def delete_commands(tenant_id: str, device_id: str) -> list[dict]:
-    """Delete the client (its sessions are disconnected) and its role."""
+    """Delete the client (its sessions are disconnected), then its role (held by nobody now)."""
     username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
     return [{"command": "deleteClient", "username": username}, {"command": "deleteRole", "rolename": role}]
-
-
-def rebuild_commands(tenant_id: str, device_id: str) -> list[dict]:
-    """Recreate the device's role (current ACLs) and create its client; the password is not known here."""
-    role = role_name(tenant_id, device_id)
-    return [{"command": "deleteRole", "rolename": role}, *upsert_commands(tenant_id, device_id, None)]
 
 
 class DynsecError(Exception):
@@ -75,6 +98,7 @@ class DynsecError(Exception):
 class Outcome:
     command: str
     error: str | None
+    data: dict | None = None  # what a get/list command answered
 
     @property
     def ok(self) -> bool:
@@ -118,7 +142,7 @@ class DynsecClient:
         if not commands:
             return []
         responses = self._exchange([dict(c) for c in commands])
-        return [Outcome(r.get("command", ""), r.get("error")) for r in responses]
+        return [Outcome(r.get("command", ""), r.get("error"), r.get("data")) for r in responses]
 
     def query(self, command: str, key: str) -> list[str]:
         """listClients -> usernames, listRoles -> role names."""

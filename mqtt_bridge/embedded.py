@@ -9,9 +9,9 @@ Accounts:
 - service accounts (the bridge): any username/password pair given in
   ``service_users``; may publish and subscribe anything;
 - devices: username ``<tenant_id>/<device_id>``, password = the device's
-  provision token, checked against the database; may publish only to their own
-  ``shadow/reported`` and ``jobs/...`` topics and subscribe only under their own
-  ``tenant/{t}/device/{d}/``.
+  provision token, checked against the database, and the username as client id
+  (``acl.device_client_id``); may publish only to their own ``shadow/reported``
+  and subscribe only under their own ``tenant/{t}/device/{d}/``.
 
 Every session is authenticated, never anonymous: amqtt throws away the
 subscriptions and offline QoS 1 queues of anonymous sessions, so
@@ -130,7 +130,7 @@ class IotcloudAuthPlugin(BaseAuthPlugin):
         principal = None
         if username and password is not None:
             try:
-                principal = await self._principal(username, password)
+                principal = await self._principal(username, password, session.client_id)
             except Exception:
                 logger.exception("MQTT authentication failed with an error (username=%r)", username)
         if principal is None:
@@ -142,7 +142,7 @@ class IotcloudAuthPlugin(BaseAuthPlugin):
         session.attributes[PRINCIPAL] = principal
         return True
 
-    async def _principal(self, username: str, password: str) -> tuple[str, ...] | None:
+    async def _principal(self, username: str, password: str, client_id: str | None) -> tuple[str, ...] | None:
         expected = self.config.service_users.get(username)
         if expected is not None:
             # a service account name is never tried as a device
@@ -151,6 +151,10 @@ class IotcloudAuthPlugin(BaseAuthPlugin):
             return None
         login = acl.parse_username(username)
         if login is None:
+            return None
+        if not acl.client_id_allowed(login, client_id):
+            logger.info("MQTT connection refused: device %s must use its username as client id, not %r",
+                        username, client_id)  # fmt: skip
             return None
         if await asyncio.to_thread(_lookup_device, login.tenant_id, login.device_id, password):
             return ("device", login.tenant_id, login.device_id)

@@ -1,7 +1,9 @@
 """HTTP authentication and authorization hooks for EMQX-style brokers.
 
     POST /mqtt/auth  {"username", "password", "clientid"}            -> {"result": "allow"|"deny", "is_superuser"}
-    POST /mqtt/acl   {"username", "clientid", "topic", "action"}      -> {"result": "allow"|"deny"}
+    POST /mqtt/acl   {"username", "clientid"?, "topic", "action"}     -> {"result": "allow"|"deny"}
+
+A device's clientid must be its username (acl.device_client_id); /mqtt/auth requires it.
 
 `action` is "publish" or "subscribe". Bodies may be JSON or form-encoded. The broker must send
 `Authorization: Bearer <MQTT_AUTH_HOOK_TOKEN>`; without that setting the hooks are off (403).
@@ -41,7 +43,7 @@ def _caller_problem(request) -> JsonResponse | None:
     return None
 
 
-def _fields(request, names: tuple[str, ...]) -> dict[str, str]:
+def _fields(request, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, str | None]:
     if request.content_type == "application/json":
         try:
             body = parse_json_bytes(request.body)
@@ -52,8 +54,11 @@ def _fields(request, names: tuple[str, ...]) -> dict[str, str]:
     else:
         body = request.POST
     values = {}
-    for name in names:
+    for name in (*names, *optional):
         value = body.get(name)
+        if value is None and name in optional:
+            values[name] = None
+            continue
         if not isinstance(value, str) or not value or len(value) > MAX_FIELD:
             raise ValueError(f"{name} must be a non-empty string of at most {MAX_FIELD} characters")
         values[name] = value
@@ -71,12 +76,13 @@ def auth(request):
     if problem:
         return problem
     try:
-        fields = _fields(request, ("username", "password"))
+        fields = _fields(request, ("username", "password", "clientid"))
     except ValueError as exc:
         return _refuse(400, str(exc), "invalid")
-    decision = login_decision(fields["username"], fields["password"])
+    decision = login_decision(fields["username"], fields["password"], fields["clientid"])
     if not decision.allow:
-        logger.info("broker login denied username=%r: %s", fields["username"][:200], decision.reason)
+        logger.info("broker login denied username=%r clientid=%r: %s", fields["username"][:200],
+                    fields["clientid"][:200], decision.reason)  # fmt: skip
     return _answer(decision)
 
 
@@ -87,10 +93,10 @@ def acl(request):
     if problem:
         return problem
     try:
-        fields = _fields(request, ("username", "topic", "action"))
+        fields = _fields(request, ("username", "topic", "action"), optional=("clientid",))
     except ValueError as exc:
         return _refuse(400, str(exc), "invalid")
-    decision = topic_decision(fields["username"], fields["action"], fields["topic"])
+    decision = topic_decision(fields["username"], fields["action"], fields["topic"], fields["clientid"])
     if not decision.allow:
         logger.info("broker %s denied username=%r topic=%r: %s", fields["action"][:20], fields["username"][:200],
                     fields["topic"][:300], decision.reason)  # fmt: skip

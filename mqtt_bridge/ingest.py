@@ -16,14 +16,17 @@ from django.db import transaction
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from iotcloud.errors import DomainError, InvalidInput
+from devices.throttling import mqtt_report_key, mqtt_report_rate, take_many
+from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
 from mqtt_bridge import topics
 from twin.services import Report, parse_report_payload, twin_record_reports
 
 logger = logging.getLogger(__name__)
 
-# Errors that mean "no such active device": nobody to tell.
-SILENT_CODES = frozenset({"device_not_found", "device_decommissioned", "not_a_report_topic"})
+RETAINED = "retained_report"
+EMPTY = "empty_message"
+# Errors that mean "no such active device" or "not a report at all": nobody to tell.
+SILENT_CODES = frozenset({"device_not_found", "device_decommissioned", "not_a_report_topic", EMPTY})
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Incoming:
     payload: bytes
     mid: int = 0
     qos: int = 0
+    retained: bool = False  # the broker delivered it as a retained message
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,17 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
     reports: list[Report] = []
     positions: list[int] = []
     keys: list[tuple[str, str]] = []
+    admitted = _admitted(messages)
     for index, message in enumerate(messages):
         key = topics.parse_reported(message.topic)
         if key is None:
             verdicts[index] = Verdict(
                 message, InvalidInput(f"Not a reported topic: {message.topic!r}", code="not_a_report_topic")
             )
+            continue
+        refusal = _refusal(message, admitted[index])
+        if refusal is not None:
+            verdicts[index] = Verdict(message, refusal, key)
             continue
         try:
             reported, version = parse_report_payload(message.payload, max_bytes=settings.MQTT_MAX_PAYLOAD_BYTES)
@@ -69,6 +78,45 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
     for index, key, error in zip(positions, keys, twin_record_reports(reports), strict=True):
         verdicts[index] = Verdict(messages[index], error, key)
     return verdicts  # type: ignore[return-value]
+
+
+def _admitted(messages: Sequence[Incoming]) -> list[bool]:
+    """Per message: within its device's MQTT report rate (one cache round trip for the batch)."""
+    rate = mqtt_report_rate()
+    keyed = [(i, topics.parse_reported(m.topic)) for i, m in enumerate(messages) if m.payload and not m.retained]
+    keyed = [(i, key) for i, key in keyed if key is not None]
+    admitted = [True] * len(messages)
+    if rate is None or not keyed:
+        return admitted
+    for (index, _), ok in zip(keyed, take_many([mqtt_report_key(*key) for _, key in keyed], rate), strict=True):
+        admitted[index] = ok
+    return admitted
+
+
+def _refusal(message: Incoming, admitted: bool) -> DomainError | None:
+    if not message.payload:
+        # An empty message is how a retained one is cleared (by us, below): not a report.
+        return InvalidInput("Empty message: not a report", code=EMPTY)
+    if message.retained:
+        # The broker kept this report and replays it on every (re)subscription: applying it would
+        # roll newer state back. Never applied; the bridge clears the retained copy (retained_topics).
+        return InvalidInput(
+            "Reports must be published without the retain flag; this retained report was not applied "
+            "and the broker's copy was cleared",
+            code=RETAINED,
+        )
+    if not admitted:
+        rate = mqtt_report_rate()
+        return TooManyRequests(
+            f"Rate limit exceeded: {rate.describe('report')} (MQTT_REPORT_RATE_LIMIT); this report was dropped",
+            limit=rate.text, burst=rate.burst,
+        )  # fmt: skip
+    return None
+
+
+def retained_topics(verdicts: Sequence[Verdict]) -> list[str]:
+    """Report topics whose retained copy the bridge must clear (an empty retained message)."""
+    return sorted({v.message.topic for v in verdicts if v.error is not None and v.error.code == RETAINED})
 
 
 def rejection_replies(verdicts: Sequence[Verdict]) -> list[tuple[str, bytes]]:
@@ -96,8 +144,13 @@ def rejection_replies(verdicts: Sequence[Verdict]) -> list[tuple[str, bytes]]:
 
 def log_verdicts(verdicts: Sequence[Verdict]) -> None:
     accepted = sum(v.accepted for v in verdicts)
+    limited = [v for v in verdicts if v.error is not None and v.error.code == TooManyRequests.code]
+    if limited:  # one line per batch, not one per dropped report of a flooding device
+        devices = sorted({v.message.topic for v in limited})
+        logger.warning("reports over the rate limit dropped: %d from %d device(s), e.g. topic=%r",
+                       len(limited), len(devices), devices[0])  # fmt: skip
     for verdict in verdicts:
-        if verdict.error is not None:
+        if verdict.error is not None and verdict.error.code not in (TooManyRequests.code, EMPTY):
             logger.warning(
                 "report rejected topic=%r code=%s detail=%s bytes=%d",
                 verdict.message.topic, verdict.error.code, verdict.error.message, len(verdict.message.payload),

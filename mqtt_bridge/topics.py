@@ -37,6 +37,11 @@ def jobs_notify(tenant_id: str, device_id: str) -> str:
     return f"{_base(tenant_id, device_id)}/jobs/notify"
 
 
+def device_all(tenant_id: str, device_id: str) -> str:
+    """Filter: every topic of one device (what its account may subscribe to)."""
+    return f"{_base(tenant_id, device_id)}/#"
+
+
 def parse_reported(topic: str) -> tuple[str, str] | None:
     """(tenant_id, device_id) of a reported topic, or None for anything else."""
     match = _REPORTED_RE.fullmatch(topic)

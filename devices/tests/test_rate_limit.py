@@ -147,3 +147,15 @@ def test_reset_forgets_the_buckets_and_nothing_else(device_api, clock):
     if isinstance(cache, RedisCache):  # the local-memory cache holds nothing else and is cleared whole
         assert cache.get("unrelated") == 1
     cache.delete("unrelated")
+
+
+def test_take_many_keeps_each_keys_order_and_shares_buckets_across_calls():
+    """The bridge's batch form of the bucket (one cache round trip per batch of MQTT reports)."""
+    rate = parse_rate("3/m")
+    now = 1_800_000_000 * throttling.MICROS
+    keys = ["a", "b", "a", "a", "a", "b"]
+    assert throttling.take_many(keys, rate, now=now) == [True, True, True, True, False, True]
+    assert throttling.take_many(["a", "b", "b"], rate, now=now) == [False, True, False]
+    later = now + 20 * throttling.MICROS  # one token back per 20 s
+    assert throttling.take_many(["a", "a"], rate, now=later) == [True, False]
+    assert throttling.take_many([], rate) == []

@@ -7,10 +7,10 @@ admin); the bridge keeps device accounts in step with provisioning, rotation and
 
 from __future__ import annotations
 
+import importlib
 import json
 import queue
 import time
-import uuid
 from urllib.parse import urlencode
 
 import paho.mqtt.client as mqtt
@@ -52,20 +52,29 @@ def synced(*devices):
 class DeviceSession:
     """A device's own MQTT 5 connection."""
 
-    def __init__(self, broker, tenant_id, device_id, token):
+    def __init__(self, broker, tenant_id, device_id, token, *, client_id=None, clean=True):
         self.messages: queue.Queue = queue.Queue()
         self.suback: queue.Queue = queue.Queue()
         self.puback: queue.Queue = queue.Queue()
         self.connack: queue.Queue = queue.Queue()
+        self.disconnects: queue.Queue = queue.Queue()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=acl.device_client_id(tenant_id, device_id) if client_id is None else client_id,
+            protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(acl.device_username(tenant_id, device_id), token)
         self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(rc)
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc)
+        self.client.reconnect_delay_set(60, 60)  # a refused session stays refused within the test
+        self.clean = clean
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.suback.put(codes)
         self.client.on_publish = lambda c, u, mid, rc, p: self.puback.put(rc)
-        self.client.connect_async(broker.host, broker.port)
+        self.client.connect_async(
+            broker.host, broker.port, clean_start=clean,
+            properties=None if clean else _expiry(3600),
+        )  # fmt: skip
         self.client.loop_start()
         self.reason = self.connack.get(timeout=10)
 
@@ -87,12 +96,21 @@ class DeviceSession:
         self.client.loop_stop()
 
 
+def _expiry(seconds):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = seconds
+    return properties
+
+
 @pytest.fixture
 def sessions():
     opened = []
 
-    def open_(*args):
-        session = DeviceSession(*args)
+    def open_(*args, **kwargs):
+        session = DeviceSession(*args, **kwargs)
         opened.append(session)
         return session
 
@@ -126,6 +144,58 @@ def test_a_device_uses_its_own_topics_and_nobody_elses(managed, dynsec_broker, p
     time.sleep(0.5)
     b_now = Device.objects.get(pk=b.pk)
     assert b_now.reported_state == {} and b_now.last_seen is None
+
+
+def test_no_device_can_take_over_another_clients_session(managed, dynsec_broker, provision, mqtt_tenant, sessions):
+    """The review's finding 1: valid device credentials with the bridge's (or another device's)
+    client id and a persistent session took that session over. Every account is bound now."""
+    a, b, c = provision(3)
+    synced(a, b, c)
+    t = mqtt_tenant.id
+    victim = sessions(dynsec_broker.settings, t, b.device_id, b.token, clean=False)
+    assert victim.connected and not victim.subscribe(topics.desired(t, b.device_id)).is_failure
+
+    for stolen in (managed.client_id, f"{managed.client_id}-accounts", acl.device_client_id(t, b.device_id), "x"):
+        thief = sessions(dynsec_broker.settings, t, a.device_id, a.token, client_id=stolen, clean=False)
+        assert not thief.connected, f"{stolen}: {thief.reason}"
+        assert thief.reason.getName() == "Not authorized"
+
+    # Nobody was kicked off: the bridge still ingests C's report, B still gets its desired state.
+    report = sessions(dynsec_broker.settings, t, c.device_id, c.token)
+    assert not report.publish(topics.reported(t, c.device_id), {"reported": {"ok": 1}, "version": 0}).is_failure
+    wait_until(lambda: Device.objects.get(pk=c.pk).reported_state == {"ok": 1}, message="C's report")
+    twin_update_desired(device=b, document={"fan": "on"})
+    assert json.loads(victim.messages.get(timeout=10).payload)["desired"] == {"fan": "on"}
+    assert victim.disconnects.empty() and managed.connected.is_set()
+
+
+def test_accounts_made_before_the_binding_are_bound_by_the_migration(
+    managed, dynsec_broker, provision, mqtt_tenant, sessions
+):
+    (device,) = provision(1)
+    synced(device)
+    t, username = mqtt_tenant.id, acl.device_username(mqtt_tenant.id, device.device_id)
+    control = dynsec.DynsecClient(dynsec_broker.settings, client_id="test-admin")
+    try:  # as the bridge left it before: no client id, and the old ACL (jobs/+ publishable)
+        outcomes = control.run([
+            {"command": "modifyClient", "username": username, "clientid": ""},
+            {"command": "addRoleACL", "rolename": dynsec.role_name(t, device.device_id),
+             "acltype": "publishClientSend", "topic": f"tenant/{t}/device/{device.device_id}/jobs/+", "allow": True},
+        ])  # fmt: skip
+        assert all(o.ok for o in outcomes), outcomes
+        assert sessions(dynsec_broker.settings, t, device.device_id, device.token, client_id="anything").connected
+
+        migration = importlib.import_module("mqtt_bridge.migrations.0002_bind_device_client_ids")
+        from django.apps import apps
+
+        migration.rebind(apps, None)
+        synced(device)
+        assert not sessions(dynsec_broker.settings, t, device.device_id, device.token, client_id="anything").connected
+        own = sessions(dynsec_broker.settings, t, device.device_id, device.token)
+        assert own.connected  # the password was kept
+        assert own.publish(f"tenant/{t}/device/{device.device_id}/jobs/x", {"a": 1}).is_failure  # ACL refreshed
+    finally:
+        control.close()
 
 
 def test_wrong_password_rotation_and_decommission(managed, dynsec_broker, provision, mqtt_tenant, sessions):
@@ -192,14 +262,18 @@ def hook(path, body, token=HOOK_TOKEN, content_type="application/json"):
     return Client().post(path, data, content_type=content_type, headers=headers)
 
 
-def login(username, password):
-    response = hook("/mqtt/auth", {"username": username, "password": password, "clientid": "c1"})
+def login(username, password, clientid=None):
+    # A device's own client id is its username (acl.device_client_id).
+    body = {"username": username, "password": password, "clientid": clientid or username}
+    response = hook("/mqtt/auth", body)
     assert response.status_code == 200, response.content
     return response.json()["result"]
 
 
-def may(username, action, topic):
-    response = hook("/mqtt/acl", {"username": username, "clientid": "c1", "topic": topic, "action": action})
+def may(username, action, topic, clientid=None):
+    response = hook(
+        "/mqtt/acl", {"username": username, "clientid": clientid or username, "topic": topic, "action": action}
+    )
     assert response.status_code == 200, response.content
     return response.json()["result"]
 
@@ -223,6 +297,11 @@ def test_http_hooks_answer_like_the_broker(settings, provision, mqtt_tenant):
     assert may(user_a, "publish", topics.reported(t, b.device_id)) == "deny"
     assert may(user_a, "publish", topics.jobs_notify(t, a.device_id)) == "deny"
 
+    # Bound to its client id: its own credentials with any other id (the bridge's, B's) are refused.
+    for stolen in ("iotcloud-bridge", acl.device_client_id(t, b.device_id), "c1", user_a + "-2"):
+        assert login(user_a, a.token, clientid=stolen) == "deny", stolen
+    assert may(user_a, "subscribe", topics.desired(t, a.device_id), clientid="iotcloud-bridge") == "deny"
+
     old, new = a.token, device_rotate_token(device=a)
     assert login(user_a, old) == "deny" and login(user_a, new) == "allow"
     device_decommission(device=a)
@@ -233,7 +312,7 @@ def test_http_hooks_answer_like_the_broker(settings, provision, mqtt_tenant):
 def test_http_hooks_know_the_bridge(settings, mqtt_tenant):
     settings.MQTT_AUTH_HOOK_TOKEN = HOOK_TOKEN
     settings.MQTT_URL = "mqtt://svc-bridge:svc-secret@broker:1883"
-    response = hook("/mqtt/auth", {"username": "svc-bridge", "password": "svc-secret"})
+    response = hook("/mqtt/auth", {"username": "svc-bridge", "password": "svc-secret", "clientid": "bridge-7f3a"})
     assert response.json() == {"result": "allow", "is_superuser": True}
     assert login("svc-bridge", "wrong") == "deny"
     assert may("svc-bridge", "subscribe", "$share/iotcloud/tenant/+/device/+/shadow/reported") == "allow"
@@ -249,7 +328,12 @@ def test_http_hooks_refuse_callers_that_are_not_the_broker(settings, db):
     assert bad.status_code == 400 and "action" in bad.json()["detail"]
     assert Client().post("/mqtt/auth", "{", content_type="application/json",
                          headers={"Authorization": f"Bearer {HOOK_TOKEN}"}).status_code == 400  # fmt: skip
-    form = hook("/mqtt/auth", {"username": "a/b", "password": "x"}, content_type="application/x-www-form-urlencoded")
+    no_id = hook("/mqtt/auth", {"username": "a/b", "password": "x"})
+    assert no_id.status_code == 400 and "clientid" in no_id.json()["detail"]
+    form = hook(
+        "/mqtt/auth", {"username": "a/b", "password": "x", "clientid": "a/b"},
+        content_type="application/x-www-form-urlencoded",
+    )  # fmt: skip
     assert form.status_code == 200 and form.json()["result"] == "deny"  # EMQX may send forms too
 
 

@@ -284,7 +284,7 @@ def test_device_touches_only_its_own_topics(connect, devices):
     assert watcher.subscribe("tenant/#")
     assert len(watcher.receive_until(b"for d2")) == 2  # the retained ones
 
-    device = connect(client_id="acme-d1", username="acme/d1", password=d1.token)
+    device = connect(client_id="acme/d1", username="acme/d1", password=d1.token)
     assert not device.rc.is_failure
     assert device.subscribe(desired("d1"))
     assert device.receive().payload == b"for d1"
@@ -297,9 +297,9 @@ def test_device_touches_only_its_own_topics(connect, devices):
     device.publish(reported("d2"), b"spoofed report")  # PUBACKed, then dropped
     device.publish(desired("d1"), b"spoofed desired")  # platform -> device only
     device.publish("tenant/acme/device/d1/jobs/notify", b"spoofed notify")
-    device.publish("tenant/acme/device/d1/jobs/j1/update", b"job update")
+    device.publish("tenant/acme/device/d1/jobs/j1/update", b"job update")  # nothing reads it: refused
     device.publish(reported("d1"), b"my report", retain=True)
-    expected = [("tenant/acme/device/d1/jobs/j1/update", b"job update"), (reported("d1"), b"my report")]
+    expected = [(reported("d1"), b"my report")]
     assert [(m.topic, m.payload) for m in watcher.receive_until(b"my report")] == expected
     assert [(m.topic, m.payload) for m in device.receive_until(b"my report")] == expected
 
@@ -308,14 +308,17 @@ def test_device_touches_only_its_own_topics(connect, devices):
     assert late.quiet() == []  # a device's retain flag is ignored
 
     # Its will message must be a topic it may publish to.
-    spoofing_will = connect(client_id="acme-d1-b", username="acme/d1", password=d1.token, will=(reported("d2"), "x"))
+    device.close()
+    spoofing_will = connect(client_id="acme/d1", username="acme/d1", password=d1.token, will=(reported("d2"), "x"))
     assert spoofing_will.rc.is_failure
-    own_will = connect(client_id="acme-d1-c", username="acme/d1", password=d1.token, will=(reported("d1"), "gone"))
+    own_will = connect(client_id="acme/d1", username="acme/d1", password=d1.token, will=(reported("d1"), "gone"))
     assert not own_will.rc.is_failure
 
-    # A device cannot take over another account's session by its client id.
-    hijack = connect(client_id="watcher", clean=False, username="acme/d2", password=d2.token)
-    assert hijack.rc.is_failure
+    # A device cannot take over another client's session by its client id: each account has one.
+    for stolen in ("watcher", "acme/d1", "iotcloud-bridge"):
+        hijack = connect(client_id=stolen, clean=False, username="acme/d2", password=d2.token)
+        assert hijack.rc.is_failure, stolen
+    assert connect(client_id="", username="acme/d2", password=d2.token).rc.is_failure  # no id: none of its own
     platform.publish(reported("d2"), b"still mine")
     assert watcher.receive().payload == b"still mine"
 

@@ -24,7 +24,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from devices.models import Device, Tenant
 from devices.services import device_provision, device_rotate_token
-from mqtt_bridge import topics
+from mqtt_bridge import acl, topics
 from mqtt_bridge.config import broker_settings
 
 
@@ -37,9 +37,10 @@ class SimulatedDevice:
         self.version = 0
         self._running_jobs: set[str] = set()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{tenant_id}-{device_id}", protocol=mqtt.MQTTv311
-        )
-        self.client.username_pw_set(f"{tenant_id}/{device_id}", token)
+            mqtt.CallbackAPIVersion.VERSION2, client_id=acl.device_client_id(tenant_id, device_id),
+            protocol=mqtt.MQTTv311,
+        )  # fmt: skip
+        self.client.username_pw_set(acl.device_username(tenant_id, device_id), token)
         if broker.tls:
             self.client.tls_set(ca_certs=broker.ca_file)
         self.client.on_connect = self._on_connect
