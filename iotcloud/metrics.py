@@ -213,6 +213,14 @@ BRIDGE_COUNTERS = {
     "accepted": ("iotcloud_bridge_reports_ingested", "Reports the bridge wrote to the database since it started."),
     "rejected": ("iotcloud_bridge_reports_rejected", "Reports the bridge rejected since it started."),
     "published": ("iotcloud_bridge_desired_published", "Desired/jobs publications the broker acknowledged."),
+    "rate_limited": (
+        "iotcloud_bridge_reports_rate_limited",
+        "Reports dropped over a device's MQTT_REPORT_RATE_LIMIT (in rejected).",
+    ),
+    "retained": (
+        "iotcloud_bridge_reports_retained",
+        "Retained reports refused and cleared from the broker (in rejected).",
+    ),
 }
 
 
