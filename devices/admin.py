@@ -165,7 +165,11 @@ class MembershipAdmin(TenantScopedAdmin):
     @admin.display(description="password")
     def password_link(self, obj):
         url = reverse("admin:devices_membership_password", args=[obj.pk])
-        return format_html('<a href="{}">Set a new password</a> (their sessions and tokens stay valid)', url)
+        return format_html(
+            '<a href="{}">Set a new password</a> (signs them out everywhere: their sessions end and their '
+            "bearer tokens are revoked)",
+            url,
+        )
 
     def get_urls(self):
         view = self.admin_site.admin_view(self.password_view)
@@ -182,10 +186,22 @@ class MembershipAdmin(TenantScopedAdmin):
             raise PermissionDenied
         form = AdminPasswordChangeForm(membership.user, request.POST or None)
         if request.method == "POST" and form.is_valid():
-            form.save()
-            self.log_change(request, membership, "Password set")
-            self.message_user(request, f"New password set for {membership.user}.", messages.SUCCESS)
-            return redirect("admin:devices_membership_change", membership.pk)
+            usable = form.cleaned_data.get("set_usable_password", True)  # "Disabled": no password sign-in
+            try:
+                services.operator_set_password(
+                    user=membership.user, password=form.cleaned_data["password1"] if usable else None
+                )
+            except DomainError as exc:  # the form ran the same validators; kept for a changed configuration
+                form.add_error("password1", exc.message)
+            else:
+                done = "New password set" if usable else "Password sign-in disabled"
+                self.log_change(request, membership, done)
+                self.message_user(
+                    request,
+                    f"{done} for {membership.user}: their sessions ended and their bearer tokens were revoked.",
+                    messages.SUCCESS,
+                )
+                return redirect("admin:devices_membership_change", membership.pk)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,

@@ -1,14 +1,18 @@
 """Operator bearer tokens: exchange a password (or a session) for a token, revoke it.
 
 Thin wrappers over django-rest-knox, which stores tokens as digests and
-compares them in constant time.
+compares them in constant time. Issuing goes through devices.services
+(token lifetime and the per-operator cap).
 """
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from django.contrib.auth.signals import user_logged_in
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from knox import views as knox_views
 from rest_framework import serializers
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.response import Response
 
+from devices import services
 from devices.permissions import IsOperator
 
 TOKEN_RESPONSE = inline_serializer(
@@ -17,17 +21,29 @@ TOKEN_RESPONSE = inline_serializer(
 
 
 class TokenLoginView(knox_views.LoginView):
-    """POST with HTTP Basic (username:password) or a session: returns a new bearer token, once."""
+    """POST with HTTP Basic (username:password) or a session: returns a new bearer token, once.
+
+    The token expires after OPERATOR_TOKEN_TTL_HOURS (`expiry`; null: never). An operator holds at
+    most OPERATOR_TOKEN_LIMIT tokens: beyond that, 409 `token_limit` until one is revoked or expires.
+    """
 
     authentication_classes = [BasicAuthentication, SessionAuthentication]
     permission_classes = [IsOperator]
 
-    @extend_schema(operation_id="auth_token_create", request=None, responses={200: TOKEN_RESPONSE})
+    @extend_schema(
+        operation_id="auth_token_create",
+        request=None,
+        responses={
+            200: TOKEN_RESPONSE,
+            401: OpenApiResponse(description="Wrong or malformed credentials"),
+            409: OpenApiResponse(description="The operator already holds OPERATOR_TOKEN_LIMIT tokens"),
+        },
+    )
     def post(self, request, format=None):
-        return super().post(request, format)
-
-    def get_post_response_data(self, request, token, instance):
-        return {"token": token, "expiry": instance.expiry}
+        instance, token = services.operator_token_issue(user=request.user)
+        # As Django does on sign-in (last_login; axes): with the Django request, not the DRF wrapper.
+        user_logged_in.send(sender=request.user.__class__, request=request._request, user=request.user)
+        return Response({"token": token, "expiry": instance.expiry})
 
 
 class TokenLogoutView(knox_views.LogoutView):

@@ -20,6 +20,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from knox.models import AuthToken
+from knox.settings import knox_settings
 
 from devices.choices import DeviceStatus, Role
 from devices.models import DEVICE_ID_RE, TENANT_ID_RE, Device, Membership, Tenant
@@ -162,11 +163,80 @@ def operator_create(
     return user
 
 
-def operator_token_create(*, user) -> str:
-    """A new bearer token for scripts; returned once, stored as a digest."""
-    _instance, token = AuthToken.objects.create(user=user, expiry=settings.REST_KNOX["TOKEN_TTL"])
-    logger.info("operator token created for %s", user)
-    return token
+def operator_token_issue(*, user, replace_oldest: bool = False) -> tuple[AuthToken, str]:
+    """A new bearer token (returned once, stored as a digest) and its row, with the expiry.
+
+    Tokens live REST_KNOX["TOKEN_TTL"] (OPERATOR_TOKEN_TTL_HOURS). An operator holds at most
+    TOKEN_LIMIT_PER_USER unexpired tokens (OPERATOR_TOKEN_LIMIT): at the cap a new one is refused
+    (Conflict "token_limit") so that no script loses its token behind its back, unless
+    replace_oldest (the demo, `create_operator_token --replace-oldest`) revokes the oldest ones.
+    """
+    limit = knox_settings.TOKEN_LIMIT_PER_USER
+    with transaction.atomic():
+        # One issuer at a time per operator, so that concurrent logins cannot both pass the count.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+        AuthToken.objects.filter(user=user, expiry__lte=timezone.now()).delete()  # expired ones are gone anyway
+        if limit:
+            live = AuthToken.objects.filter(user=user).order_by("created")
+            count = live.count()
+            if count >= limit and not replace_oldest:
+                raise Conflict(
+                    f"{user} already has {count} active bearer tokens, the limit (OPERATOR_TOKEN_LIMIT={limit}): "
+                    "revoke one (POST /customer/auth/logout with it) or wait until one expires; "
+                    "a new password revokes them all",
+                    code="token_limit",
+                    limit=limit,
+                )
+            if count >= limit:
+                oldest = list(live.values_list("pk", flat=True)[: count - limit + 1])
+                AuthToken.objects.filter(pk__in=oldest).delete()
+                logger.info("operator tokens revoked for %s: %d oldest, at the limit", user, len(oldest))
+        instance, token = AuthToken.objects.create(
+            user=user, expiry=knox_settings.TOKEN_TTL, prefix=knox_settings.TOKEN_PREFIX
+        )
+    logger.info("operator token created for %s (expires %s)", user, instance.expiry or "never")
+    return instance, token
+
+
+def operator_token_create(*, user, replace_oldest: bool = False) -> str:
+    """A new bearer token for scripts (see operator_token_issue); returned once."""
+    return operator_token_issue(user=user, replace_oldest=replace_oldest)[1]
+
+
+def operator_tokens_revoke(*, user) -> int:
+    """Revoke every bearer token of the operator (a new password, a disabled password)."""
+    count, _ = AuthToken.objects.filter(user=user).delete()
+    if count:
+        logger.info("operator tokens revoked for %s: %d (password changed)", user, count)
+    return count
+
+
+def operator_set_password(*, user, password: str | None) -> None:
+    """A new password (None: password sign-in disabled), after the password validators.
+
+    Signs the operator out everywhere: their bearer tokens are revoked, and their sessions end
+    (Django ties a session to the password hash). Every other path that sets a password
+    (`changepassword`, Django's own admin forms, password reset) revokes the tokens too, through
+    revoke_tokens_on_password_change below.
+    """
+    if password is None:
+        user.set_unusable_password()
+    else:
+        operator_password_check(password, user=user)
+        user.set_password(password)
+    user.save(update_fields=["password"])
+    operator_tokens_revoke(user=user)
+    logger.info("operator password %s for %s", "set" if password is not None else "disabled", user)
+
+
+def revoke_tokens_on_password_change(sender, instance, created=False, **kwargs) -> None:
+    """post_save of the user model: set_password() was called (any path) -> revoke the tokens.
+
+    `_password` holds the new raw password from set_password() until the save completes; it is
+    None for other saves, including the hash upgrade check_password() does at sign-in.
+    """
+    if not created and getattr(instance, "_password", None) is not None:
+        operator_tokens_revoke(user=instance)
 
 
 # --- devices -------------------------------------------------------------------

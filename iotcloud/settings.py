@@ -199,7 +199,7 @@ MQTT_BATCH_MAX = env.int("MQTT_BATCH_MAX", default=2000)
 MQTT_BATCH_WAIT_MS = env.int("MQTT_BATCH_WAIT_MS", default=20)
 MQTT_MAX_PAYLOAD_BYTES = env.int("MQTT_MAX_PAYLOAD_BYTES", default=64 * 1024)
 # Reports per device over MQTT (as DEVICE_RATE_LIMIT for HTTP; same syntax): over it, a report is
-# dropped and answered on .../shadow/reported/rejected. Counted in the cache (Redis: shared by bridges).
+# dropped and answered on .../shadow/reported/rejected. Counted in each bridge process's memory.
 MQTT_REPORT_RATE_LIMIT = env.str("MQTT_REPORT_RATE_LIMIT", default="20/s")
 MQTT_REPORT_RATE_BURST = env.int("MQTT_REPORT_RATE_BURST", default=0)
 MQTT_PUBLISH_TIMEOUT_SECONDS = env.float("MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0)

@@ -16,7 +16,7 @@ from django.db import transaction
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from devices.throttling import mqtt_report_key, mqtt_report_rate, take_many
+from devices.throttling import MQTT_REPORT_BUCKETS, mqtt_report_rate
 from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
 from mqtt_bridge import topics
 from twin.services import Report, parse_report_payload, twin_record_reports
@@ -81,14 +81,15 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
 
 
 def _admitted(messages: Sequence[Incoming]) -> list[bool]:
-    """Per message: within its device's MQTT report rate (one cache round trip for the batch)."""
+    """Per message: within its device's MQTT report rate (counted in this bridge process)."""
     rate = mqtt_report_rate()
     keyed = [(i, topics.parse_reported(m.topic)) for i, m in enumerate(messages) if m.payload and not m.retained]
     keyed = [(i, key) for i, key in keyed if key is not None]
     admitted = [True] * len(messages)
     if rate is None or not keyed:
         return admitted
-    for (index, _), ok in zip(keyed, take_many([mqtt_report_key(*key) for _, key in keyed], rate), strict=True):
+    verdicts = MQTT_REPORT_BUCKETS.take_many([f"{t}/{d}" for _, (t, d) in keyed], rate)
+    for (index, _), ok in zip(keyed, verdicts, strict=True):
         admitted[index] = ok
     return admitted
 

@@ -387,9 +387,11 @@ def test_provisioning_refuses_hostile_tags(alice, tenant):
     assert not Device.objects.filter(device_id="x-1").exists()
 
 
-def test_tenant_admin_sets_an_operators_password(tenant, other_tenant):
-    from django.contrib.auth import authenticate
+def _password_is(username, password) -> bool:
+    return get_user_model().objects.get(username=username).check_password(password)
 
+
+def test_tenant_admin_sets_an_operators_password(tenant, other_tenant):
     boss = staff_client(tenant, "boss", role=Role.ADMIN)
     worker = operator_create(username="worker", tenant=tenant, password="old-password-1")
     outsider = operator_create(username="outsider", tenant=other_tenant, password="old-password-1")
@@ -399,12 +401,12 @@ def test_tenant_admin_sets_an_operators_password(tenant, other_tenant):
     mismatch = boss.post(url, {"password1": "N3w-secret-pass", "password2": "different"})
     assert mismatch.status_code == 200 and "errorlist" in mismatch.content.decode()
     assert boss.post(url, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 302
-    assert authenticate(username="worker", password="N3w-secret-pass") is not None
-    assert authenticate(username="worker", password="old-password-1") is None
+    assert _password_is("worker", "N3w-secret-pass")
+    assert not _password_is("worker", "old-password-1")
 
     foreign = reverse("admin:devices_membership_password", args=[outsider.membership.pk])
     assert boss.post(foreign, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 404
-    assert authenticate(username="outsider", password="old-password-1") is not None
+    assert _password_is("outsider", "old-password-1")
 
 
 def test_only_tenant_admins_set_passwords_and_never_a_superusers(tenant):
@@ -416,3 +418,59 @@ def test_only_tenant_admins_set_passwords_and_never_a_superusers(tenant):
     root = operator_create(username="root-in-acme", tenant=tenant, password="old-password-1", superuser=True)
     root_url = reverse("admin:devices_membership_password", args=[root.membership.pk])
     assert boss.post(root_url, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}).status_code == 403
+
+
+def test_a_new_password_signs_the_operator_out_everywhere(tenant):
+    from rest_framework.test import APIClient
+
+    from devices.services import operator_token_create
+
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    worker = staff_client(tenant, "worker")  # signed in to admin
+    bearer = APIClient()
+    bearer.credentials(HTTP_AUTHORIZATION=f"Bearer {operator_token_create(user=worker.user)}")
+    boss_bearer = APIClient()
+    boss_bearer.credentials(HTTP_AUTHORIZATION=f"Bearer {operator_token_create(user=boss.user)}")
+    assert bearer.get("/customer/devices").status_code == 200
+    assert worker.get(reverse("admin:index")).status_code == 200
+
+    url = reverse("admin:devices_membership_password", args=[worker.user.membership.pk])
+    page = boss.get(url).content.decode()
+    assert "signs worker out everywhere" in page and "bearer token they hold is revoked" in page
+    done = boss.post(url, {"password1": "N3w-secret-pass", "password2": "N3w-secret-pass"}, follow=True)
+    assert "their sessions ended and their bearer tokens were revoked" in done.content.decode()
+
+    assert bearer.get("/customer/devices").status_code == 401  # the token is gone
+    assert worker.get(reverse("admin:index")).status_code == 302  # the session ended: back to sign-in
+    assert boss.get(reverse("admin:index")).status_code == 200  # nobody else is affected
+    assert boss_bearer.get("/customer/devices").status_code == 200
+
+
+def test_disabling_an_operators_password_revokes_their_tokens(tenant):
+    from knox.models import AuthToken
+
+    from devices.services import operator_token_create
+
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    worker = operator_create(username="worker", tenant=tenant, password="old-password-1")
+    operator_token_create(user=worker)
+    url = reverse("admin:devices_membership_password", args=[worker.membership.pk])
+    assert boss.post(url, {"usable_password": "false"}).status_code == 302
+    worker.refresh_from_db()
+    assert not worker.has_usable_password() and not AuthToken.objects.filter(user=worker).exists()
+
+
+def test_changing_ones_own_password_in_admin_revokes_ones_tokens(tenant):
+    from knox.models import AuthToken
+
+    from devices.services import operator_token_create
+
+    boss = staff_client(tenant, "boss", role=Role.ADMIN)
+    operator_token_create(user=boss.user)
+    response = boss.post(
+        reverse("admin:password_change"),
+        {"old_password": "pw-123456789", "new_password1": "N3w-secret-pass", "new_password2": "N3w-secret-pass"},
+    )
+    assert response.status_code == 302
+    assert not AuthToken.objects.filter(user=boss.user).exists()
+    assert boss.get(reverse("admin:index")).status_code == 200  # Django keeps the session that changed it

@@ -73,6 +73,23 @@ def test_create_operator_refuses_hostile_usernames(username):
     assert not get_user_model().objects.exists()
 
 
+def test_create_operator_token_respects_the_lifetime_and_the_cap(settings):
+    from django.utils import timezone
+    from knox.models import AuthToken
+
+    settings.REST_KNOX = {**settings.REST_KNOX, "TOKEN_LIMIT_PER_USER": 2}
+    run("create_tenant", "acme")
+    first = re.search(r"bearer token \(shown once\): (\S+)", run("create_operator", "alice", "--tenant", "acme"))[1]
+    second = run("create_operator_token", "alice").strip()
+    token = AuthToken.objects.get(token_key=second[:15])
+    assert abs(token.expiry - timezone.now() - settings.REST_KNOX["TOKEN_TTL"]).total_seconds() < 60
+    with pytest.raises(CommandError, match=r"already has 2 active bearer tokens.*OPERATOR_TOKEN_LIMIT=2"):
+        run("create_operator_token", "alice")
+    third = run("create_operator_token", "alice", "--replace-oldest").strip()
+    assert set(AuthToken.objects.values_list("token_key", flat=True)) == {second[:15], third[:15]}
+    assert first[:15] not in set(AuthToken.objects.values_list("token_key", flat=True))
+
+
 def test_provision_device_refuses_bad_input():
     run("create_tenant", "acme")
     with pytest.raises(CommandError, match="not valid JSON"):

@@ -149,13 +149,13 @@ def test_reset_forgets_the_buckets_and_nothing_else(device_api, clock):
     cache.delete("unrelated")
 
 
-def test_take_many_keeps_each_keys_order_and_shares_buckets_across_calls():
-    """The bridge's batch form of the bucket (one cache round trip per batch of MQTT reports)."""
-    rate = parse_rate("3/m")
+def test_local_buckets_keep_each_keys_order_and_refill():
+    """The bridge's batch form of the bucket (MQTT reports)."""
+    rate, buckets = parse_rate("3/m"), throttling.LocalBuckets()
     now = 1_800_000_000 * throttling.MICROS
     keys = ["a", "b", "a", "a", "a", "b"]
-    assert throttling.take_many(keys, rate, now=now) == [True, True, True, True, False, True]
-    assert throttling.take_many(["a", "b", "b"], rate, now=now) == [False, True, False]
+    assert buckets.take_many(keys, rate, now=now) == [True, True, True, True, False, True]
+    assert buckets.take_many(["a", "b", "b"], rate, now=now) == [False, True, False]
     later = now + 20 * throttling.MICROS  # one token back per 20 s
-    assert throttling.take_many(["a", "a"], rate, now=later) == [True, False]
-    assert throttling.take_many([], rate) == []
+    assert buckets.take_many(["a", "a"], rate, now=later) == [True, False]
+    assert buckets.take_many([], rate) == []

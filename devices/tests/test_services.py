@@ -97,3 +97,47 @@ def test_a_taken_username_does_not_reveal_other_tenants_accounts(tenant, other_t
     # Within one's own tenant it may say so.
     own = refused("user_exists", username="alice", tenant=tenant)
     assert "already exists in tenant 'acme'" in own.message
+
+
+# --- a new password revokes the bearer tokens, whatever the path ---------------------------------------------
+
+
+def test_set_password_on_any_path_revokes_the_operators_tokens(tenant):
+    from knox.models import AuthToken
+
+    from devices.services import operator_set_password, operator_token_create
+
+    user = operator_create(username="carol", tenant=tenant, password="s3cret-pass-word")
+    other = operator_create(username="dave", tenant=tenant)
+    operator_token_create(user=user), operator_token_create(user=other)
+    operator_set_password(user=user, password="An0ther-secret")
+    assert not AuthToken.objects.filter(user=user).exists() and AuthToken.objects.filter(user=other).exists()
+    # What Django's changepassword command, password reset and its own admin forms do.
+    operator_token_create(user=user)
+    user.set_password("Yet-an0ther-secret")
+    user.save()
+    assert not AuthToken.objects.filter(user=user).exists()
+    with pytest.raises(DomainError) as caught:
+        operator_set_password(user=user, password="123")
+    assert caught.value.code == "invalid_password"
+
+
+def test_other_saves_and_hash_upgrades_keep_the_tokens(tenant, settings):
+    from django.contrib.auth.hashers import make_password
+    from knox.models import AuthToken
+
+    from devices.services import operator_token_create
+
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+    ]
+    user = operator_create(username="carol", tenant=tenant)
+    get_user_model().objects.filter(pk=user.pk).update(password=make_password("s3cret-pass-word", hasher="md5"))
+    user.refresh_from_db()
+    operator_token_create(user=user)
+    user.email = "carol@example.com"
+    user.save()
+    assert user.check_password("s3cret-pass-word")  # upgrades the hash to PBKDF2 and saves it
+    user.refresh_from_db()
+    assert user.password.startswith("pbkdf2_") and AuthToken.objects.filter(user=user).count() == 1

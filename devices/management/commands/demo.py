@@ -53,7 +53,8 @@ class Command(BaseCommand):
             user = operator_create(username=username, tenant=tenant_obj, role=Role.ADMIN, password=password)
         elif password and not user.check_password(password):
             password = None  # changed since: we no longer know it
-        operator_token = operator_token_create(user=user)
+        # Every run prints a fresh token; at the OPERATOR_TOKEN_LIMIT cap the oldest demo tokens make room.
+        operator_token = operator_token_create(user=user, replace_oldest=True)
 
         device_tokens = {}
         for device_id, tags in DEVICES:
