@@ -327,8 +327,13 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
-# Operator tokens do not expire unless the deployment sets a lifetime.
-_token_ttl_hours = env.int("OPERATOR_TOKEN_TTL_HOURS", default=0)
+# Operator bearer tokens live OPERATOR_TOKEN_TTL_HOURS (30 days; 0: no expiry) and an operator holds at
+# most OPERATOR_TOKEN_LIMIT unexpired ones (0: no cap): one more is refused (409 token_limit) until one is
+# revoked or expires. A new password (any path) revokes all of the operator's tokens.
+_token_ttl_hours = env.int("OPERATOR_TOKEN_TTL_HOURS", default=720)
+_token_limit = env.int("OPERATOR_TOKEN_LIMIT", default=10)
+if _token_ttl_hours < 0 or _token_limit < 0:
+    raise ImproperlyConfigured("OPERATOR_TOKEN_TTL_HOURS and OPERATOR_TOKEN_LIMIT must be 0 (off) or more")
 REST_KNOX = {
     "AUTH_HEADER_PREFIX": "Bearer",
     "TOKEN_TTL": timedelta(hours=_token_ttl_hours) if _token_ttl_hours else None,
@@ -373,6 +378,7 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "TOKEN_LIMIT_PER_USER": _token_limit or None,
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # daphne's runserver prints each request itself; don't log it twice.
