@@ -3,9 +3,10 @@
 A staff operator sees and changes only their own tenant's objects: lists,
 change pages, actions (they run on the scoped queryset), autocomplete (it
 searches the related admin's scoped queryset), list filters and foreign-key
-choices. What they may do follows their membership role (admin, operator,
-viewer), not Django's per-model permissions, so the roles mean the same in
-admin and in the API. Superusers see everything.
+choices; a list filters only by its declared filters, never by a secret
+(iotcloud.admin_filters). What they may do follows their membership role
+(admin, operator, viewer), not Django's per-model permissions, so the roles
+mean the same in admin and in the API. Superusers see everything.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.db.models import QuerySet
 from devices.choices import WRITE_ROLES, Role
 from devices.models import Device, Tenant
 from devices.selectors import operator_membership
+from iotcloud.admin_filters import DeclaredFiltersOnly
 
 MAX_PK = 2**63 - 1
 
@@ -42,8 +44,11 @@ def may_write(request) -> bool:
     return request.user.is_superuser or admin_role(request) in WRITE_ROLES
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
-    """ModelAdmin whose rows belong to a tenant through `tenant_path`."""
+class TenantScopedAdmin(DeclaredFiltersOnly, admin.ModelAdmin):
+    """ModelAdmin whose rows belong to a tenant through `tenant_path`.
+
+    Its change list accepts only its declared filters, and never a secret field (iotcloud.admin_filters).
+    """
 
     tenant_path = "tenant"
     # Which roles may add / change; deleting is for superusers unless a subclass says otherwise.

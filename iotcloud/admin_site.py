@@ -21,6 +21,7 @@ from django.utils import timezone
 from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import operator_tenant
+from iotcloud.admin_filters import declared_filters_only
 from jobs.choices import JobStatus
 from jobs.models import Job
 from jobs.selectors import jobs_progress
@@ -97,6 +98,12 @@ class IotcloudAdminSite(admin.AdminSite):
     site_header = "iotcloud"
     site_title = "iotcloud admin"
     index_title = "Operations"
+
+    def register(self, model_or_iterable, admin_class=None, **options):
+        # Every list of this site (also auth's, knox's, axes') filters only by what it declares and
+        # never by a secret; TenantScopedAdmin has it already.
+        admin_class = declared_filters_only(admin_class or admin.ModelAdmin)
+        super().register(model_or_iterable, admin_class, **options)
 
     def get_urls(self):
         return [
