@@ -337,6 +337,7 @@ if _token_ttl_hours < 0 or _token_limit < 0:
 REST_KNOX = {
     "AUTH_HEADER_PREFIX": "Bearer",
     "TOKEN_TTL": timedelta(hours=_token_ttl_hours) if _token_ttl_hours else None,
+    "TOKEN_LIMIT_PER_USER": _token_limit or None,
     "AUTO_REFRESH": False,
     "TOKEN_PREFIX": "iotop_",
 }
@@ -378,7 +379,6 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "TOKEN_LIMIT_PER_USER": _token_limit or None,
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # daphne's runserver prints each request itself; don't log it twice.
