@@ -9,10 +9,11 @@ from django.contrib.auth.signals import user_logged_in
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from knox import views as knox_views
 from rest_framework import serializers
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 
 from devices import services
+from devices.authentication import OperatorBasicAuthentication, OperatorTokenAuthentication
 from devices.permissions import IsOperator
 
 TOKEN_RESPONSE = inline_serializer(
@@ -27,7 +28,7 @@ class TokenLoginView(knox_views.LoginView):
     most OPERATOR_TOKEN_LIMIT tokens: beyond that, 409 `token_limit` until one is revoked or expires.
     """
 
-    authentication_classes = [BasicAuthentication, SessionAuthentication]
+    authentication_classes = [OperatorBasicAuthentication, SessionAuthentication]
     permission_classes = [IsOperator]
 
     @extend_schema(
@@ -48,6 +49,8 @@ class TokenLoginView(knox_views.LoginView):
 
 class TokenLogoutView(knox_views.LogoutView):
     """Revoke the bearer token this request carries."""
+
+    authentication_classes = [OperatorTokenAuthentication]
 
     @extend_schema(operation_id="auth_token_revoke", request=None, responses={204: None})
     def post(self, request, format=None):

@@ -1,10 +1,19 @@
-"""Device authentication: `X-Provision-Token: <token>`.
+"""Credentials: devices (`X-Provision-Token`) and operators (HTTP Basic for a token, then bearer tokens).
 
-The token is looked up by its sha256 digest (the token itself is never
+A device token is looked up by its sha256 digest (the token itself is never
 stored) and the stored digest is compared again in constant time. Failures
 are 401 with a WWW-Authenticate header, never 403.
+
+Whatever a client puts in a credential header (NUL or control characters,
+invalid base64 or UTF-8, a megabyte of it) the answer is that 401, never a
+500: nothing malformed reaches the database (PostgreSQL refuses NUL in text,
+axes' columns have a length) or a decoder that could raise.
 """
 
+import re
+
+from django.contrib.auth import authenticate
+from knox.auth import TokenAuthentication
 from rest_framework import authentication, exceptions
 
 from devices.models import Device
@@ -12,6 +21,12 @@ from devices.selectors import active_device_for_token
 from devices.services import device_touch
 
 HEADER = "HTTP_X_PROVISION_TOKEN"
+# A bearer token: printable ASCII without spaces, at most 256 bytes (knox's are a prefix and 64 hex digits).
+BEARER_TOKEN_RE = re.compile(rb"[!-~]{1,256}")
+# Any name an account can have (Django's UnicodeUsernameValidator, 150 characters): anything else is
+# refused before it reaches the database, so it cannot exist; this also keeps NUL away from PostgreSQL.
+LOGIN_USERNAME_RE = re.compile(r"[\w.@+-]{1,150}")
+MAX_PASSWORD_LENGTH = 4096
 
 
 class ProvisionTokenAuthentication(authentication.BaseAuthentication):
@@ -42,3 +57,42 @@ class DevicePrincipal:
 
     def __str__(self):
         return f"device:{self.device}"
+
+
+class OperatorBasicAuthentication(authentication.BasicAuthentication):
+    """HTTP Basic (POST /customer/auth/token): a malformed header is a 401, never a 500."""
+
+    def authenticate(self, request):
+        try:
+            return super().authenticate(request)
+        except UnicodeError:  # a header that is not latin-1 (only in-process clients can send one)
+            raise exceptions.AuthenticationFailed("Invalid basic header: not ASCII", code="invalid_header") from None
+
+    def authenticate_credentials(self, userid, password, request=None):
+        if (
+            not LOGIN_USERNAME_RE.fullmatch(userid)
+            or len(password) > MAX_PASSWORD_LENGTH
+            or "\x00" in password  # no password can contain one (forms refuse it)
+        ):
+            raise exceptions.AuthenticationFailed("Invalid username/password.", code="authentication_failed")
+        user = authenticate(request=request, username=userid, password=password)
+        if user is None:
+            raise exceptions.AuthenticationFailed("Invalid username/password.", code="authentication_failed")
+        if not user.is_active:
+            raise exceptions.AuthenticationFailed("User inactive or deleted.", code="authentication_failed")
+        return user, None
+
+
+class OperatorTokenAuthentication(TokenAuthentication):
+    """knox bearer tokens (`Authorization: Bearer <token>`); a malformed token is a 401, not a 500."""
+
+    def authenticate(self, request):
+        try:
+            return super().authenticate(request)
+        except UnicodeError:  # not latin-1, or a token that is not UTF-8
+            raise exceptions.AuthenticationFailed("Invalid token.", code="authentication_failed") from None
+
+    def authenticate_credentials(self, token: bytes):
+        if not BEARER_TOKEN_RE.fullmatch(token):  # NUL, control characters, non-ASCII, oversize
+            raise exceptions.AuthenticationFailed("Invalid token.", code="authentication_failed")
+        return super().authenticate_credentials(token)

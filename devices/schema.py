@@ -1,5 +1,7 @@
-"""OpenAPI description of the device credential."""
+"""OpenAPI description of the credentials (the operator ones are knox's and DRF's, hardened)."""
 
+from drf_spectacular.authentication import BasicScheme
+from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -9,3 +11,11 @@ class ProvisionTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "X-Provision-Token"}
+
+
+class OperatorTokenScheme(KnoxTokenScheme):
+    target_class = "devices.authentication.OperatorTokenAuthentication"
+
+
+class OperatorBasicScheme(BasicScheme):
+    target_class = "devices.authentication.OperatorBasicAuthentication"

@@ -312,7 +312,8 @@ METRICS_DEBUG_OPEN = DEBUG and not METRICS_TOKEN and not METRICS_PUBLIC
 # --- REST framework -----------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "knox.auth.TokenAuthentication",
+        # knox's, with malformed tokens answered 401 (not a 500).
+        "devices.authentication.OperatorTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["devices.permissions.IsOperator"],
