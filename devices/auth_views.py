@@ -26,6 +26,7 @@ class TokenLoginView(knox_views.LoginView):
 
     The token expires after OPERATOR_TOKEN_TTL_HOURS (`expiry`; null: never). An operator holds at
     most OPERATOR_TOKEN_LIMIT tokens: beyond that, 409 `token_limit` until one is revoked or expires.
+    Repeated wrong passwords lock the account and the address out for a while: 429 with Retry-After.
     """
 
     authentication_classes = [OperatorBasicAuthentication, SessionAuthentication]
@@ -38,6 +39,7 @@ class TokenLoginView(knox_views.LoginView):
             200: TOKEN_RESPONSE,
             401: OpenApiResponse(description="Wrong or malformed credentials"),
             409: OpenApiResponse(description="The operator already holds OPERATOR_TOKEN_LIMIT tokens"),
+            429: OpenApiResponse(description="Too many failed sign-ins: locked out for a while (Retry-After)"),
         },
     )
     def post(self, request, format=None):
@@ -45,6 +47,13 @@ class TokenLoginView(knox_views.LoginView):
         # As Django does on sign-in (last_login; axes): with the Django request, not the DRF wrapper.
         user_logged_in.send(sender=request.user.__class__, request=request._request, user=request.user)
         return Response({"token": token, "expiry": instance.expiry})
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        extra = getattr(exc, "extra", None)  # e.g. retry_after of a lockout
+        if extra and isinstance(response.data, dict):
+            response.data.update(extra)
+        return response
 
 
 class TokenLogoutView(knox_views.LogoutView):

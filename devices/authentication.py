@@ -60,7 +60,12 @@ class DevicePrincipal:
 
 
 class OperatorBasicAuthentication(authentication.BasicAuthentication):
-    """HTTP Basic (POST /customer/auth/token): a malformed header is a 401, never a 500."""
+    """HTTP Basic (POST /customer/auth/token): a malformed header is a 401; failed sign-ins count.
+
+    The password check goes through django.contrib.auth.authenticate with the Django request, so
+    django-axes counts failures per username and per address (devices.lockout) and refuses a
+    locked-out one even with the right password: 429 with Retry-After.
+    """
 
     def authenticate(self, request):
         try:
@@ -75,7 +80,12 @@ class OperatorBasicAuthentication(authentication.BasicAuthentication):
             or "\x00" in password  # no password can contain one (forms refuse it)
         ):
             raise exceptions.AuthenticationFailed("Invalid username/password.", code="authentication_failed")
-        user = authenticate(request=request, username=userid, password=password)
+        django_request = getattr(request, "_request", request)  # axes marks a lockout on the Django request
+        user = authenticate(request=django_request, username=userid, password=password)
+        if getattr(django_request, "axes_locked_out", False):
+            from devices.lockout import LoginLockedOut
+
+            raise LoginLockedOut()
         if user is None:
             raise exceptions.AuthenticationFailed("Invalid username/password.", code="authentication_failed")
         if not user.is_active:

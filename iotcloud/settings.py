@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "knox",
+    "axes",  # sign-in lockout (see "Sign-in lockout" below)
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -73,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a sign-in that django-axes refused (locked out) into a 429 page (devices.lockout).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "iotcloud.urls"
@@ -309,6 +312,43 @@ if not METRICS_TOKEN and not METRICS_PUBLIC and not DEBUG:
 # Derived, not read from the environment: DEBUG without a token (make run) shows everything to anyone.
 METRICS_DEBUG_OPEN = DEBUG and not METRICS_TOKEN and not METRICS_PUBLIC
 
+# --- Sign-in lockout (django-axes) -----------------------------------------------------
+# Password sign-ins (POST /customer/auth/token, /admin/login/, /api-auth/login/) are counted in the
+# database per username and per client address: the LOGIN_FAILURE_LIMIT-th failure within
+# LOGIN_LOCKOUT_MINUTES locks that username, and that address, out for LOGIN_LOCKOUT_MINUTES (each
+# attempt meanwhile starts it again, and the right password does not get through): 429 with
+# Retry-After. LOGIN_FAILURE_LIMIT=0 turns it off. Bearer tokens are not affected. Unlock early
+# with manage.py axes_reset_username <name> / axes_reset_ip <address>.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+if LOGIN_FAILURE_LIMIT < 0 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured(
+        "LOGIN_FAILURE_LIMIT must be 0 (no lockout) or more and LOGIN_LOCKOUT_MINUTES 1 or more, "
+        f"not {LOGIN_FAILURE_LIMIT} and {LOGIN_LOCKOUT_MINUTES}"
+    )
+# The client address is REMOTE_ADDR; X-Forwarded-For is ignored. Behind reverse proxies that append
+# to X-Forwarded-For, set TRUSTED_PROXY_COUNT to how many there are: the address is then the one the
+# outermost proxy saw (the N-th from the right). Only with such proxies: else clients pick their address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+AXES_ENABLED = LOGIN_FAILURE_LIMIT > 0
+AXES_FAILURE_LIMIT = max(LOGIN_FAILURE_LIMIT, 1)
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks: one account, or one address
+# axes' database handler (shared by every worker and host), keeping NUL and oversize values out of it.
+AXES_HANDLER = "devices.lockout.AxesHandler"
+AXES_CLIENT_IP_CALLABLE = "devices.lockout.client_ip"
+AXES_USERNAME_CALLABLE = "devices.lockout.client_username"
+AXES_VERBOSE = False  # no banner at every start; failures and lockouts are still logged
+AXES_LOCKOUT_CALLABLE = "devices.lockout.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+# A success does not wipe failures: it would also wipe its address's failures against other accounts.
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # keep failures only (no row, and no forced session, per successful sign-in)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out sign-in before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+
 # --- REST framework -----------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -382,6 +422,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Failed sign-ins and lockouts are warnings; axes' routine steps are not worth a line each.
+        "axes": {"level": "WARNING"},
         # daphne's runserver prints each request itself; don't log it twice.
         "django.channels.server": {"level": "WARNING"},
     },
