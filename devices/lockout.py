@@ -24,6 +24,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.http import HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from rest_framework import exceptions
 
@@ -109,13 +110,18 @@ class AxesHandler(AxesDatabaseHandler):
 
 
 def lockout_response(request, original_response=None, credentials=None) -> HttpResponse:
-    """AXES_LOCKOUT_CALLABLE: the answer to a sign-in axes refused (AxesMiddleware calls it)."""
+    """AXES_LOCKOUT_CALLABLE: the answer to a sign-in axes refused (AxesMiddleware calls it).
+
+    Under WSGI the middleware passes the view's response: the API's 429 (LoginLockedOut) is kept.
+    Under ASGI (daphne) axes 8.3.1 passes the credentials in its place and drops the view's
+    response, so the API's answer is made again here, the same.
+    """
     if (
-        original_response is not None
+        isinstance(original_response, HttpResponseBase)
         and original_response.status_code == 429
         and original_response.has_header("Retry-After")
     ):
-        return original_response  # the API answered already (TokenLoginView: LoginLockedOut)
+        return original_response  # the API answered already
     wait = lockout_seconds()
     if request.path.startswith(HTML_SIGN_IN_PREFIXES):
         context = {

@@ -171,3 +171,34 @@ def test_lockout_settings_come_from_the_environment(tmp_path):
         [True, 3, 3600.0, 1]
     )
     assert read(LOGIN_FAILURE_LIMIT="0") == repr([False, 1, 900.0, 0])
+
+
+# --- under ASGI (daphne serves the operator UI): axes' middleware runs its async path ------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("url", [reverse("admin:login"), "/customer/auth/token"])
+def test_lockout_under_asgi(async_client, tenant, url):
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    async def attempts():
+        await sync_to_async(operator_create)(username="carol", tenant=tenant, password=PASSWORD)
+        if url.startswith("/admin/"):
+            post = lambda password: async_client.post(url, {"username": "carol", "password": password})  # noqa: E731
+        else:
+            post = lambda password: async_client.post(  # noqa: E731
+                url, headers={"Authorization": basic("carol", password)["HTTP_AUTHORIZATION"]}
+            )
+        statuses = [(await post("wrong")).status_code for _ in range(LIMIT - 1)]
+        return statuses, await post("wrong"), await post(PASSWORD)
+
+    statuses, locked, right_password = asyncio.run(attempts())
+    assert statuses == [200 if url.startswith("/admin/") else 401] * (LIMIT - 1)
+    for response in (locked, right_password):
+        assert response.status_code == 429 and response["Retry-After"] == str(LOCKOUT)
+        if url.startswith("/admin/"):
+            assert "Signing in is locked" in response.content.decode()
+        else:
+            assert response.json()["code"] == "login_locked" and response.json()["retry_after"] == LOCKOUT
