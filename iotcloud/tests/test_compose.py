@@ -181,6 +181,13 @@ def test_metrics_token_is_required():
     assert env_example()[0]["METRICS_TOKEN"] == "", ".env.example lists it as required, without a value"
 
 
+def test_sign_in_lockouts_count_the_client_not_the_proxy():
+    """Behind compose's nginx every request comes from the proxy's address: without trusting its one
+    X-Forwarded-For entry, five wrong passwords from anyone would lock everybody out."""
+    for name in APP_SERVICES:
+        assert environment(name)["TRUSTED_PROXY_COUNT"] == "${TRUSTED_PROXY_COUNT:-1}", name
+
+
 def test_every_mounted_file_exists():
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):
