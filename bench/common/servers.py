@@ -1,0 +1,245 @@
+"""The application's processes and a broker, started and stopped by a benchmark.
+
+    with Mosquitto() as broker, Bridge(env, broker.url) as bridge: ...   # stats = bridge.stop()
+    with Gunicorn(env, workdir, workers=5) as web: web.base_url ...
+
+Each runs in its own process group with its output in a log file (shown when it fails to
+start), is stopped with SIGTERM on exit, Ctrl-C or error, and killed if it does not stop.
+Processes are the application's entry points: `gunicorn iotcloud.wsgi:application`,
+`manage.py mqtt_bridge`. Their logs are read record by record in either LOG_FORMAT (a JSON
+object per line: its "message"; plain text: the line).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench.common import REPO, BenchError, app, cpu, log
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def http_json(method: str, url: str, body: str | None = None, headers: dict | None = None, timeout: float = 5):
+    """(status, decoded JSON body or text) of one request."""
+    req = urllib.request.Request(url, data=body.encode() if body else None, method=method, headers=headers or {})
+    if body:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        try:
+            return exc.code, json.loads(payload or b"null")
+        except ValueError:
+            return exc.code, payload[:200].decode(errors="replace")
+
+
+def log_messages(text: str) -> list[str]:
+    """The messages of a log, one per record, whatever LOG_FORMAT wrote it (json or plain)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError, AttributeError):
+                out.append(json.loads(line)["message"])
+                continue
+        out.append(line)
+    return out
+
+
+class Child:
+    """A child process in its own session, output to a log file."""
+
+    name = "process"
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")[1])
+
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or f"(no {self.name} output)"
+
+    def check_alive(self, what: str) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            code = self.proc.returncode if self.proc else None
+            raise BenchError(f"{self.name} exited ({code}) {what}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} did not stop in {timeout:g} s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+# A private broker sized for a bridge that must not lose reports (the default
+# max_queued_messages, 1000, would drop QoS 1 messages under a burst); anonymous.
+MOSQUITTO_CONF = """listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 0
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+"""
+
+
+class Mosquitto(Child):
+    name = "mosquitto"
+
+    def __init__(self):
+        super().__init__()
+        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        if binary is None:
+            raise BenchError("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
+        self.port = free_port()
+        self.conf = self.log_path.with_suffix(".conf")
+        self.conf.write_text(MOSQUITTO_CONF.format(port=self.port))
+        self.spawn([binary, "-c", str(self.conf)])
+        if not wait_port(self.port):
+            self.check_alive("while starting")
+            raise BenchError(f"mosquitto does not listen on {self.port}:\n{self.log_tail()}")
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        with contextlib.suppress(OSError):
+            self.conf.unlink()
+
+
+class Bridge(Child):
+    """`manage.py mqtt_bridge` on `mqtt_url`; started when it logs that it is connected."""
+
+    name = "bridge"
+
+    def __init__(self, environ: dict[str, str], mqtt_url: str, client_id: str = "bench-bridge", timeout: float = 30):
+        super().__init__()
+        self.client_id = client_id
+        env = {**environ, "MQTT_URL": mqtt_url, "MQTT_CLIENT_ID": client_id, "LOG_LEVEL": "INFO"}
+        self.spawn([sys.executable, app.MANAGE, "mqtt_bridge", "--client-id", client_id], env)
+        deadline = time.monotonic() + timeout
+        while not any(m.startswith("connected to") or " connected to " in m for m in log_messages(self.log_text())):
+            self.check_alive("before connecting")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the bridge did not connect within {timeout:g} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        self.stats: dict | None = None
+
+    def stop(self, timeout: float = 30) -> dict:
+        """Stop the bridge; its final counters (received, accepted, rejected, published, ...)."""
+        if self.stats is None:
+            super().stop(timeout)
+            self.stats = self.final_stats()
+        return self.stats
+
+    def final_stats(self) -> dict:
+        for message in reversed(log_messages(self.log_text())):
+            m = re.search(r"bridge stopped stats=(\{[^{}]*\})", message)
+            if m:
+                return ast.literal_eval(m.group(1))
+        raise BenchError(f"the bridge logged no final stats:\n{self.log_tail()}")
+
+
+class Gunicorn(Child):
+    """gunicorn serving the application on a free port of 127.0.0.1, no access log."""
+
+    name = "gunicorn"
+
+    def __init__(
+        self,
+        environ: dict[str, str],
+        *,
+        workers: int = 5,
+        worker_class: str = "sync",
+        threads: int = 1,
+        timeout: float = 60,
+    ):
+        super().__init__()
+        self.workers, self.worker_class, self.threads = workers, worker_class, threads
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        # asgi: gunicorn's asyncio worker serving the ASGI app (for comparison; HTTP is served by WSGI).
+        self.app = "iotcloud.asgi:application" if worker_class == "asgi" else "iotcloud.wsgi:application"
+        self.command = [
+            sys.executable, "-m", "gunicorn", self.app, "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads),
+            "--chdir", str(REPO), "--log-level", "warning", "--graceful-timeout", "10",
+        ]  # fmt: skip
+        log(f"starting gunicorn {self.app}: {workers} {worker_class} workers x {threads} threads")
+        self.spawn(self.command, environ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive("while starting")
+            with contextlib.suppress(OSError):
+                if http_json("GET", self.base_url + "/healthz/live", timeout=1)[0] == 200:
+                    while len(self.pids()) < workers + 1 and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    return
+            time.sleep(0.2)
+        raise BenchError(f"gunicorn did not answer /healthz/live within {timeout:g} s:\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *cpu.children_of(self.proc.pid)] if self.proc else []
