@@ -74,7 +74,7 @@ class Device(models.Model):
     # The device's own account on a broker the platform manages (MQTT_DEVICE_AUTH=dynsec):
     # provisioning, rotation and decommission advance broker_account_version; the bridge
     # applies it and records broker_synced_version. A new token travels to the bridge in
-    # broker_secret, encrypted (mqtt_bridge.secrets), and is erased once applied.
+    # broker_secret, encrypted (iotcloud.sealing), and is erased once applied.
     broker_account_version = models.PositiveIntegerField(default=0)
     broker_synced_version = models.PositiveIntegerField(default=0)
     broker_secret = models.TextField(blank=True, default="")

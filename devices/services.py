@@ -24,10 +24,11 @@ from knox.settings import knox_settings
 
 from devices.choices import DeviceStatus, Role
 from devices.models import DEVICE_ID_RE, TENANT_ID_RE, Device, Membership, Tenant
+from devices.signals import device_decommissioned
 from devices.tokens import hash_token, new_provision_token
+from iotcloud import outbox
 from iotcloud.errors import Conflict, InvalidInput
-from iotcloud.live import events
-from mqtt_bridge.services import wake_bridge
+from iotcloud.sealing import seal
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
             )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"Device {device_id!r} already exists in tenant {tenant.id!r}", code="device_exists") from None
-    events.twins_changed(tenant.id, [device_id])
+    outbox.twins_changed(tenant.id, [device_id])
     _wake_broker_sync()
     logger.info("device provisioned %s/%s", tenant.id, device_id)
     return device, token
@@ -317,11 +318,9 @@ def device_decommission(*, device: Device) -> Device:
         **_broker_account_change(None),  # the bridge deletes its broker account
     )
     if changed:
-        from jobs.services import executions_cancel_for_device  # jobs build on devices, not the reverse
-
-        executions_cancel_for_device(device=device, reason="device decommissioned")
-        wake_bridge()
-        events.twins_changed(device.tenant_id, [device.device_id])
+        device_decommissioned.send(sender=Device, device=device, reason="device decommissioned")  # jobs cancel theirs
+        outbox.wake_delivery()
+        outbox.twins_changed(device.tenant_id, [device.device_id])
     device.refresh_from_db()
     logger.info("device decommissioned %s", device)
     return device
@@ -334,15 +333,13 @@ def _broker_account_change(token: str | None, *, current_version=None) -> dict:
     """
     if not settings.MQTT_DEVICE_AUTH:
         return {}
-    from mqtt_bridge.secrets import seal
-
     version = F("broker_account_version") + 1 if current_version is None else current_version + 1
     return {"broker_account_version": version, "broker_secret": seal(token) if token else ""}
 
 
 def _wake_broker_sync() -> None:
     if settings.MQTT_DEVICE_AUTH:
-        wake_bridge()
+        outbox.wake_delivery()
 
 
 def device_set_tags(*, device: Device, tags: dict) -> Device:
@@ -367,5 +364,5 @@ def device_touch(*, device: Device, now: datetime | None = None) -> None:
         .filter(Q(last_seen__isnull=True) | Q(last_seen__lt=now - resolution))
         .update(last_seen=now)
     ):
-        events.twins_changed(device.tenant_id, [device.device_id])  # a stale badge may turn fresh
+        outbox.twins_changed(device.tenant_id, [device.device_id])  # a stale badge may turn fresh
     device.last_seen = now

@@ -9,9 +9,15 @@ class IotcloudConfig(AppConfig):
     name = "iotcloud"
 
     def ready(self):
+        from django.conf import settings
+
+        from iotcloud import outbox
+        from iotcloud.live import events
         from iotcloud.live.sessions import connect_signals
 
         connect_signals()  # a live websocket closes when its session ends
+        if settings.LIVE_UPDATES:  # off: no listener, so writes do not even schedule an event
+            outbox.changed.connect(events.on_change, dispatch_uid="live-updates")  # changes reach operator screens
 
 
 class IotcloudAdminConfig(admin_apps.AdminConfig):

@@ -13,15 +13,16 @@ import logging
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
-from django.db.models import Count, F, Min
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
+
+from mqtt_bridge import selectors as delivery_selectors
+from mqtt_bridge.config import broker_settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +63,6 @@ class Readiness:
     def as_dict(self) -> dict:
         """The full detail, for operators (the metrics token): every check with its reason and figures."""
         return {**self.summary(), "checks": {check.name: check.as_dict() for check in self.checks}}
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """Active devices whose desired version the broker does not have yet."""
-
-    count: int
-    oldest_at: datetime | None
-    oldest_age_seconds: float | None
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -138,8 +130,6 @@ def clear_broker_cache() -> None:
 
 def check_broker() -> CheckResult:
     """TCP connect to the configured broker (MQTT_URL, else the embedded broker), reused for BROKER_CACHE_SECONDS."""
-    from mqtt_bridge.config import broker_settings
-
     try:
         broker = broker_settings()
     except ImproperlyConfigured as exc:
@@ -171,12 +161,10 @@ def _probe_broker(host: str, port: int, timeout: float) -> CheckResult:
 
 def check_bridge(now: datetime | None = None) -> CheckResult:
     """At least one bridge beat within BRIDGE_HEARTBEAT_STALE_SECONDS."""
-    from mqtt_bridge.models import BridgeHeartbeat
-
     now = now or timezone.now()
     stale_after = settings.BRIDGE_HEARTBEAT_STALE_SECONDS
     required = settings.READY_REQUIRE_BRIDGE
-    beats = list(BridgeHeartbeat.objects.order_by("-last_beat_at").values_list("client_id", "last_beat_at")[:50])
+    beats = [(beat.client_id, beat.last_beat_at) for beat in delivery_selectors.bridge_heartbeats(limit=50)]
     fresh = [(client_id, (now - beat).total_seconds()) for client_id, beat in beats]
     fresh = [(client_id, age) for client_id, age in fresh if age <= stale_after]
     details = {"bridges": [{"client_id": client_id, "age_seconds": round(age, 1)} for client_id, age in fresh]}
@@ -194,7 +182,7 @@ def check_bridge(now: datetime | None = None) -> CheckResult:
 
 def check_delivery(now: datetime | None = None) -> CheckResult:
     """Desired changes waiting for the broker; fails when the oldest is older than READY_MAX_DELIVERY_LAG_SECONDS."""
-    backlog = delivery_backlog(now)
+    backlog = delivery_selectors.delivery_backlog(now)
     limit = settings.READY_MAX_DELIVERY_LAG_SECONDS
     age = backlog.oldest_age_seconds
     details = {"backlog": backlog.count, "oldest_age_seconds": None if age is None else round(age, 1)}
@@ -204,55 +192,6 @@ def check_delivery(now: datetime | None = None) -> CheckResult:
     if limit and age is not None and age > limit:
         return CheckResult("delivery", False, f"{waiting} (limit {limit:g} s)", details=details)
     return CheckResult("delivery", True, waiting, details=details)
-
-
-# --- reads shared with /metrics --------------------------------------------------------------
-
-
-def delivery_backlog(now: datetime | None = None) -> Backlog:
-    """One aggregate over the partial index idx_device_state_unpublished."""
-    from devices.choices import DeviceStatus
-    from devices.models import Device
-
-    now = now or timezone.now()
-    with _planner_prefers_indexes():
-        row = Device.objects.filter(
-            status=DeviceStatus.ACTIVE, desired_version__gt=F("desired_published_version")
-        ).aggregate(count=Count("id"), oldest=Min("shadow_updated_at"))
-    oldest = row["oldest"]
-    age = max(0.0, (now - oldest).total_seconds()) if oldest else None
-    return Backlog(count=row["count"], oldest_at=oldest, oldest_age_seconds=age)
-
-
-@contextmanager
-def _planner_prefers_indexes():
-    """Steer PostgreSQL to the partial index for the backlog aggregate.
-
-    PostgreSQL guesses that `desired_version > desired_published_version` (two
-    columns) matches a third of the table and scans all of it (38 ms at 100,000
-    devices, growing with the fleet), although the partial index holds only the
-    backlog (0.06 ms). SET LOCAL lasts until the transaction ends; RESET undoes
-    it at once when we run inside a caller's transaction.
-    """
-    if connection.vendor != "postgresql":
-        yield
-        return
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        try:
-            yield
-        finally:
-            cursor.execute("RESET enable_seqscan")
-
-
-def bridge_heartbeats(max_age: timedelta | None = None) -> list:
-    """Heartbeat rows, newest first; only those younger than max_age when given."""
-    from mqtt_bridge.models import BridgeHeartbeat
-
-    rows = BridgeHeartbeat.objects.order_by("-last_beat_at")
-    if max_age is not None:
-        rows = rows.filter(last_beat_at__gte=timezone.now() - max_age)
-    return list(rows)
 
 
 def _one_line(exc: BaseException) -> str:

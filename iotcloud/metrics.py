@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from asgiref.sync import iscoroutinefunction
-from django.db.models import Count
 from django.urls import Resolver404, resolve
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -31,7 +30,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from iotcloud import health
+from jobs.selectors import execution_counts
+from mqtt_bridge import selectors as delivery_selectors
+from twin.selectors import fleet_device_counts
 
 logger = logging.getLogger(__name__)
 
@@ -144,36 +145,20 @@ class FleetSnapshot:
     devices_by_status: dict[str, int]
     devices_by_sync_status: dict[str, int]  # active devices only
     executions_by_status: dict[str, int]
-    backlog: health.Backlog
+    backlog: delivery_selectors.Backlog
     bridges: list
 
 
 def fleet_snapshot() -> FleetSnapshot:
     """Four aggregate queries: devices (by status and sync status at once), executions, backlog, heartbeats."""
-    from devices.choices import DeviceStatus
-    from devices.models import Device
-    from jobs.choices import ExecutionStatus
-    from jobs.models import JobExecution
-    from twin.selectors import SYNC_STATUSES, sync_status_q
-
     now = timezone.now()
-    by_sync = {status: Count("id", filter=sync_status_q(status, now=now)) for status in SYNC_STATUSES}
-    # order_by() drops Device's default ordering, which would otherwise join the GROUP BY.
-    device_rows = Device.objects.order_by().values("status").annotate(total=Count("id"), **by_sync)
-    devices_by_status = dict.fromkeys(DeviceStatus.values, 0)
-    devices_by_sync_status = dict.fromkeys(SYNC_STATUSES, 0)
-    for row in device_rows:
-        devices_by_status[row["status"]] = row["total"]
-        if row["status"] == DeviceStatus.ACTIVE:
-            devices_by_sync_status = {status: row[status] for status in SYNC_STATUSES}
-    executions = dict.fromkeys(ExecutionStatus.values, 0)
-    executions.update(JobExecution.objects.order_by().values_list("status").annotate(n=Count("id")))
+    devices_by_status, devices_by_sync_status = fleet_device_counts(now=now)
     return FleetSnapshot(
         devices_by_status=devices_by_status,
         devices_by_sync_status=devices_by_sync_status,
-        executions_by_status=executions,
-        backlog=health.delivery_backlog(now),
-        bridges=health.bridge_heartbeats(),
+        executions_by_status=execution_counts(),
+        backlog=delivery_selectors.delivery_backlog(now),
+        bridges=delivery_selectors.bridge_heartbeats(),
     )
 
 

@@ -167,3 +167,10 @@ def jobs_progress(job_pks) -> dict[int, dict]:
         progress[pk] = _summarize(counts)
         progress[pk]["remaining"] = sum(n for status, n in counts.items() if status not in TERMINAL)
     return progress
+
+
+def execution_counts() -> dict[str, int]:
+    """Executions by status, every status present (0 when none)."""
+    counts = dict.fromkeys(ExecutionStatus.values, 0)
+    counts.update(JobExecution.objects.order_by().values_list("status").annotate(n=Count("id")))
+    return counts

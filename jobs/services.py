@@ -29,13 +29,14 @@ from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import filter_by_tag
 from devices.services import validate_tags
-from iotcloud import lookups  # noqa: F401  (registers __any_of)
+from iotcloud import (
+    lookups,  # noqa: F401  (registers __any_of)
+    outbox,
+)
 from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
-from iotcloud.live import events
 from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import JOB_ID_RE, Job, JobExecution
 from jobs.selectors import device_execution
-from mqtt_bridge.services import wake_bridge
 from twin.shadow import DocumentError, Limits, validate_document
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ def job_create(
         count = cursor.rowcount
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count)
     job.total = job.remaining = count
-    wake_bridge()
-    events.jobs_changed(tenant.id, [job_id])
+    outbox.wake_delivery()
+    outbox.jobs_changed(tenant.id, [job_id])
     logger.info("job created %s type=%s executions=%d", job, document_type, count)
     return job
 
@@ -174,7 +175,7 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
         remaining=F("remaining") - canceled,
     )  # fmt: skip
     locked.refresh_from_db()
-    events.jobs_changed(locked.tenant_id, [locked.job_id])
+    outbox.jobs_changed(locked.tenant_id, [locked.job_id])
     logger.info("job canceled %s force=%s executions=%d", locked, force, canceled)
     return locked
 
@@ -217,9 +218,9 @@ def execution_update(
     if status in TERMINAL:
         _count_terminal(execution.job_id, 1)
     if status == ExecutionStatus.IN_PROGRESS:
-        wake_bridge()
+        outbox.wake_delivery()
     execution.refresh_from_db()
-    events.jobs_changed(execution.tenant_id, [job_id])
+    outbox.jobs_changed(execution.tenant_id, [job_id])
     logger.info("execution %s %s -> %s n=%d", execution, job_id, status, execution.execution_number)
     return execution
 
@@ -256,12 +257,12 @@ def executions_cancel_for_device(*, device: Device, reason: str) -> int:
         closed += _close_executions(
             active.filter(job_id=job_pk), ExecutionStatus.CANCELED, {"reason": reason}, now, job_pk=job_pk
         )
-    events.jobs_changed(device.tenant_id, [job_id for _, job_id in jobs])
+    outbox.jobs_changed(device.tenant_id, [job_id for _, job_id in jobs])
     # Flag one execution so the bridge clears the device's retained jobs/notify.
     JobExecution.objects.filter(pk__in=JobExecution.objects.filter(device=device).values("pk")[:1]).update(
         notify_pending=True
     )
-    wake_bridge()
+    outbox.wake_delivery()
     return closed
 
 
@@ -296,7 +297,7 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
             expired += close(queued, job_pk, f"job expired at {expires_at.isoformat()} before the device started it")
         # Operator screens follow (after commit), one event per job that changed.
         for tenant_id, job_id in Job.objects.filter(pk__in=touched).values_list("tenant_id", "job_id"):
-            events.jobs_changed(tenant_id, [job_id])
+            outbox.jobs_changed(tenant_id, [job_id])
     if timed_out or expired:
         logger.info("job sweep: timed_out=%d expired=%d", timed_out, expired)
     return {"timed_out": timed_out, "expired": expired}
@@ -318,7 +319,7 @@ def _close_executions(queryset, status: str, details: dict, now, *, job_pk: int 
     if job_pk is not None:
         _count_terminal(job_pk, count)
     if count:
-        wake_bridge()
+        outbox.wake_delivery()
     return count
 
 

@@ -19,8 +19,8 @@ from django.db.utils import DatabaseError, InterfaceError
 
 from devices.choices import DeviceStatus
 from devices.models import Device
+from iotcloud.sealing import unseal
 from mqtt_bridge import acl, dynsec
-from mqtt_bridge.secrets import unseal
 
 logger = logging.getLogger(__name__)
 

@@ -28,15 +28,16 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.utils import DatabaseError, InterfaceError
 
+from iotcloud import outbox
 from jobs.services import job_sweep
 from mqtt_bridge import topics
 from mqtt_bridge.accounts import AccountsLoop
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
 from mqtt_bridge.config import BrokerSettings, broker_settings
+from mqtt_bridge.delivery import Publication, desired_deliver_pending, jobs_deliver_pending
 from mqtt_bridge.heartbeat import Heartbeat
 from mqtt_bridge.ingest import RETAINED, Incoming, ingest_batch, log_verdicts, rejection_replies, retained_topics
 from mqtt_bridge.listener import NotificationListener
-from mqtt_bridge.services import DESIRED_CHANNEL, Publication, desired_deliver_pending, jobs_deliver_pending
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ class Bridge:
             )  # fmt: skip
             self._spawn("accounts", self.accounts.run)
         if connection.vendor == "postgresql":
-            self._listener = NotificationListener(DESIRED_CHANNEL, on_notify=self._notified, stopping=self.stopping)
+            self._listener = NotificationListener(
+                outbox.DELIVERY_CHANNEL, on_notify=self._notified, stopping=self.stopping
+            )
             self._spawn("listen", self._listener.run)
         logger.info(
             "bridge started broker=%s client_id=%s protocol=%s shared_group=%s",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from devices.choices import DeviceStatus
 from devices.models import Device
 from twin.shadow import PENDING, STALE, SYNCED, compute_delta, sync_status
 
@@ -64,3 +65,18 @@ def twin_delta(device: Device) -> dict:
         "desired_version": device.desired_version,
         "reported_version": device.reported_version,
     }
+
+
+def fleet_device_counts(*, now: datetime | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(devices by status, active devices by sync status), in one aggregate query."""
+    now = now or timezone.now()
+    by_sync = {status: Count("id", filter=sync_status_q(status, now=now)) for status in SYNC_STATUSES}
+    # order_by() drops Device's default ordering, which would otherwise join the GROUP BY.
+    rows = Device.objects.order_by().values("status").annotate(total=Count("id"), **by_sync)
+    by_status = dict.fromkeys(DeviceStatus.values, 0)
+    by_sync_status = dict.fromkeys(SYNC_STATUSES, 0)
+    for row in rows:
+        by_status[row["status"]] = row["total"]
+        if row["status"] == DeviceStatus.ACTIVE:
+            by_sync_status = {status: row[status] for status in SYNC_STATUSES}
+    return by_status, by_sync_status

@@ -24,10 +24,11 @@ from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from iotcloud import lookups  # noqa: F401  (registers __any_of)
+from iotcloud import (
+    lookups,  # noqa: F401  (registers __any_of)
+    outbox,
+)
 from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
-from iotcloud.live import events
-from mqtt_bridge.services import wake_bridge
 from twin.shadow import DocumentError, Limits, merge_patch, validate_document
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ def twin_update_desired(
     Device.objects.filter(pk=locked.pk).update(
         desired_state=desired, desired_version=F("desired_version") + 1, shadow_updated_at=now
     )
-    wake_bridge()  # the bridge publishes it once this commits
-    events.twins_changed(locked.tenant_id, [locked.device_id])
+    outbox.wake_delivery()  # the bridge publishes it once this commits
+    outbox.twins_changed(locked.tenant_id, [locked.device_id])
     locked.desired_state = desired
     locked.desired_version += 1
     locked.shadow_updated_at = now
@@ -135,7 +136,7 @@ def twin_record_reported(*, device: Device, reported, version) -> ReportOutcome:
             f"version {version} is outside 0..{current.desired_version} (the current desired_version)",
             desired_version=current.desired_version,
         )
-    events.twins_changed(device.tenant_id, [device.device_id])
+    outbox.twins_changed(device.tenant_id, [device.device_id])
     logger.debug("reported %s v%s", device, version)
     return ReportOutcome(version=version)
 
@@ -193,7 +194,7 @@ def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
         for _, report in winners.values():
             by_tenant.setdefault(report.tenant_id, []).append(report.device_id)
         for tenant_id, device_ids in by_tenant.items():
-            events.twins_changed(tenant_id, device_ids)
+            outbox.twins_changed(tenant_id, device_ids)
     return results
 
 

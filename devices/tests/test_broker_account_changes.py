@@ -4,7 +4,7 @@ import pytest
 
 from devices.models import Device
 from devices.services import device_decommission, device_provision, device_rotate_token
-from mqtt_bridge.secrets import unseal
+from iotcloud.sealing import unseal
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Live-update events for operator screens, sent once the change commits.
 
-Services call these after a write; the message goes to the tenant's group on
-the channel layer when (and only if) the transaction commits, from whichever
-process made the change (web, bridge, sweeper). Events are small
+Services announce changes through iotcloud.outbox; this module listens and sends
+the message to the tenant's group on the channel layer when (and only if) the
+transaction commits, from whichever process made the change (web, bridge, sweeper). Events are small
 notifications ("these devices / jobs changed"); screens fetch what they show
 through the admin's JSON endpoints, so sync status and progress are computed
 in one place. Delivery is best effort: a lost event costs a stale badge
@@ -12,12 +12,12 @@ until the next one, never data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import transaction
+
+from iotcloud import outbox
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +29,13 @@ def tenant_group(tenant_id: str) -> str:
     return f"tenant.{tenant_id}"  # tenant ids are [a-z0-9_-]: valid group names
 
 
-def twins_changed(tenant_id: str, device_ids: Iterable[str]) -> None:
-    _after_commit(tenant_id, {"type": TWIN_CHANGED, "tenant": tenant_id, "devices": sorted(set(device_ids))})
-
-
-def jobs_changed(tenant_id: str, job_ids: Iterable[str]) -> None:
-    _after_commit(tenant_id, {"type": JOBS_CHANGED, "tenant": tenant_id, "jobs": sorted(set(job_ids))})
-
-
-def _after_commit(tenant_id: str, message: dict) -> None:
-    if settings.LIVE_UPDATES and (message.get("devices") or message.get("jobs")):
-        transaction.on_commit(lambda: _send(tenant_group(tenant_id), message))
+def on_change(sender, *, tenant_id: str, ids: list[str], **kwargs) -> None:
+    """iotcloud.outbox's `changed` receiver (connected in IotcloudConfig.ready), after commit."""
+    if not settings.LIVE_UPDATES:
+        return
+    key = "devices" if sender == outbox.TWINS else "jobs"
+    kind = TWIN_CHANGED if sender == outbox.TWINS else JOBS_CHANGED
+    _send(tenant_group(tenant_id), {"type": kind, "tenant": tenant_id, key: ids})
 
 
 def _send(group: str, message: dict) -> None:

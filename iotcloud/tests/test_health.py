@@ -14,6 +14,7 @@ from devices.services import device_decommission
 from iotcloud import health
 from mqtt_bridge.heartbeat import write_beat
 from mqtt_bridge.models import BridgeHeartbeat
+from mqtt_bridge.selectors import delivery_backlog
 from mqtt_bridge.tests.conftest import free_port, restartable_broker  # noqa: F401 (fixture)
 from twin.services import twin_update_desired
 
@@ -110,7 +111,7 @@ def test_probes_answer_head_too(client, all_ready):
 
 
 def test_backlog_query_leaves_the_planner_settings_alone(postgres_only):
-    health.delivery_backlog()
+    delivery_backlog()
     with connection.cursor() as cursor:
         cursor.execute("SHOW enable_seqscan")
         assert cursor.fetchone()[0] == "on"
@@ -246,9 +247,9 @@ def test_delivery_lag_makes_unready_and_the_backlog_is_reported(client, all_read
 def test_decommissioned_devices_are_not_backlog(tenant, make_device):
     device = make_device(tenant, "gone")
     twin_update_desired(device=device, document={"a": 1})
-    assert health.delivery_backlog().count == 1
+    assert delivery_backlog().count == 1
     device_decommission(device=device)
-    assert health.delivery_backlog().count == 0
+    assert delivery_backlog().count == 0
 
 
 def test_readiness_logs_changes_not_every_probe(client, all_ready, caplog, monkeypatch):

@@ -22,12 +22,10 @@ from django.db.models import F
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from iotcloud.live import events
+from iotcloud import outbox
 from mqtt_bridge import topics
 
 logger = logging.getLogger(__name__)
-
-DESIRED_CHANNEL = "iotcloud_desired"
 
 
 @dataclass(frozen=True)
@@ -40,17 +38,6 @@ class Publication:
 
 # publish(publications) -> the subset the broker acknowledged
 Publisher = Callable[[Sequence[Publication]], Sequence[Publication]]
-
-
-def wake_bridge() -> None:
-    """Something needs publishing: wake the bridges when the current transaction commits.
-
-    PostgreSQL NOTIFY is transactional (delivered on commit, dropped on
-    rollback); on SQLite the bridge polls instead.
-    """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [DESIRED_CHANNEL])
 
 
 def desired_payload(desired: dict, version: int, updated_at) -> bytes:
@@ -89,7 +76,7 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
             tenant_id, device_id = names[publication.device_pk]
             by_tenant.setdefault(tenant_id, []).append(device_id)
         for tenant_id, device_ids in by_tenant.items():
-            events.twins_changed(tenant_id, device_ids)
+            outbox.twins_changed(tenant_id, device_ids)
     for publication in acknowledged:
         logger.info(
             "desired %s topic=%s version=%d",

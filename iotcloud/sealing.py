@@ -1,5 +1,7 @@
 """A device's new token on its way to the broker: encrypted at rest, erased once applied.
 
+Shared by the domain (devices.services seals it) and the bridge (mqtt_bridge's accounts unseal it).
+
 Mosquitto's dynamic security takes passwords in clear over its control topic, and only the
 moment of provisioning or rotation knows the token (the database keeps its sha256 digest).
 The token waits, encrypted with Fernet (AES-128-CBC + HMAC), until the bridge has applied it,
