@@ -1,133 +1,139 @@
-"""MQTT reported-state ingestion: committed reports per second vs the raw broker rate.
+"""MQTT reported-state ingestion: reports committed per second by the bridge vs the raw broker rate.
 
-    .venv/bin/python bench/mqtt_ingest/run.py [--devices 10000] [--rounds 5] [--publishers 2]
+    .venv/bin/python bench/mqtt_ingest/run.py [--devices 10000] [--rounds 5] [--publishers 2] [--protocol auto]
 
-1. raw: publisher processes send QoS 1 reports for every device as fast as the
-   broker takes them to a counting paho subscriber (QoS 1): the ceiling.
-2. bridge: the same publishers, the same messages, to `manage.py mqtt_bridge`
-   writing PostgreSQL; measured until the last report is committed.
-Goal: committed rate >= 70% of the raw rate, zero reports lost (the bridge's
-accepted count equals what was sent and every device holds its last round).
+1. raw: publisher processes send QoS 1 reports for every device as fast as a private
+   Mosquitto takes them, to a counting paho subscriber (QoS 1): the ceiling.
+2. bridge: the same messages to `manage.py mqtt_bridge` writing PostgreSQL; measured until
+   the last round of every device is committed.
+Goal: committed rate >= 70 % of the raw rate, none lost (the bridge's accepted count is what
+was sent, every device holds its last round). --protocol 3.1.1 writes mqtt_ingest_3.1.1.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import multiprocessing as mp
-import re
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import paho.mqtt.client as mqtt
-from mqtt_common import (
-    DEFAULT_DATABASE_URL,
-    BridgeProcess,
-    Mosquitto,
-    log,
-    print_table,
-    recreate_database,
-    seed_devices,
-    setup_django,
-    write_json,
-)
 
-TENANT = "bench"
+from bench.common import app, cli, cpu, log, seed, servers
+from bench.common.report import table
+
 GOAL_RATIO = 0.70
+FILTER = "tenant/bench/device/+/shadow/reported"
 
 
-def topic(device_id: str) -> str:
-    return f"tenant/{TENANT}/device/{device_id}/shadow/reported"
+def options(p):
+    p.add_argument("--devices", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=5, help="reports per device")
+    p.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    p.add_argument("--batch-max", type=int, default=2000, help="MQTT_BATCH_MAX of the bridge")
+    p.add_argument("--protocol", default="auto", choices=["auto", "5", "3.1.1"], help="the bridge's MQTT protocol")
 
 
-def publisher(port: int, device_ids: list[str], rounds: int, start: mp.Event, done: mp.Queue) -> None:
-    """Publish every round for our share of devices, QoS 1, many messages in flight."""
+def publisher(port: int, device_ids: list[str], rounds: int, ready, start, done) -> None:
+    """Publish every round for our share of devices, QoS 1, many messages in flight; report our CPU seconds."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
+    ready.put(1)
     start.wait()
     infos = []
     for round_ in range(rounds):
         for device_id in device_ids:
             payload = json.dumps({"reported": {"round": round_, "temperature_c": 21.5, "fw": "1.4.2"}, "version": 0})
-            infos.append(client.publish(topic(device_id), payload, qos=1))
+            infos.append(client.publish(f"tenant/bench/device/{device_id}/shadow/reported", payload, qos=1))
     for info in infos:
         info.wait_for_publish(120)
-    done.put(time.time())
     client.disconnect()
     client.loop_stop()
+    done.put(time.process_time())
 
 
-def publish_all(port: int, device_ids: list[str], rounds: int, processes: int) -> float:
-    """Run the publishers; returns the wall-clock start time."""
-    start, done = mp.Event(), mp.Queue()
-    shares = [device_ids[n::processes] for n in range(processes)]
-    workers = [mp.Process(target=publisher, args=(port, share, rounds, start, done)) for share in shares]
-    for worker in workers:
-        worker.start()
-    time.sleep(1.0)  # all connected
+def publish_all(port: int, device_ids: list[str], args, usage: cpu.CpuMonitor) -> float:
+    """Run the publishers once all are connected; returns the wall-clock start."""
+    ready, start, done = mp.Queue(), mp.Event(), mp.Queue()
+    workers = [
+        mp.Process(target=publisher, args=(port, device_ids[n :: args.publishers], args.rounds, ready, start, done))
+        for n in range(args.publishers)
+    ]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=30)
     started = time.time()
     start.set()
-    for worker in workers:
-        worker.join()
+    for _ in workers:
+        usage.add("publishers", done.get(timeout=300))
+    for w in workers:
+        w.join()
     return started
 
 
-def raw_rate(port: int, device_ids: list[str], rounds: int, processes: int) -> dict:
-    expected = len(device_ids) * rounds
-    received = {"count": 0, "last": 0.0}
-    all_in = threading.Event()
+def raw_rate(broker, device_ids, args) -> dict:
+    expected = len(device_ids) * args.rounds
+    got = {"count": 0, "last": 0.0}
+    all_in, subscribed = threading.Event(), threading.Event()
 
     def on_message(client, userdata, message):
-        received["count"] += 1
-        received["last"] = time.time()
-        if received["count"] >= expected:
+        got["count"] += 1
+        got["last"] = time.time()
+        if got["count"] >= expected:
             all_in.set()
 
-    subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, client_id="bench-counter")
     client.on_message = on_message
     client.on_subscribe = lambda *a: subscribed.set()
-    client.connect("127.0.0.1", port)
+    client.connect("127.0.0.1", broker.port)
     client.loop_start()
-    client.subscribe(f"tenant/{TENANT}/device/+/shadow/reported", qos=1)
+    client.subscribe(FILTER, qos=1)
     subscribed.wait(10)
-    started = publish_all(port, device_ids, rounds, processes)
-    all_in.wait(300)
+    with cpu.CpuMonitor(mosquitto=broker.pids, subscriber=lambda: [os.getpid()]) as usage:
+        started = publish_all(broker.port, device_ids, args, usage)
+        all_in.wait(300)
     client.disconnect()
     client.loop_stop()
-    seconds = received["last"] - started
-    return {"messages": received["count"], "seconds": round(seconds, 3), "rate": round(received["count"] / seconds)}
+    seconds = got["last"] - started
+    return {
+        "messages": got["count"],
+        "seconds": round(seconds, 3),
+        "rate": round(got["count"] / seconds),
+        "cpu": usage.usage,
+    }
 
 
-def bridge_rate(database_url: str, mqtt_url: str, port: int, device_ids, rounds, processes, batch_max) -> dict:
+def bridge_rate(run, db, broker, device_ids, args) -> dict:
     from django.db import connection
 
-    expected = len(device_ids) * rounds
-    last_round = rounds - 1
-    bridge = BridgeProcess(database_url, mqtt_url, MQTT_BATCH_MAX=str(batch_max))
-    started = publish_all(port, device_ids, rounds, processes)
+    expected = len(device_ids) * args.rounds
+    url = f"{broker.url}?protocol={args.protocol}"
+    bridge = run.start(servers.Bridge(run.env(MQTT_BATCH_MAX=str(args.batch_max)), url))
 
-    def finished() -> int:
+    def complete() -> int:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM device_state WHERE (reported_state->>'round')::int = %s", [last_round])
+            cursor.execute(
+                "SELECT count(*) FROM device_state WHERE (reported_state->>'round')::int = %s", [args.rounds - 1]
+            )
             return cursor.fetchone()[0]
 
-    deadline = time.time() + 300
-    while finished() < len(device_ids) and time.time() < deadline:
-        time.sleep(0.02)
-    committed_at = time.time()
-    output = bridge.stop()
-    stats = re.search(r"stats=(\{.*\})", output)
-    stats = ast.literal_eval(stats.group(1)) if stats else {}
-    done = finished()
+    groups = {"bridge": bridge.pids, "mosquitto": broker.pids, "postgres": cpu.postgres_pids(db.name)}
+    with cpu.CpuMonitor(**groups) as usage:
+        started = publish_all(broker.port, device_ids, args, usage)
+        deadline = time.time() + 300
+        while (done := complete()) < len(device_ids) and time.time() < deadline:
+            time.sleep(0.02)
+        committed_at = time.time()
+    stats = bridge.stop()
     seconds = committed_at - started
     return {
         "messages": expected,
@@ -136,69 +142,68 @@ def bridge_rate(database_url: str, mqtt_url: str, port: int, device_ids, rounds,
         "devices_complete": done,
         "bridge_stats": stats,
         "lost": expected - stats.get("accepted", 0),
+        "cpu": usage.usage,
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=5, help="reports per device")
-    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
-    parser.add_argument("--batch-max", type=int, default=2000)
-    parser.add_argument(
-        "--protocol",
-        default="auto",
-        choices=["auto", "5", "3.1.1"],
-        help="the bridge's MQTT protocol (auto: MQTT 5 on Mosquitto)",
-    )
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
-    args = parser.parse_args()
+def bench(args, run) -> int:
+    db = run.database()
+    app.setup_django(run.database_url)
+    device_ids = [d.device_id for d in seed.devices(args.devices)[1]]
+    app.close_connections()  # the publishers fork: no shared database socket
+    broker = run.start(servers.Mosquitto())
+    log(f"raw broker rate: {args.devices * args.rounds:,} QoS 1 messages")
+    raw = raw_rate(broker, device_ids, args)
+    log("bridge rate: the same messages through mqtt_bridge into PostgreSQL")
+    bridged = bridge_rate(run, db, broker, device_ids, args)
 
-    log(f"fresh database, {args.devices} devices")
-    recreate_database(args.database_url)
-    setup_django(args.database_url)
-    device_ids = seed_devices(args.devices, TENANT)
-    broker = Mosquitto()
-    try:
-        log(f"raw broker rate: {args.devices * args.rounds} QoS 1 messages")
-        raw = raw_rate(broker.port, device_ids, args.rounds, args.publishers)
-        log("bridge rate: same messages through mqtt_bridge into PostgreSQL")
-        bridged = bridge_rate(
-            args.database_url,
-            f"{broker.url}?protocol={args.protocol}",
-            broker.port,
-            device_ids,
-            args.rounds,
-            args.publishers,
-            args.batch_max,
-        )
-    finally:
-        broker.stop()
-
+    name = "mqtt_ingest" if args.protocol == "auto" else f"mqtt_ingest_{args.protocol}"
+    report = run.report(name, config={**{k: v for k, v in vars(args).items() if k != "output"}, **db.info})
     ratio = bridged["rate"] / raw["rate"]
-    met = ratio >= GOAL_RATIO and bridged["lost"] == 0 and bridged["devices_complete"] == args.devices
-    print_table(
-        ["path", "messages", "seconds", "msg/s", "vs raw", "lost"],
-        [
-            ["raw broker (paho → paho)", raw["messages"], raw["seconds"], raw["rate"], "100%", "-"],
-            ["bridge → PostgreSQL (committed)", bridged["messages"], bridged["seconds"], bridged["rate"],
-             f"{ratio:.0%}", bridged["lost"]],
-        ],
-    )  # fmt: skip
-    print(f"goal: committed >= {GOAL_RATIO:.0%} of raw, zero lost -> {'met' if met else 'MISSED'}")
-    path = write_json(
-        "mqtt_ingest" if args.protocol == "auto" else f"mqtt_ingest_{args.protocol}",
-        {
-            "config": vars(args),
-            "raw": raw,
-            "bridge": bridged,
-            "ratio": round(ratio, 3),
-            "goal": {"ratio_min": GOAL_RATIO, "lost": 0, "met": met},
-        },
+    print(
+        f"\nMQTT ingestion: {args.devices:,} devices x {args.rounds} reports, {args.publishers} publishers, "
+        f"bridge protocol {args.protocol}\n"
     )
-    log(f"wrote {path}")
-    return 0
+    print(
+        table(
+            ["path", "messages", "seconds", "msg/s", "vs raw", "lost", "CPU (% of one core)"],
+            [
+                [
+                    "raw broker (paho -> paho)",
+                    raw["messages"],
+                    raw["seconds"],
+                    raw["rate"],
+                    "100%",
+                    "-",
+                    cpu.summary(raw["cpu"]),
+                ],
+                [
+                    "bridge -> PostgreSQL (committed)",
+                    bridged["messages"],
+                    bridged["seconds"],
+                    bridged["rate"],
+                    f"{ratio:.0%}",
+                    bridged["lost"],
+                    cpu.summary(bridged["cpu"]),
+                ],
+            ],
+        )
+    )
+    report.rate("raw broker", achieved=raw["rate"], unit="msg/s")
+    report.rate("bridge, committed", achieved=bridged["rate"], unit="msg/s", note=f"{ratio:.0%} of raw")
+    report.goal(
+        "committed / raw msg/s", achieved=round(ratio, 3), target=GOAL_RATIO, met=ratio >= GOAL_RATIO, relation=">="
+    )
+    if raw["messages"] != args.devices * args.rounds:
+        report.problem(f"the raw subscriber got {raw['messages']} of {args.devices * args.rounds} messages")
+    if bridged["lost"] or bridged["devices_complete"] != args.devices:
+        report.problem(
+            f"{bridged['lost']} reports lost, {bridged['devices_complete']} of {args.devices} devices "
+            f"hold their last round"
+        )
+    report.data.update(raw=raw, bridge=bridged, ratio=round(ratio, 3))
+    return report.finish(args.fail_on_missed_goals)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main("mqtt_ingest", __doc__, options, bench, {"devices": 100, "rounds": 2, "publishers": 1}))
