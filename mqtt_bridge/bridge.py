@@ -31,7 +31,7 @@ from django.db.utils import DatabaseError, InterfaceError
 from iotcloud import outbox
 from jobs.services import job_sweep
 from mqtt_bridge import topics
-from mqtt_bridge.accounts import AccountsLoop
+from mqtt_bridge.accounts.sync import AccountsLoop
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
 from mqtt_bridge.config import BrokerSettings, broker_settings
 from mqtt_bridge.delivery import Publication, desired_deliver_pending, jobs_deliver_pending

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from mqtt_bridge import hook_views
+from mqtt_bridge.accounts import hook_views
 
 urlpatterns = [
     path("mqtt/auth", hook_views.auth, name="mqtt-hook-auth"),

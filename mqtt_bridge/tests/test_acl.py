@@ -1,8 +1,8 @@
-"""The device ACL rule (mqtt_bridge/acl.py) on its own: MQTT matching and the client id binding."""
+"""The device ACL rule (mqtt_bridge/accounts/acl.py) on its own: MQTT matching and the client id binding."""
 
 import pytest
 
-from mqtt_bridge import acl
+from mqtt_bridge.accounts import acl
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""One device ACL, three enforcers: the rule in mqtt_bridge/acl.py (which the embedded broker
+"""One device ACL, three enforcers: the rule in mqtt_bridge/accounts/acl.py (which the embedded broker
 calls), a real Mosquitto with the dynamic-security role built from it, and the HTTP hooks of
 EMQX-style brokers. For every topic and filter below the three must give the same answer.
 
@@ -14,8 +14,8 @@ import socket
 import pytest
 from django.test import Client
 
-from mqtt_bridge import acl, dynsec
-from mqtt_bridge.accounts import ensure_device_accounts
+from mqtt_bridge.accounts import acl, dynsec
+from mqtt_bridge.accounts.sync import ensure_device_accounts
 
 HOOK_TOKEN = "agreement-hook-token"
 

@@ -20,7 +20,8 @@ from django.test import Client
 
 from devices.models import Device
 from devices.services import device_decommission, device_rotate_token
-from mqtt_bridge import acl, dynsec, topics
+from mqtt_bridge import topics
+from mqtt_bridge.accounts import acl, dynsec
 from mqtt_bridge.tests.conftest import wait_until
 from twin.services import twin_update_desired
 

@@ -16,8 +16,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from devices.models import Device
 from devices.services import device_rotate_token
-from mqtt_bridge import acl, dynsec
-from mqtt_bridge.accounts import broker_accounts_resync, broker_accounts_sync_pending
+from mqtt_bridge.accounts import acl, dynsec
+from mqtt_bridge.accounts.sync import broker_accounts_resync, broker_accounts_sync_pending
 from mqtt_bridge.config import broker_settings
 
 

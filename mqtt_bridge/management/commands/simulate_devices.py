@@ -24,7 +24,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from devices.models import Device, Tenant
 from devices.services import device_provision, device_rotate_token
-from mqtt_bridge import acl, topics
+from mqtt_bridge import topics
+from mqtt_bridge.accounts import acl
 from mqtt_bridge.config import broker_settings
 
 

@@ -22,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
-from mqtt_bridge.broker_auth import login_decision, topic_decision
+from mqtt_bridge.accounts.hooks import login_decision, topic_decision
 
 logger = logging.getLogger(__name__)
 

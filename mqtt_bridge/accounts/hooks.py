@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from devices.choices import DeviceStatus
 from devices.models import Device
 from devices.selectors import active_device_for_token
-from mqtt_bridge import acl
+from mqtt_bridge.accounts import acl
 from mqtt_bridge.config import broker_settings
 
 

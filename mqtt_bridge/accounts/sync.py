@@ -20,7 +20,7 @@ from django.db.utils import DatabaseError, InterfaceError
 from devices.choices import DeviceStatus
 from devices.models import Device
 from iotcloud.sealing import unseal
-from mqtt_bridge import acl, dynsec
+from mqtt_bridge.accounts import acl, dynsec
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from django.conf import settings
 
-from mqtt_bridge import acl
+from mqtt_bridge.accounts import acl
 from mqtt_bridge.client import make_client
 from mqtt_bridge.config import BrokerSettings
 
