@@ -11,6 +11,7 @@ cli      the common options (--smoke ...), exit codes, cleanup on Ctrl-C
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,15 @@ SMOKE_RESULTS = RESULTS / "smoke"  # git-ignored (bench/.gitignore): smoke runs 
 
 class BenchError(Exception):
     """A failure with a message for the person running the benchmark (exit 2, no traceback)."""
+
+
+class Unavailable(BenchError):
+    """A prerequisite is missing (PostgreSQL, Mosquitto, wrk): a smoke run skips, unless required()."""
+
+
+def required() -> bool:
+    """Must every prerequisite be there? In CI (REQUIRE_BENCH=1, or CI set) a smoke run may not skip."""
+    return any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("REQUIRE_BENCH", "CI"))
 
 
 def log(message: str) -> None:

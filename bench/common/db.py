@@ -20,7 +20,7 @@ import re
 import time
 import urllib.parse
 
-from bench.common import REPO, BenchError, app, log
+from bench.common import REPO, BenchError, Unavailable, app, log
 
 DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432"
 TEMPLATE_PREFIX = "iotcloud_bench_template_"
@@ -73,7 +73,7 @@ def connect(url: str):
     try:
         return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        raise BenchError(f"cannot reach PostgreSQL at {redact(url)}: {exc}\n  {START_HINT}") from None
+        raise Unavailable(f"cannot reach PostgreSQL at {redact(url)}: {exc}\n  {START_HINT}") from None
 
 
 def migrations_key() -> str:

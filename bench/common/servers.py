@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import REPO, BenchError, app, cpu, log
+from bench.common import REPO, BenchError, Unavailable, app, cpu, log
 
 
 def free_port() -> int:
@@ -154,7 +154,7 @@ class Mosquitto(Child):
         super().__init__()
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
         if binary is None:
-            raise BenchError("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
+            raise Unavailable("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
         self.port = free_port()
         self.conf = self.log_path.with_suffix(".conf")
         self.conf.write_text(MOSQUITTO_CONF.format(port=self.port))

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import BenchError, log
+from bench.common import BenchError, Unavailable, log, required
 
 LUA_TEMPLATE = Path(__file__).with_name("wrk_scenario.lua")
 INSTALL_HINT = (
@@ -43,20 +43,15 @@ class Scenario:
     needs_token: bool = True
 
 
-def required() -> bool:
-    """wrk must be there (CI: REQUIRE_WRK=1 or CI set); elsewhere a smoke run may skip what needs it."""
-    return any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("REQUIRE_WRK", "CI"))
-
-
 def require(*, smoke: bool = False) -> str | None:
-    """The wrk binary; None (with the reason printed) for a smoke run outside CI without it; else BenchError."""
+    """The wrk binary; None (reason printed) for a smoke run without it outside CI (required()); else Unavailable."""
     binary = shutil.which("wrk")
     if binary:
         return binary
     if smoke and not required():
         print("skipped the wrk part: wrk is not installed (apt-get install -y wrk; CI installs it)")
         return None
-    raise BenchError(INSTALL_HINT)
+    raise Unavailable(INSTALL_HINT)
 
 
 def version(binary: str) -> str:
