@@ -48,6 +48,25 @@ def parse_reported(topic: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def split_shared(topic_filter: str) -> tuple[str, str] | None:
+    """(group, inner filter) of `$share/<group>/<filter>`, None for anything else (or a malformed one)."""
+    if not topic_filter.startswith(SHARED_PREFIX + "/"):
+        return None
+    group, _, inner = topic_filter[len(SHARED_PREFIX) + 1 :].partition("/")
+    if not group or not inner or "+" in group or "#" in group:
+        return None
+    return group, inner
+
+
+def is_shared(topic_filter: str) -> bool:
+    return topic_filter.startswith(SHARED_PREFIX + "/")
+
+
+def dynsec_response(control_topic: str) -> str:
+    """Where Mosquitto's dynamic security plugin answers the commands sent to `control_topic`."""
+    return f"{control_topic}/response"
+
+
 def subscription(topic_filter: str, shared_group: str = "") -> str:
     """The filter to subscribe to: shared (load split between bridges) when a group is set."""
     return f"{SHARED_PREFIX}/{shared_group}/{topic_filter}" if shared_group else topic_filter

@@ -76,8 +76,7 @@ def device_may(action: str, tenant_id: str, device_id: str, topic: str) -> bool:
     grants = [g.pattern for g in device_grants(tenant_id, device_id) if g.action == action]
     if action == SUBSCRIBE:
         # No shared subscriptions ($share/...) for devices: Mosquitto checks its ACL on the whole filter.
-        shared = topic.startswith(topics.SHARED_PREFIX + "/")
-        return not shared and valid_filter(topic) and any(filter_within(topic, p) for p in grants)
+        return not topics.is_shared(topic) and valid_filter(topic) and any(filter_within(topic, p) for p in grants)
     return valid_topic(topic) and any(topic_matches(p, topic) for p in grants)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from django.conf import settings
 
+from mqtt_bridge import topics
 from mqtt_bridge.accounts import acl
 from mqtt_bridge.client import make_client
 from mqtt_bridge.config import BrokerSettings
@@ -130,7 +131,7 @@ class DynsecClient:
         if reason_code.is_failure:
             logger.error("dynsec control connection refused: %s", reason_code)
             return
-        client.subscribe(self.topic + "/response", qos=1)
+        client.subscribe(topics.dynsec_response(self.topic), qos=1)
 
     def _on_message(self, client, userdata, message):
         try:

@@ -20,11 +20,11 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, Session
 from amqtt.utils import format_client_message, gen_client_id
 
+from mqtt_bridge import topics
 from mqtt_bridge.embedded.plugins import PRINCIPAL
 
 logger = logging.getLogger(__name__)
 
-SHARED_PREFIX = "$share/"
 CONNECT_TIMEOUT = 10  # seconds a new connection gets to send its CONNECT
 MAX_CONNECT_BYTES = 256 * 1024
 _PREAUTHENTICATED = "iotcloud.preauthenticated"
@@ -249,7 +249,7 @@ class _Broker(Broker):
         # amqtt calls this on every connect for *every* filter anyone subscribed to, and never
         # checks the RECEIVE ACL: a device would get other devices' retained desired state.
         topic_filter, _ = subscription
-        if topic_filter.startswith(SHARED_PREFIX):
+        if topics.is_shared(topic_filter):
             return  # MQTT 5: no retained messages for shared subscriptions
         own = [qos for sub_session, qos in self._subscriptions.get(topic_filter, []) if sub_session == session]
         handler = self._get_handler(session)
@@ -269,15 +269,14 @@ class _Broker(Broker):
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         topic_filter = subscription[0]
-        if topic_filter.startswith(SHARED_PREFIX):
-            group, _, inner = topic_filter[len(SHARED_PREFIX) :].partition("/")
-            if not group or not inner or "+" in group or "#" in group:
-                return 0x80
+        if topics.is_shared(topic_filter) and topics.split_shared(topic_filter) is None:
+            return 0x80
         return await super().add_subscription(subscription, session)
 
     def _matches(self, topic: str, a_filter: str) -> bool:
-        if a_filter.startswith(SHARED_PREFIX):
-            a_filter = a_filter[len(SHARED_PREFIX) :].partition("/")[2]
+        shared = topics.split_shared(a_filter)
+        if shared is not None:
+            a_filter = shared[1]
         return super()._matches(topic, a_filter)
 
     def _shared_targets(self, key: str, subscriptions: Sequence[tuple[Session, int]]) -> list[tuple[Session, int]]:
@@ -302,9 +301,7 @@ class _Broker(Broker):
         for k_filter, subscriptions in list(self._subscriptions.items()):
             if not self._matches(topic, k_filter):
                 continue
-            targets = (
-                self._shared_targets(k_filter, subscriptions) if k_filter.startswith(SHARED_PREFIX) else subscriptions
-            )
+            targets = self._shared_targets(k_filter, subscriptions) if topics.is_shared(k_filter) else subscriptions
             for target_session, sub_qos in list(targets):
                 qos = broadcast.get("qos", sub_qos)
                 if not await self._topic_filtering(target_session, topic=topic, action=Action.RECEIVE):

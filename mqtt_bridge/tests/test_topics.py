@@ -36,3 +36,14 @@ def test_shared_subscription():
     assert (
         topics.subscription(topics.REPORTED_FILTER, "iotcloud") == "$share/iotcloud/tenant/+/device/+/shadow/reported"
     )
+
+
+def test_shared_filters_split_into_group_and_filter():
+    assert topics.split_shared("$share/iotcloud/tenant/+/device/+/shadow/reported") == (
+        "iotcloud", "tenant/+/device/+/shadow/reported",
+    )  # fmt: skip
+    for malformed in ("$share/", "$share/g", "$share//x", "$share/g+/x", "$share/#/x"):
+        assert topics.split_shared(malformed) is None, malformed
+        assert topics.is_shared(malformed)
+    assert topics.split_shared("tenant/a/device/b/#") is None and not topics.is_shared("tenant/a/device/b/#")
+    assert topics.dynsec_response("$CONTROL/dynamic-security/v1") == "$CONTROL/dynamic-security/v1/response"

@@ -61,13 +61,13 @@ class SimulatedDevice:
         self.report(temperature_c=round(random.uniform(18, 24), 1))  # "I'm online": the fleet is not stale
 
     def _on_message(self, client, userdata, message):
-        if message.topic.endswith("/jobs/notify"):
+        if message.topic == topics.jobs_notify(self.tenant_id, self.device_id):
             for job in json.loads(message.payload or b'{"jobs": []}')["jobs"]:
                 if job["job_id"] not in self._running_jobs:
                     self._running_jobs.add(job["job_id"])
                     threading.Thread(target=self._run_job, args=(job,), daemon=True).start()
             return
-        if message.topic.endswith("/rejected"):
+        if message.topic == topics.reported_rejected(self.tenant_id, self.device_id):
             self.log(f"{self.device_id}: report rejected: {message.payload.decode(errors='replace')}")
             return
         if not message.payload:
