@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SIMULATE ?= 1
 
-.PHONY: run test install lint format migrate demo serve bench-http clean
+.PHONY: run test install lint format migrate demo serve bench bench-smoke bench-http clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,10 @@ demo: migrate
 run: demo
 	$(PY) manage.py run_platform --addr $(HOST):$(PORT) $(if $(SIMULATE),--simulate)
 
-## test: the whole suite (SQLite by default; DATABASE_URL=postgres://... for PostgreSQL)
+## test: the whole suite (SQLite by default; DATABASE_URL=postgres://... for PostgreSQL), then bench-smoke
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) bench/all.py --smoke
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -39,6 +40,14 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+## bench: every benchmark at full size, one after the other (about 10 minutes; see bench/README.md)
+bench: install
+	$(PY) bench/all.py
+
+## bench-smoke: every benchmark at a tiny size (under a minute); results in bench/results/smoke/
+bench-smoke: install
+	$(PY) bench/all.py --smoke
 
 bench-http: install
 	$(PY) bench/http_device_api/run.py
