@@ -10,6 +10,19 @@ from devices.choices import Role
 from devices.services import device_provision, operator_create, operator_token_create, tenant_create
 
 
+def pytest_configure(config):
+    """A fast password hasher for the test run, and for every process it starts (they inherit the variable)."""
+    import os
+
+    from django.conf import settings
+
+    os.environ["TEST_FAST_PASSWORD_HASHER"] = "1"
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    ]
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("postgres"):

@@ -142,6 +142,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# Tests only (conftest.py sets it, also for the servers and bridges tests start as processes):
+# hash new passwords with a fast hasher; the usual ones still verify. Never set it in production.
+if env.bool("TEST_FAST_PASSWORD_HASHER", default=False):
+    PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    ]
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
