@@ -25,13 +25,14 @@ from django.utils import formats, timezone
 from django.utils.html import format_html
 
 from devices import services
-from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write, valid_pk
+from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
 from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
 from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.form_fields import StrictJSONField
+from iotcloud.rules import valid_pk
 from twin.selectors import SYNC_STATUSES, sync_status_q, twin_document
 from twin.services import DesiredMode, twin_update_desired
 

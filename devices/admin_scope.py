@@ -19,13 +19,6 @@ from devices.models import Device, Tenant
 from devices.selectors import operator_membership
 from iotcloud.admin_filters import DeclaredFiltersOnly
 
-MAX_PK = 2**63 - 1
-
-
-def valid_pk(pk: int) -> bool:
-    """Whether a number from a URL can be a row id at all (SQLite raises OverflowError beyond 64 bits)."""
-    return 0 < pk <= MAX_PK
-
 
 def admin_tenant(request) -> Tenant | None:
     """The tenant a staff operator works in (None for a superuser without a membership)."""

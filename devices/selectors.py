@@ -9,9 +9,10 @@ from django.db import connection
 from django.db.models.fields.json import KeyTransform
 
 from devices.choices import DeviceStatus
-from devices.models import DEVICE_ID_RE, Device, Membership, Tenant
+from devices.models import Device, Membership, Tenant
 from devices.tokens import hash_token
 from iotcloud.errors import InvalidInput, NotFound
+from iotcloud.rules import DEVICE_ID_RE
 
 
 def operator_membership(user) -> Membership | None:

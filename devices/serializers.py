@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from devices.models import Device
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
+from iotcloud.rules import DEVICE_ID_RULE
 from twin.selectors import SYNC_STATUSES, device_sync_status
 
 
@@ -34,7 +35,7 @@ class DeviceSerializer(serializers.ModelSerializer):
 
 
 class ProvisionSerializer(StrictSerializer):
-    device_id = StrictCharField(allow_blank=True, help_text="1-128 of A-Z a-z 0-9 _ . : - (no / + #).")
+    device_id = StrictCharField(allow_blank=True, help_text=f"{DEVICE_ID_RULE} (no / + #).")
     tags = JSONObjectField(required=False, help_text='Flat string tags, e.g. {"site": "paris"}.')
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to provision into.")
 

@@ -23,16 +23,16 @@ from knox.models import AuthToken
 from knox.settings import knox_settings
 
 from devices.choices import DeviceStatus, Role
-from devices.models import DEVICE_ID_RE, TENANT_ID_RE, Device, Membership, Tenant
+from devices.models import Device, Membership, Tenant
 from devices.signals import device_decommissioned
 from devices.tokens import hash_token, new_provision_token
 from iotcloud import outbox
 from iotcloud.errors import Conflict, InvalidInput
+from iotcloud.rules import DEVICE_ID_RE, DEVICE_ID_RULE, TAG_KEY_RE, TAG_KEY_RULE, TENANT_ID_RE, TENANT_ID_RULE
 from iotcloud.sealing import seal
 
 logger = logging.getLogger(__name__)
 
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 TAG_VALUE_MAX = 256
 
 
@@ -42,7 +42,7 @@ TAG_VALUE_MAX = 256
 def tenant_create(*, tenant_id: str, name: str = "") -> Tenant:
     if not isinstance(tenant_id, str) or not re.fullmatch(TENANT_ID_RE, tenant_id):
         raise InvalidInput(
-            f"Invalid tenant id {tenant_id!r}: use 1-63 of a-z 0-9 _ - starting with a letter or digit",
+            f"Invalid tenant id {tenant_id!r}: use {TENANT_ID_RULE}",
             code="invalid_tenant_id",
         )
     try:
@@ -253,8 +253,8 @@ def validate_tags(tags) -> dict[str, str]:
             code="invalid_tags",
         )
     for key, value in tags.items():
-        if not (isinstance(key, str) and TAG_KEY_RE.fullmatch(key)):
-            raise InvalidInput(f"Invalid tag key {key!r}: use 1-64 of A-Z a-z 0-9 _ . : -", code="invalid_tags")
+        if not (isinstance(key, str) and re.fullmatch(TAG_KEY_RE, key)):
+            raise InvalidInput(f"Invalid tag key {key!r}: use {TAG_KEY_RULE}", code="invalid_tags")
         if not isinstance(value, str) or len(value) > TAG_VALUE_MAX or "\x00" in value:
             raise InvalidInput(
                 f"Tag {key!r} must be a string of at most {TAG_VALUE_MAX} characters", code="invalid_tags"
@@ -266,7 +266,7 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
     """Register a device; returns it with its provision token (shown only now)."""
     if not isinstance(device_id, str) or not re.fullmatch(DEVICE_ID_RE, device_id):
         raise InvalidInput(
-            f"Invalid device id {device_id!r}: use 1-128 of A-Z a-z 0-9 _ . : - "
+            f"Invalid device id {device_id!r}: use {DEVICE_ID_RULE} "
             "(no '/', '+', '#' or spaces: the id is part of MQTT topics)",
             code="invalid_device_id",
         )

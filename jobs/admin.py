@@ -25,6 +25,7 @@ from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus
 from devices.models import Device
 from iotcloud.errors import DomainError
+from iotcloud.rules import valid_pk
 from jobs import services
 from jobs.admin_forms import JobCreateForm
 from jobs.choices import ExecutionStatus
@@ -76,7 +77,7 @@ def _bad_request(detail: str, status: int = 400) -> JsonResponse:
 def _parse_pks(raw: str) -> list[int]:
     pks = []
     for part in filter(None, (p.strip() for p in raw.split(","))):
-        if not part.isdigit() or not 0 < int(part) < 2**63:
+        if not part.isdigit() or not valid_pk(int(part)):
             raise ValueError(part)
         pks.append(int(part))
     return pks
@@ -107,7 +108,7 @@ class ScopedJobFilter(admin.SimpleListFilter):
         scoped = job_admin.get_queryset(request).values_list("pk", "job_id", "tenant_id")
         jobs = list(scoped.order_by("-created_at")[: self.LIMIT])
         value = self.value()
-        if value and value.isdigit() and int(value) < 2**63 and all(str(pk) != value for pk, _, _ in jobs):
+        if value and value.isdigit() and valid_pk(int(value)) and all(str(pk) != value for pk, _, _ in jobs):
             jobs += list(scoped.filter(pk=int(value)))  # the chosen job, when older than the recent ones
         with_tenant = request.user.is_superuser
         return [(str(pk), f"{tenant_id}/{job_id}" if with_tenant else job_id) for pk, job_id, tenant_id in jobs]
@@ -116,7 +117,7 @@ class ScopedJobFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        if not value.isdigit() or int(value) >= 2**63:
+        if not value.isdigit() or not valid_pk(int(value)):
             return queryset.none()
         return queryset.filter(job_id=int(value))
 

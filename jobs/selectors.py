@@ -13,8 +13,9 @@ from django.utils import timezone
 from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
+from iotcloud.rules import JOB_ID_RE
 from jobs.choices import TERMINAL, ExecutionStatus
-from jobs.models import JOB_ID_RE, Job, JobExecution
+from jobs.models import Job, JobExecution
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -2,18 +2,20 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictIntegerField, StrictSerializer, json_kind
+from iotcloud.rules import JOB_ID_RULE
 from jobs.choices import ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 from jobs.selectors import job_progress
+from jobs.services import MAX_TARGET_IDS
 
 
 class TargetsSerializer(StrictSerializer):
-    device_ids = serializers.ListField(child=StrictCharField(), required=False, max_length=100_000)
+    device_ids = serializers.ListField(child=StrictCharField(), required=False, max_length=MAX_TARGET_IDS)
     tags = JSONObjectField(required=False, help_text='Devices whose tags include all of these, e.g. {"site": "paris"}.')
 
 
 class JobCreateSerializer(StrictSerializer):
-    job_id = StrictCharField(required=False, help_text="1-64 of A-Z a-z 0-9 _ . : -; generated when absent.")
+    job_id = StrictCharField(required=False, help_text=f"{JOB_ID_RULE}; generated when absent.")
     document_type = StrictCharField(help_text='What to do, e.g. "reboot" or "firmware_update".')
     document_params = JSONObjectField(required=False)
     description = StrictCharField(required=False, allow_blank=True, max_length=2000)

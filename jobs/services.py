@@ -20,7 +20,6 @@ import re
 import uuid
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -33,28 +32,22 @@ from iotcloud import (
     lookups,  # noqa: F401  (registers __any_of)
     outbox,
 )
-from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
+from iotcloud.errors import Conflict, InvalidInput
+from iotcloud.limits import check_document
+from iotcloud.rules import DOCUMENT_TYPE_RE, DOCUMENT_TYPE_RULE, JOB_ID_RE, JOB_ID_RULE, fits_int32, is_integer
 from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
-from jobs.models import JOB_ID_RE, Job, JobExecution
+from jobs.models import Job, JobExecution
 from jobs.selectors import device_execution
-from twin.shadow import DocumentError, Limits, validate_document
 
 logger = logging.getLogger(__name__)
 
 MAX_TARGET_IDS = 100_000
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600  # in_progress_timeout_seconds: at most a week
 
 
-def _limits(max_bytes: int) -> Limits:
-    return Limits(max_bytes=max_bytes, max_depth=settings.TWIN_MAX_DEPTH, max_key_length=settings.TWIN_MAX_KEY_LENGTH)
-
-
-def _check_object(value, *, name: str, max_bytes: int, setting: str) -> dict:
-    try:
-        validate_document(value, _limits(max_bytes), name=name)
-    except DocumentError as exc:
-        message = exc.message.replace("TWIN_MAX_DOCUMENT_BYTES", setting)
-        raise (PayloadTooLarge if exc.code == "too_large" else InvalidInput)(message, code=exc.code) from None
-    return value
+def check_document_params(document_params) -> dict:
+    """A job's document_params: a JSON object within the document rules and JOB_MAX_DOCUMENT_BYTES."""
+    return check_document(document_params, name="document_params", max_bytes="JOB_MAX_DOCUMENT_BYTES")
 
 
 # --- create ------------------------------------------------------------------------
@@ -76,18 +69,17 @@ def job_create(
     """Create a job and one QUEUED execution per target device, set-based."""
     job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
     if not re.fullmatch(JOB_ID_RE, job_id):
-        raise InvalidInput(f"Invalid job id {job_id!r}: use 1-64 of A-Z a-z 0-9 _ . : -", code="invalid_job_id")
-    if not document_type or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", document_type):
-        raise InvalidInput("document_type: use 1-64 of A-Z a-z 0-9 _ . : -", code="invalid_document_type")
-    document_params = _check_object(
-        document_params if document_params is not None else {}, name="document_params",
-        max_bytes=settings.JOB_MAX_DOCUMENT_BYTES, setting="JOB_MAX_DOCUMENT_BYTES",
-    )  # fmt: skip
+        raise InvalidInput(f"Invalid job id {job_id!r}: use {JOB_ID_RULE}", code="invalid_job_id")
+    if not document_type or not re.fullmatch(DOCUMENT_TYPE_RE, document_type):
+        raise InvalidInput(f"document_type: use {DOCUMENT_TYPE_RULE}", code="invalid_document_type")
+    document_params = check_document_params(document_params if document_params is not None else {})
     now = timezone.now()
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("expires_at must be in the future", code="invalid_expiry")
-    if in_progress_timeout_seconds is not None and not 1 <= in_progress_timeout_seconds <= 7 * 24 * 3600:
-        raise InvalidInput("in_progress_timeout_seconds must be between 1 and 604800", code="invalid_timeout")
+    if in_progress_timeout_seconds is not None and not 1 <= in_progress_timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise InvalidInput(
+            f"in_progress_timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}", code="invalid_timeout"
+        )
     targets = _resolve_targets(tenant, device_ids or [], tags or {})
 
     try:
@@ -193,11 +185,8 @@ def execution_update(
             f"Unknown status {status!r}; expected one of {', '.join(ExecutionStatus.values)}", code="invalid_status"
         )
     if status_details is not None:
-        _check_object(status_details, name="status_details", max_bytes=settings.JOB_MAX_STATUS_DETAILS_BYTES,
-                      setting="JOB_MAX_STATUS_DETAILS_BYTES")  # fmt: skip
-    if execution_number is not None and (
-        isinstance(execution_number, bool) or not isinstance(execution_number, int) or abs(execution_number) > 2**31 - 1
-    ):
+        check_document(status_details, name="status_details", max_bytes="JOB_MAX_STATUS_DETAILS_BYTES")
+    if execution_number is not None and not (is_integer(execution_number) and fits_int32(execution_number)):
         raise InvalidInput("execution_number must be a 32-bit integer", code="invalid_execution_number")
     execution = device_execution(device, job_id)
     source = DEVICE_TRANSITIONS.get(status)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -29,7 +28,9 @@ from iotcloud import (
     outbox,
 )
 from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
-from twin.shadow import DocumentError, Limits, merge_patch, validate_document
+from iotcloud.limits import check_document
+from iotcloud.rules import INT32_MAX, fits_int32, is_integer
+from twin.shadow import merge_patch
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +40,11 @@ class DesiredMode(StrEnum):
     REPLACE = "replace"
 
 
-def twin_limits() -> Limits:
-    return Limits(
-        max_bytes=settings.TWIN_MAX_DOCUMENT_BYTES,
-        max_depth=settings.TWIN_MAX_DEPTH,
-        max_key_length=settings.TWIN_MAX_KEY_LENGTH,
-    )
-
-
-def check_document(document, *, name: str) -> None:
-    """Validate a shadow document against the configured limits, as a DomainError."""
-    try:
-        validate_document(document, twin_limits(), name=name)
-    except DocumentError as exc:
-        error = PayloadTooLarge if exc.code == "too_large" else InvalidInput
-        raise error(exc.message, code=exc.code) from None
-
-
-MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer
-
-
 def check_version(version, *, name: str = "version") -> int:
-    if isinstance(version, bool) or not isinstance(version, int):
+    if not is_integer(version):
         raise InvalidInput(f"{name} must be an integer", code="invalid_version")
-    if abs(version) > MAX_VERSION:  # would overflow the column and fail in the database
-        raise InvalidInput(f"{name} is out of range (at most {MAX_VERSION})", code="invalid_version")
+    if not fits_int32(version):  # would overflow the column and fail in the database
+        raise InvalidInput(f"{name} is out of range (at most {INT32_MAX})", code="invalid_version")
     return version
 
 

@@ -6,7 +6,8 @@ around them: JSON-typed comparison, the desired-vs-reported delta, RFC 7386
 merge patches, sync status and document validation.
 
 Standard library only, no Django: the web layer passes settings in through
-``Limits`` and turns ``DocumentError`` into HTTP 400s.
+``Limits`` (each an ``iotcloud.rules.Limit`` carrying its setting's name, which
+the messages quote) and turns ``DocumentError`` into HTTP 400s.
 
 ``compute_delta`` and ``merge_patch`` recurse once per nesting level, so run
 untrusted documents through ``validate_document`` first; it walks iteratively
@@ -19,9 +20,11 @@ import json
 import math
 import re
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+from iotcloud.rules import Limit
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
@@ -46,11 +49,20 @@ ErrorCode = Literal["not_an_object", "too_large", "too_deep", "key_too_long", "i
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits for one shadow document (mirrors the TWIN_MAX_* settings)."""
+    """Size limits for one shadow document (mirrors the TWIN_MAX_* settings).
 
-    max_bytes: int = 8192  # compact UTF-8 JSON encoding of the whole document
-    max_depth: int = 6  # top-level object is 1; each nested object/array adds 1
-    max_key_length: int = 128  # characters
+    Each is a ``Limit`` naming its setting; a plain number keeps the default's name.
+    """
+
+    max_bytes: int = Limit(8192, "TWIN_MAX_DOCUMENT_BYTES")  # compact UTF-8 JSON of the whole document
+    max_depth: int = Limit(6, "TWIN_MAX_DEPTH")  # top-level object is 1; each nested object/array adds 1
+    max_key_length: int = Limit(128, "TWIN_MAX_KEY_LENGTH")  # characters
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, Limit):
+                object.__setattr__(self, field.name, Limit(value, field.default.name))
 
 
 class DocumentError(ValueError):
@@ -290,7 +302,7 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, name: str = "docum
                 raise DocumentError(
                     "too_deep",
                     f"{_render(name, path)} is nested {depth} levels deep; the limit "
-                    f"is {limits.max_depth} levels (TWIN_MAX_DEPTH)",
+                    f"is {limits.max_depth} levels ({limits.max_depth.name})",
                 )
             if isinstance(value, dict):
                 for key in value:
@@ -307,7 +319,7 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, name: str = "docum
     if size > limits.max_bytes:
         raise DocumentError(
             "too_large",
-            f"{name} is {size} bytes; the limit is {limits.max_bytes} bytes (TWIN_MAX_DOCUMENT_BYTES)",
+            f"{name} is {size} bytes; the limit is {limits.max_bytes} bytes ({limits.max_bytes.name})",
         )
     return size
 
@@ -330,7 +342,7 @@ def _check_key(key: object, name: str, path: _Path, limits: Limits) -> None:
             "key_too_long",
             f"{_render(name, path)} has a key of {len(key)} characters "
             f"({_quote_key(key)}); the limit is {limits.max_key_length} characters "
-            "(TWIN_MAX_KEY_LENGTH)",
+            f"({limits.max_key_length.name})",
         )
     problem = _string_problem(key)
     if problem:

@@ -2,6 +2,8 @@
 
 from rest_framework import serializers
 
+from iotcloud.rules import is_integer
+
 
 class StrictIntegerField(serializers.IntegerField):
     """An integer in the JSON sense: 3 is fine; "3", 3.0 and true are not."""
@@ -9,7 +11,7 @@ class StrictIntegerField(serializers.IntegerField):
     default_error_messages = {"invalid": "Must be an integer (a JSON number without a fraction), got {kind}."}
 
     def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
+        if not is_integer(data):
             self.fail("invalid", kind=json_kind(data))
         return super().to_internal_value(data)
 

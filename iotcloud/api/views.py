@@ -12,6 +12,7 @@ from rest_framework import mixins, viewsets
 from rest_framework.pagination import Cursor, CursorPagination
 
 from iotcloud.errors import InvalidInput
+from iotcloud.rules import fits_int64
 
 # What DRF's encode_cursor writes: standard base64 (with `=` padding) of `o=N&r=1&p=<urlencoded position>`.
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -86,7 +87,7 @@ class StrictCursorPagination(CursorPagination):
                 if not isinstance(value, datetime.datetime) or value.tzinfo is None:
                     raise InvalidCursor
                 value = value.astimezone(datetime.UTC)  # OverflowError near year 1 and 9999
-            elif isinstance(field, models.IntegerField) and not -(2**63) <= value < 2**63:
+            elif isinstance(field, models.IntegerField) and not fits_int64(value):
                 raise InvalidCursor
             field.run_validators(value)
         except (ValidationError, ValueError, TypeError, OverflowError):

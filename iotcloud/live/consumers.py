@@ -29,10 +29,11 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from devices.models import TENANT_ID_RE, Tenant
+from devices.models import Tenant
 from devices.selectors import operator_tenant
 from iotcloud.live import sessions
 from iotcloud.live.events import tenant_group
+from iotcloud.rules import TENANT_ID_RE
 
 logger = logging.getLogger(__name__)
 
