@@ -61,6 +61,7 @@ class Bridge:
         self.poll_seconds = poll_seconds or settings.MQTT_POLL_SECONDS
         self.stopping = threading.Event()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged the reports subscription
         self.wake = threading.Event()
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0, "rate_limited": 0, "retained": 0}
@@ -79,6 +80,7 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         connect_async(self.client, self.broker, protocol=self.protocol, persistent=True)
         self.client.loop_start()
         self._spawn("ingest", self._ingest_loop)
@@ -167,8 +169,16 @@ class Bridge:
         self.connected.set()
         self.wake.set()  # catch up on anything written while we were away
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        if any(code.is_failure for code in reason_codes):
+            logger.error("broker refused the reports subscription: %s", reason_codes)
+            return
+        logger.info("subscribed to reports")
+        self.subscribed.set()
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
+        self.subscribed.clear()
         if not self.stopping.is_set():
             logger.warning("disconnected from broker (%s); reconnecting", reason_code)
 

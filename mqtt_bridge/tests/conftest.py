@@ -318,10 +318,12 @@ def purge_session(broker: BrokerSettings, client_id: str) -> None:
                          clean_session=True)  # fmt: skip
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
     try:
         client.connect(broker.host, broker.port)
         client.loop_start()
-        time.sleep(0.1)
+        connected.wait(TIMEOUT)  # a clean session replaced the persistent one
         client.disconnect()
         client.loop_stop()
     except OSError:
@@ -339,8 +341,7 @@ def start_bridge(mqtt_broker, transactional_db):
         bridge = Bridge(broker=broker or mqtt_broker, **kwargs)
         bridge.start()
         started.append(bridge)
-        wait_until(bridge.connected.is_set, message="bridge to connect")
-        time.sleep(0.2)  # let the SUBACK land before the test publishes
+        wait_until(bridge.subscribed.is_set, message="bridge to connect and subscribe")
         return bridge
 
     yield start
@@ -364,8 +365,8 @@ class BridgeProcess:
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "mqtt_bridge"], cwd=ROOT, env=self.env, stdout=self.log, stderr=self.log
         )
-        wait_until(lambda: b"connected to" in Path(self.log.name).read_bytes(), message="bridge process to connect")
-        time.sleep(0.3)
+        wait_until(lambda: b"subscribed to reports" in Path(self.log.name).read_bytes(),
+                   message="bridge process to connect and subscribe")  # fmt: skip
 
     def kill(self):
         self.process.kill()
