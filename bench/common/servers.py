@@ -107,6 +107,14 @@ class Child:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:]) or f"(no {self.name} output)"
 
+    def starting(self, wait) -> None:
+        """Run `wait` (until the process is ready); stop the process if it fails or is interrupted."""
+        try:
+            wait()
+        except BaseException:
+            self.__exit__()
+            raise
+
     def check_alive(self, what: str) -> None:
         if self.proc is None or self.proc.poll() is not None:
             code = self.proc.returncode if self.proc else None
@@ -158,11 +166,14 @@ class Mosquitto(Child):
         self.port = free_port()
         self.conf = self.log_path.with_suffix(".conf")
         self.conf.write_text(MOSQUITTO_CONF.format(port=self.port))
+        self.url = f"mqtt://127.0.0.1:{self.port}"
         self.spawn([binary, "-c", str(self.conf)])
+        self.starting(self._wait)
+
+    def _wait(self) -> None:
         if not wait_port(self.port):
             self.check_alive("while starting")
             raise BenchError(f"mosquitto does not listen on {self.port}:\n{self.log_tail()}")
-        self.url = f"mqtt://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
@@ -179,14 +190,17 @@ class Bridge(Child):
         super().__init__()
         self.client_id = client_id
         env = {**environ, "MQTT_URL": mqtt_url, "MQTT_CLIENT_ID": client_id, "LOG_LEVEL": "INFO"}
+        self.stats: dict | None = None
         self.spawn([sys.executable, app.MANAGE, "mqtt_bridge", "--client-id", client_id], env)
+        self.starting(lambda: self._wait(timeout))
+
+    def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not any(m.startswith("connected to") or " connected to " in m for m in log_messages(self.log_text())):
             self.check_alive("before connecting")
             if time.monotonic() > deadline:
                 raise BenchError(f"the bridge did not connect within {timeout:g} s:\n{self.log_tail()}")
             time.sleep(0.05)
-        self.stats: dict | None = None
 
     def stop(self, timeout: float = 30) -> dict:
         """Stop the bridge; its final counters (received, accepted, rejected, published, ...)."""
@@ -230,12 +244,15 @@ class Gunicorn(Child):
         ]  # fmt: skip
         log(f"starting gunicorn {self.app}: {workers} {worker_class} workers x {threads} threads")
         self.spawn(self.command, environ)
+        self.starting(lambda: self._wait(timeout))
+
+    def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive("while starting")
             with contextlib.suppress(OSError):
                 if http_json("GET", self.base_url + "/healthz/live", timeout=1)[0] == 200:
-                    while len(self.pids()) < workers + 1 and time.monotonic() < deadline:
+                    while len(self.pids()) < self.workers + 1 and time.monotonic() < deadline:
                         time.sleep(0.1)
                     return
             time.sleep(0.2)

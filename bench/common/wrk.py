@@ -95,7 +95,12 @@ def run(
     ]  # fmt: skip
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # wrk's own CPU, exactly
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # wrk's own CPU, exactly
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         output = out.read()

@@ -77,7 +77,7 @@ def check(p, args):
         p.error("--worker-class asgi needs --conn-max-age 0 (one persistent connection per request thread)")
 
 
-def measure(binary, args, run, db, web, sc, script) -> dict:
+def measure(binary, args, db, web, sc, script) -> dict:
     url = web.base_url + sc.path
     if args.warmup > 0:
         wrk.run(binary, url, script, connections=args.connections, duration=args.warmup, threads=args.wrk_threads)
@@ -145,7 +145,7 @@ def bench(args, run) -> int:
     for rep in range(args.repeat):
         for sc in scenarios:
             log(f"{sc.name}: {args.duration:g} s at {args.connections} connections (round {rep + 1}/{args.repeat})")
-            runs[sc.name].append(measure(binary, args, run, db, web, sc, scripts[sc.name]))
+            runs[sc.name].append(measure(binary, args, db, web, sc, scripts[sc.name]))
     results = {name: median_of(r) for name, r in runs.items()}
     base = results.get("baseline")
     for r in results.values():
