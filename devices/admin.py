@@ -29,10 +29,11 @@ from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
-from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
+from iotcloud.api.parsers import parse_json_bytes
 from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.form_fields import StrictJSONField
 from iotcloud.rules import valid_pk
+from iotcloud.strict_json import JSONError
 from twin.selectors import SYNC_STATUSES, sync_status_q, twin_document
 from twin.services import DesiredMode, twin_update_desired
 
@@ -558,10 +559,9 @@ def _strict_json(raw: bytes, *, what: str):
     """The project's strict JSON parsing (size, depth, NaN, surrogates) as a DomainError the panel shows."""
     try:
         return parse_json_bytes(raw)
-    except JSONBodyError as exc:
-        detail = exc.message.removeprefix("JSON parse error - ")
+    except JSONError as exc:
         error = PayloadTooLarge if exc.status == 413 else InvalidInput
-        raise error(f"{what} is not valid JSON: {detail}", code="invalid_json") from None
+        raise error(f"{what} is not valid JSON: {exc.reason}", code="invalid_json") from None
 
 
 def _desired_args(document, mode, expected_version):

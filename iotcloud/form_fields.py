@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from django import forms
 
-from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
+from iotcloud.api.parsers import parse_json_bytes
+from iotcloud.strict_json import JSONError
 
 
 def parse_json_text(text: str, *, what: str):
     """JSON typed into a form: the API's strict parsing (depth, NaN, surrogates, size), as a ValidationError."""
     try:
         return parse_json_bytes(text.encode("utf-8", "surrogatepass"))
-    except JSONBodyError as exc:
-        detail = exc.message.removeprefix("JSON parse error - ")
-        raise forms.ValidationError(f"Not valid JSON in {what}: {detail}") from None
+    except JSONError as exc:
+        raise forms.ValidationError(f"Not valid JSON in {what}: {exc.reason}") from None
 
 
 class StrictJSONField(forms.JSONField):
@@ -34,5 +34,5 @@ class StrictJSONField(forms.JSONField):
             return None
         try:
             return parse_json_bytes(data.encode("utf-8", "surrogatepass"))
-        except JSONBodyError:
+        except JSONError:
             return forms.fields.InvalidJSONInput(data)

@@ -30,6 +30,7 @@ from iotcloud import (
 from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge, VersionConflict
 from iotcloud.limits import check_document
 from iotcloud.rules import INT32_MAX, fits_int32, is_integer
+from iotcloud.strict_json import JSONError, loads
 from twin.shadow import merge_patch
 
 logger = logging.getLogger(__name__)
@@ -256,13 +257,11 @@ def parse_report_payload(payload: bytes, *, max_bytes: int) -> tuple[object, obj
             code="too_large",
         )
     try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError:
-        raise InvalidInput("Payload is not valid UTF-8", code="parse_error") from None
-    except RecursionError:
-        raise InvalidInput("JSON parse error - document is nested too deeply", code="parse_error") from None
-    except ValueError as exc:
-        raise InvalidInput(f"JSON parse error - {exc}", code="parse_error") from None
+        # A lone surrogate is left to the document rules, which name where it is (invalid_value).
+        data = loads(payload, what="Payload", refuse_lone_surrogates=False)
+    except JSONError as exc:
+        message = "Payload is not valid UTF-8" if exc.kind == "encoding" else exc.message
+        raise InvalidInput(message, code="parse_error") from None
     if not isinstance(data, dict):
         raise InvalidInput('Payload must be a JSON object {"reported": {...}, "version": N}', code="invalid")
     missing = sorted(REPORT_FIELDS - data.keys())
@@ -272,7 +271,3 @@ def parse_report_payload(payload: bytes, *, max_bytes: int) -> tuple[object, obj
     if unknown:
         raise InvalidInput(f"Unknown field(s): {', '.join(map(repr, unknown))}", code="invalid")
     return data["reported"], data["version"]
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
