@@ -1,13 +1,12 @@
-"""Shared test fixtures: tenants, operators with bearer tokens, devices with tokens."""
-
-from urllib.parse import quote
+"""Shared test fixtures: tenants, operators with bearer tokens, devices with tokens (built on iotcloud.testing)."""
 
 import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from devices.choices import Role
-from devices.services import device_provision, operator_create, operator_token_create, tenant_create
+from devices.services import tenant_create
+from iotcloud import testing
+from iotcloud.testing import Api, device_client, make_operator_client, subprocess_database_url  # noqa: F401  (re-exported)
 
 
 def pytest_configure(config):
@@ -29,17 +28,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.django_db(transaction=True))
 
 
-def subprocess_database_url() -> str:
-    """DATABASE_URL of the test database, for servers and bridges the tests start as processes."""
-    db = connection.settings_dict
-    if connection.vendor == "postgresql":
-        return (
-            f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@{db['HOST'] or '127.0.0.1'}:"
-            f"{db['PORT'] or 5432}/{db['NAME']}"
-        )
-    return f"sqlite:///{db['NAME']}"
-
-
 @pytest.fixture(autouse=True)
 def _fresh_device_rate_limits():
     """Empty per-device rate-limit buckets for every test (device pks repeat across tests on SQLite)."""
@@ -54,36 +42,6 @@ def postgres_only():
         pytest.skip("needs PostgreSQL (set DATABASE_URL=postgres://...; .ci/run does)")
 
 
-class Api:
-    """An API client that prints the body when a status assertion fails."""
-
-    def __init__(self, client: APIClient):
-        self.client = client
-
-    def call(self, method, url, data=None, expect=None, **headers):
-        kwargs = {"format": "json"} if data is not None else {}
-        response = getattr(self.client, method)(url, data, headers=headers or None, **kwargs)
-        if expect is not None:
-            body = response.content.decode(errors="replace")[:2000]
-            assert response.status_code == expect, f"{method.upper()} {url}: {response.status_code} {body}"
-        return response
-
-    def get(self, url, **kw):
-        return self.call("get", url, **kw)
-
-    def post(self, url, data=None, **kw):
-        return self.call("post", url, data, **kw)
-
-    def patch(self, url, data=None, **kw):
-        return self.call("patch", url, data, **kw)
-
-    def put(self, url, data=None, **kw):
-        return self.call("put", url, data, **kw)
-
-    def raw(self, method, url, body: bytes, content_type="application/json", **headers):
-        return getattr(self.client, method)(url, body, content_type=content_type, headers=headers or None)
-
-
 @pytest.fixture
 def tenant(db):
     return tenant_create(tenant_id="acme", name="Acme")
@@ -92,15 +50,6 @@ def tenant(db):
 @pytest.fixture
 def other_tenant(db):
     return tenant_create(tenant_id="globex", name="Globex")
-
-
-def make_operator_client(tenant, username, role=Role.OPERATOR, superuser=False) -> Api:
-    user = operator_create(username=username, tenant=tenant, role=role, superuser=superuser)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {operator_token_create(user=user)}")
-    api = Api(client)
-    api.user = user
-    return api
 
 
 @pytest.fixture
@@ -115,23 +64,12 @@ def other_operator(other_tenant):
 
 @pytest.fixture
 def make_device():
-    def make(tenant, device_id="sensor-1", tags=None):
-        device, token = device_provision(tenant=tenant, device_id=device_id, tags=tags)
-        device.token = token
-        return device
-
-    return make
+    return testing.make_device
 
 
 @pytest.fixture
 def device(tenant, make_device):
     return make_device(tenant)
-
-
-def device_client(device) -> Api:
-    client = APIClient()
-    client.credentials(HTTP_X_PROVISION_TOKEN=device.token)
-    return Api(client)
 
 
 @pytest.fixture

@@ -7,19 +7,11 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
-from conftest import device_client
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership
 from devices.services import device_provision, operator_create
+from iotcloud.testing import STAFF_PASSWORD, device_client, staff_client
 from twin.services import twin_update_desired
-
-
-def staff_client(tenant, username, role=Role.OPERATOR, superuser=False) -> Client:
-    user = operator_create(username=username, tenant=tenant, role=role, password="pw-123456789", superuser=superuser)
-    client = Client()
-    client.force_login(user)
-    client.user = user
-    return client
 
 
 @pytest.fixture
@@ -469,7 +461,7 @@ def test_changing_ones_own_password_in_admin_revokes_ones_tokens(tenant):
     operator_token_create(user=boss.user)
     response = boss.post(
         reverse("admin:password_change"),
-        {"old_password": "pw-123456789", "new_password1": "N3w-secret-pass", "new_password2": "N3w-secret-pass"},
+        {"old_password": STAFF_PASSWORD, "new_password1": "N3w-secret-pass", "new_password2": "N3w-secret-pass"},
     )
     assert response.status_code == 302
     assert not AuthToken.objects.filter(user=boss.user).exists()

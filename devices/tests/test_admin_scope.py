@@ -9,12 +9,11 @@ lookup" redirect (`?e=1`) and a secret one a 400, whether it matches or not.
 import re
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from devices.choices import Role
 from devices.models import Device
-from devices.services import operator_create
+from iotcloud.testing import staff_client
 from jobs.models import Job
 from jobs.services import job_create
 
@@ -25,13 +24,6 @@ JOBS = reverse("admin:jobs_job_changelist")
 EXECUTIONS = reverse("admin:jobs_jobexecution_changelist")
 MEMBERSHIPS = reverse("admin:devices_membership_changelist")
 TENANTS = reverse("admin:devices_tenant_changelist")
-
-
-def staff_client(tenant, username, role=Role.OPERATOR, superuser=False) -> Client:
-    user = operator_create(username=username, tenant=tenant, role=role, password="pw-123456789", superuser=superuser)
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from conftest import device_client, make_operator_client
 from devices.models import Device
 from devices.tokens import hash_token
+from iotcloud.testing import device_client, make_operator_client
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,9 @@ from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from conftest import device_client
 from devices import throttling
 from devices.throttling import DeviceRateThrottle, parse_rate, reset_device_rate_limits
+from iotcloud.testing import device_client
 
 SHADOW = "/device/v1/shadow"
 

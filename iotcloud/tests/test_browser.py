@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from conftest import subprocess_database_url
 from devices.choices import Role
 from devices.services import device_provision, operator_create, tenant_create
+from iotcloud.testing import subprocess_database_url
 from mqtt_bridge import topics
 from mqtt_bridge.tests import conftest as mqtt_fixtures
 from mqtt_bridge.tests.conftest import (

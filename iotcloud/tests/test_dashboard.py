@@ -5,26 +5,18 @@ from datetime import timedelta
 import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from devices.choices import DeviceStatus, Role
 from devices.models import Device
-from devices.services import operator_create
 from iotcloud.admin_site import IotcloudAdminSite
+from iotcloud.testing import staff_client as staff
 from jobs import services as job_services
 from jobs.choices import ExecutionStatus
 
 DASHBOARD = reverse("admin:dashboard")
 DASHBOARD_JSON = reverse("admin:dashboard_json")
-
-
-def staff(tenant, username, role=Role.OPERATOR, superuser=False) -> Client:
-    user = operator_create(username=username, tenant=tenant, role=role, superuser=superuser)
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def set_twin(device, *, desired=0, reported=0, seen_ago=None, reported_ago=None, status=DeviceStatus.ACTIVE):

@@ -8,9 +8,9 @@ and the services, the way devices, operators and the bridge make them.
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
-from conftest import device_client, make_operator_client
 from devices.choices import Role
 from devices.services import device_provision
+from iotcloud.testing import device_client, make_operator_client
 from iotcloud.tests.live_helpers import connect, next_event, run, session_headers, staff, subscribe
 from jobs.services import execution_update, job_create
 from twin.services import Report, twin_record_reports

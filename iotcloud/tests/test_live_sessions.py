@@ -17,12 +17,12 @@ from asgiref.sync import sync_to_async
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
-from conftest import make_operator_client, subprocess_database_url
 from devices.choices import Role
 from devices.models import Membership
 from devices.services import device_provision
 from iotcloud.live import sessions
 from iotcloud.live.consumers import LiveConsumer
+from iotcloud.testing import make_operator_client, subprocess_database_url
 from iotcloud.tests.live_helpers import connect, logged_in, next_event, run, staff, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer reads the database from its own thread

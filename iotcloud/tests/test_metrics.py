@@ -18,10 +18,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import subprocess_database_url
 from devices.models import Device
 from devices.services import device_decommission
 from iotcloud import metrics
+from iotcloud.testing import subprocess_database_url
 from jobs.services import execution_update, job_create
 from mqtt_bridge.heartbeat import write_beat
 from mqtt_bridge.models import BridgeHeartbeat

@@ -4,14 +4,13 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from devices.choices import DeviceStatus, Role
 from devices.models import Device
-from devices.services import operator_create
+from iotcloud.testing import staff_client as staff
 from jobs import services
 from jobs.choices import ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
@@ -21,15 +20,6 @@ ADD = reverse("admin:jobs_job_add")
 PROGRESS = reverse("admin:jobs_job_progress")
 DEVICES = reverse("admin:jobs_job_devices")
 EXECUTIONS = reverse("admin:jobs_jobexecution_changelist")
-
-
-def staff(tenant, username, role=Role.OPERATOR, superuser=False) -> Client:
-    user = operator_create(
-        username=username, tenant=tenant, role=role, password="A-long-Pass-123!", superuser=superuser
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def job(tenant, devices, job_id, document_type="reboot"):

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from conftest import device_client
+from iotcloud.testing import device_client
 from jobs.models import Job, JobExecution
 
 pytestmark = pytest.mark.django_db

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from conftest import device_client
+from iotcloud.testing import device_client
 from jobs.choices import JobStatus
 from jobs.models import Job, JobExecution
 from jobs.services import job_create

@@ -25,9 +25,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from django.conf import settings
 
-from conftest import subprocess_database_url
 from devices.models import Device
 from devices.services import device_provision, tenant_create
+from iotcloud.testing import subprocess_database_url
 from mqtt_bridge import topics
 from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.config import BrokerSettings, parse_mqtt_url

@@ -8,9 +8,9 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from conftest import make_operator_client
 from devices.models import Device
 from devices.services import device_decommission
+from iotcloud.testing import make_operator_client
 from mqtt_bridge import topics
 from mqtt_bridge.tests.conftest import BridgeProcess, wait_until
 from twin.services import twin_update_desired

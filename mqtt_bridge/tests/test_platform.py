@@ -5,8 +5,8 @@ Runs even when MQTT_URL points at Mosquitto, so the zero-setup path is always te
 
 import time
 
-from conftest import make_operator_client
 from devices.models import Device
+from iotcloud.testing import make_operator_client
 from mqtt_bridge.management.commands.simulate_devices import SimulatedDevice
 from mqtt_bridge.tests.conftest import EmbeddedTestBroker, wait_until
 

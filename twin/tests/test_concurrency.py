@@ -6,8 +6,8 @@ import threading
 import pytest
 from django.db import close_old_connections, connection
 
-from conftest import device_client, make_operator_client
 from devices.models import Device
+from iotcloud.testing import device_client, make_operator_client
 from twin.services import twin_update_desired
 
 THREADS = 20

@@ -2,9 +2,9 @@
 
 import pytest
 
-from conftest import device_client
 from devices.models import Device
 from devices.services import device_decommission, device_rotate_token
+from iotcloud.testing import device_client
 from twin.services import twin_update_desired
 
 pytestmark = pytest.mark.django_db

@@ -3,10 +3,10 @@
 import pytest
 from django.test import override_settings
 
-from conftest import make_operator_client
 from devices.choices import Role
 from devices.models import Device
 from devices.services import device_decommission
+from iotcloud.testing import make_operator_client
 
 pytestmark = pytest.mark.django_db
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import device_client
+from iotcloud.testing import device_client
 
 
 def runbook(operator, device):
