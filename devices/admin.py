@@ -30,7 +30,7 @@ from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
 from iotcloud.api.parsers import parse_json_bytes
-from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
+from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge, error_body
 from iotcloud.form_fields import StrictJSONField
 from iotcloud.rules import valid_pk
 from iotcloud.strict_json import JSONError
@@ -407,7 +407,7 @@ class DeviceAdmin(TenantScopedAdmin):
         try:
             pks = [pk for pk in (int(p) for p in request.GET.get("ids", "").split(",") if p) if valid_pk(pk)][:200]
         except ValueError:
-            return JsonResponse({"detail": "ids must be a comma-separated list of integers"}, status=400)
+            return JsonResponse(error_body("ids must be a comma-separated list of integers", "invalid_ids"), status=400)
         rows = self.get_queryset(request).filter(pk__in=pks)
         return JsonResponse(
             {
@@ -440,7 +440,7 @@ class DeviceAdmin(TenantScopedAdmin):
             device = twin_update_desired(device=device, document=document, mode=mode, expected_version=expected_version)
         except DomainError as exc:
             if wants_json:
-                return JsonResponse({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
+                return JsonResponse(exc.body(), status=exc.status)
             self.message_user(request, f"Desired state not saved: {exc.message}", messages.ERROR)
         else:
             if wants_json:

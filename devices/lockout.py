@@ -28,6 +28,8 @@ from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from rest_framework import exceptions
 
+from iotcloud.errors import error_body
+
 # Sign-in pages: locked-out sign-ins there get an HTML page, elsewhere JSON.
 HTML_SIGN_IN_PREFIXES = ("/admin/", "/api-auth/")
 
@@ -134,8 +136,7 @@ def lockout_response(request, original_response=None, credentials=None) -> HttpR
         response.render()
     else:
         response = JsonResponse(
-            {"detail": f"{lockout_message()} Retry in {wait} seconds.", "code": "login_locked", "retry_after": wait},
-            status=429,
+            error_body(f"{lockout_message()} Retry in {wait} seconds.", "login_locked", retry_after=wait), status=429
         )
     response["Retry-After"] = str(wait)
     response["Cache-Control"] = "no-store"

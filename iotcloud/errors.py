@@ -1,11 +1,18 @@
-"""Domain errors raised by services, mapped to HTTP once (iotcloud.api.errors).
+"""Domain errors raised by services, mapped to HTTP once (iotcloud.api.errors), and the error body.
 
 Services raise these; the REST layer, the admin and the MQTT bridge each
 turn them into their own kind of answer (a status code, a form error, a
-rejected message) without re-deciding what went wrong.
+rejected message) without re-deciding what went wrong. Every JSON error the
+project answers is built by error_body: the DRF exception handler, the admin's
+JSON endpoints, the broker hooks, the health and metrics views.
 """
 
 from __future__ import annotations
+
+
+def error_body(detail: str, code: str, **extra) -> dict:
+    """`{"detail": <a sentence naming the problem>, "code": <stable, for clients>, **extra}`."""
+    return {"detail": detail, "code": code, **extra}
 
 
 class DomainError(Exception):
@@ -20,6 +27,9 @@ class DomainError(Exception):
         if code:
             self.code = code
         self.extra = extra
+
+    def body(self) -> dict:
+        return error_body(self.message, self.code, **self.extra)
 
 
 class InvalidInput(DomainError):

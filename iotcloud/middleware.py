@@ -6,6 +6,8 @@ from asgiref.sync import iscoroutinefunction
 from django.http import JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
+from iotcloud.errors import error_body
+
 
 def _nul_in_query(request) -> bool:
     return any("\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists())
@@ -20,8 +22,7 @@ def reject_nul_in_query(get_response):
     """
 
     def refuse():
-        return JsonResponse({"detail": "The query string contains a NUL character (%00)", "code": "invalid"},
-                            status=400)  # fmt: skip
+        return JsonResponse(error_body("The query string contains a NUL character (%00)", "invalid"), status=400)
 
     if iscoroutinefunction(get_response):
 

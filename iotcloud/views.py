@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from iotcloud import health, metrics
+from iotcloud.errors import error_body
 
 
 @require_safe  # GET or HEAD: some load balancers probe with HEAD
@@ -59,7 +60,7 @@ def prometheus_metrics(request):
     """Prometheus exposition: for `Authorization: Bearer <METRICS_TOKEN>`, or open with METRICS_PUBLIC (or DEBUG)."""
     access = operational_access(request)
     if access == NONE:
-        response = JsonResponse({"detail": "Missing or invalid metrics token", "code": "not_authenticated"}, status=401)
+        response = JsonResponse(error_body("Missing or invalid metrics token", "not_authenticated"), status=401)
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     return HttpResponse(metrics.render(client_ids=access == FULL), content_type=CONTENT_TYPE_LATEST)
@@ -72,8 +73,8 @@ def _bearer_matches(request, token: str) -> bool:
 
 def not_found(request, exception=None):
     """API clients get JSON, not an HTML page, for an unknown route."""
-    return JsonResponse({"detail": f"No route for {request.method} {request.path}", "code": "no_route"}, status=404)
+    return JsonResponse(error_body(f"No route for {request.method} {request.path}", "no_route"), status=404)
 
 
 def server_error(request):
-    return JsonResponse({"detail": "Internal server error", "code": "server_error"}, status=500)
+    return JsonResponse(error_body("Internal server error", "server_error"), status=500)

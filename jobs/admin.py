@@ -24,7 +24,7 @@ from django.utils.html import format_html, format_html_join
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus
 from devices.models import Device
-from iotcloud.errors import DomainError
+from iotcloud.errors import DomainError, error_body
 from iotcloud.rules import valid_pk
 from jobs import services
 from jobs.admin_forms import JobCreateForm
@@ -70,8 +70,8 @@ def progress_html(job_pk: int, job_id: str, progress: dict, *, wide: bool = Fals
     )
 
 
-def _bad_request(detail: str, status: int = 400) -> JsonResponse:
-    return JsonResponse({"detail": detail}, status=status)
+def _refuse(detail: str, code: str, status: int = 400) -> JsonResponse:
+    return JsonResponse(error_body(detail, code), status=status)
 
 
 def _parse_pks(raw: str) -> list[int]:
@@ -301,13 +301,13 @@ class JobAdmin(TenantScopedAdmin):
     def progress_json(self, request):
         """`?ids=1,2`: per job {status, total, remaining, counts, percent_done, html}; others' jobs are omitted."""
         if not self.has_view_permission(request):
-            return _bad_request("You may not view jobs", status=403)
+            return _refuse("You may not view jobs", "permission_denied", status=403)
         try:
             pks = _parse_pks(request.GET.get("ids", ""))
         except ValueError as exc:
-            return _bad_request(f"ids: {str(exc)[:40]!r} is not a job number; give ids=<pk>,<pk>")
+            return _refuse(f"ids: {str(exc)[:40]!r} is not a job number; give ids=<pk>,<pk>", "invalid_ids")
         if len(pks) > MAX_PROGRESS_IDS:
-            return _bad_request(f"ids: at most {MAX_PROGRESS_IDS} jobs per request")
+            return _refuse(f"ids: at most {MAX_PROGRESS_IDS} jobs per request", "invalid_ids")
         jobs = dict(self.get_queryset(request).filter(pk__in=pks).values_list("pk", "status")) if pks else {}
         progress = jobs_progress(jobs)
         return JsonResponse(
@@ -318,7 +318,7 @@ class JobAdmin(TenantScopedAdmin):
     def devices_json(self, request):
         """select2's source for the add form: active devices of the user's tenant, by device id."""
         if not self.has_add_permission(request):
-            return _bad_request("You may not create jobs", status=403)
+            return _refuse("You may not create jobs", "permission_denied", status=403)
         devices = Device.objects.filter(status=DeviceStatus.ACTIVE).order_by("device_id", "tenant_id")
         if not request.user.is_superuser:
             devices = devices.filter(tenant=admin_tenant(request))

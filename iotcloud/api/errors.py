@@ -10,7 +10,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from iotcloud.errors import DomainError
+from iotcloud.errors import DomainError, error_body
 
 
 def _first_message(detail) -> str:
@@ -25,19 +25,15 @@ def _first_message(detail) -> str:
 
 def exception_handler(exc, context):
     if isinstance(exc, DomainError):
-        return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
+        return Response(exc.body(), status=exc.status)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        response.data = {
-            "detail": _first_message(exc.detail),
-            "code": "invalid",
-            "errors": exc.detail,
-        }
+        response.data = error_body(_first_message(exc.detail), "invalid", errors=exc.detail)
     elif isinstance(response.data, dict) and "detail" in response.data:
         codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
-        response.data = {"detail": str(response.data["detail"]), "code": codes if isinstance(codes, str) else "error"}
+        response.data = error_body(str(response.data["detail"]), codes if isinstance(codes, str) else "error")
     if response.status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in response:
         response["WWW-Authenticate"] = "Bearer"
     return response

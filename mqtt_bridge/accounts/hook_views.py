@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from iotcloud.api.parsers import JSONBodyError, parse_json_bytes
+from iotcloud.errors import error_body
 from mqtt_bridge.accounts.hooks import login_decision, topic_decision
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ MAX_FIELD = 1024
 
 
 def _refuse(status: int, detail: str, code: str) -> JsonResponse:
-    return JsonResponse({"detail": detail, "code": code}, status=status)
+    return JsonResponse(error_body(detail, code), status=status)
 
 
 def _caller_problem(request) -> JsonResponse | None:
