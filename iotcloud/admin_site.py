@@ -9,51 +9,28 @@ Each part is a bounded number of queries, whatever the fleet size.
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
 from django.http import Http404, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 
-from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import operator_tenant
 from iotcloud.admin_filters import declared_filters_only
-from jobs.choices import JobStatus
+from jobs import selectors as job_selectors
 from jobs.models import Job
-from jobs.selectors import jobs_progress
-from twin.selectors import SYNC_STATUSES, sync_status_q
-from twin.shadow import sync_status
+from twin import selectors as twin_selectors
 
 DASHBOARD_JOBS = 10
 DASHBOARD_RECENT = 20
 MAX_WATCHED_TENANTS = 100  # the live consumer's limit per subscription
 
 
-def device_counts(devices) -> dict[str, int]:
-    """Active devices per sync status, and decommissioned ones: one aggregate query."""
-    now = timezone.now()
-    active = Q(status=DeviceStatus.ACTIVE)
-    counts = devices.aggregate(
-        **{status: Count("pk", filter=active & sync_status_q(status, now=now)) for status in SYNC_STATUSES},
-        decommissioned=Count("pk", filter=Q(status=DeviceStatus.DECOMMISSIONED)),
-    )
-    return {name: counts[name] or 0 for name in [*SYNC_STATUSES, "decommissioned"]}
-
-
 def jobs_in_progress(jobs, site_name: str) -> list[dict]:
-    """The newest jobs in progress with their progress (two queries)."""
+    """The newest jobs in progress with their progress bars."""
     from jobs.admin import progress_inner_html  # the jobs admin renders bars; imported late (it registers models)
 
-    rows = list(
-        jobs.filter(status=JobStatus.IN_PROGRESS)
-        .order_by("-created_at")
-        .values("pk", "job_id", "tenant_id", "document_type", "created_at")[:DASHBOARD_JOBS]
-    )
-    progress = jobs_progress([row["pk"] for row in rows])
     return [
         {
             "pk": row["pk"],
@@ -62,36 +39,26 @@ def jobs_in_progress(jobs, site_name: str) -> list[dict]:
             "document_type": row["document_type"],
             "created_at": row["created_at"].isoformat(),
             "url": reverse(f"{site_name}:jobs_job_change", args=[row["pk"]]),
-            "progress": progress[row["pk"]],
-            "html": progress_inner_html(progress[row["pk"]]),
+            "progress": row["progress"],
+            "html": progress_inner_html(row["progress"]),
         }
-        for row in rows
+        for row in job_selectors.jobs_in_progress(jobs, limit=DASHBOARD_JOBS)
     ]
 
 
 def recent_reports(devices, site_name: str) -> list[dict]:
     """Devices with the latest reported state, with their sync badge."""
-    now = timezone.now()
-    rows = (
-        devices.filter(reported_updated_at__isnull=False)
-        .order_by("-reported_updated_at")
-        .values("pk", "device_id", "tenant_id", "status", "desired_version", "reported_version", "last_seen",
-                "reported_updated_at")[:DASHBOARD_RECENT]
-    )  # fmt: skip
     return [
         {
             "device_id": row["device_id"],
             "tenant": row["tenant_id"],
             "url": reverse(f"{site_name}:devices_device_change", args=[row["pk"]]),
-            "sync_status": "decommissioned"
-            if row["status"] == DeviceStatus.DECOMMISSIONED
-            else sync_status(row["desired_version"], row["reported_version"], row["last_seen"], now=now,
-                             stale_after=settings.TWIN_STALE_AFTER),
+            "sync_status": row["sync_status"],
             "reported_version": row["reported_version"],
             "reported_updated_at": row["reported_updated_at"].isoformat(),
         }
-        for row in rows
-    ]  # fmt: skip
+        for row in twin_selectors.latest_reports(devices, limit=DASHBOARD_RECENT)
+    ]
 
 
 class IotcloudAdminSite(admin.AdminSite):
@@ -132,7 +99,7 @@ class IotcloudAdminSite(admin.AdminSite):
         jobs = Job.objects.filter(tenant=tenant) if tenant else Job.objects.all()
         return {
             "tenant": tenant.pk if tenant else None,
-            "counts": device_counts(devices),
+            "counts": twin_selectors.sync_counts(devices),
             "jobs": jobs_in_progress(jobs, self.name),
             "recent": recent_reports(devices, self.name),
         }
@@ -152,7 +119,7 @@ class IotcloudAdminSite(admin.AdminSite):
             "tenants": Tenant.objects.order_by("pk").values_list("pk", flat=True) if request.user.is_superuser else [],
             "live_tenants": watched,
             "json_url": reverse(f"{self.name}:dashboard_json") + query,
-            "sync_statuses": [*SYNC_STATUSES, "decommissioned"],
+            "sync_statuses": [*twin_selectors.SYNC_STATUSES, "decommissioned"],
         }
         request.current_app = self.name
         return TemplateResponse(request, "admin/dashboard.html", context)

@@ -14,7 +14,7 @@ from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
 from iotcloud.rules import JOB_ID_RE
-from jobs.choices import TERMINAL, ExecutionStatus
+from jobs.choices import TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 
 
@@ -175,3 +175,14 @@ def execution_counts() -> dict[str, int]:
     counts = dict.fromkeys(ExecutionStatus.values, 0)
     counts.update(JobExecution.objects.order_by().values_list("status").annotate(n=Count("id")))
     return counts
+
+
+def jobs_in_progress(jobs, *, limit: int) -> list[dict]:
+    """The newest IN_PROGRESS jobs of the queryset, each with its progress (two queries)."""
+    rows = list(
+        jobs.filter(status=JobStatus.IN_PROGRESS)
+        .order_by("-created_at")
+        .values("pk", "job_id", "tenant_id", "document_type", "created_at")[:limit]
+    )
+    progress = jobs_progress([row["pk"] for row in rows])
+    return [{**row, "progress": progress[row["pk"]]} for row in rows]

@@ -80,3 +80,36 @@ def fleet_device_counts(*, now: datetime | None = None) -> tuple[dict[str, int],
         if row["status"] == DeviceStatus.ACTIVE:
             by_sync_status = {status: row[status] for status in SYNC_STATUSES}
     return by_status, by_sync_status
+
+
+def sync_counts(devices, *, now: datetime | None = None) -> dict[str, int]:
+    """Active devices of the queryset per sync status, and decommissioned ones: one aggregate query."""
+    now = now or timezone.now()
+    active = Q(status=DeviceStatus.ACTIVE)
+    counts = devices.aggregate(
+        **{status: Count("pk", filter=active & sync_status_q(status, now=now)) for status in SYNC_STATUSES},
+        decommissioned=Count("pk", filter=Q(status=DeviceStatus.DECOMMISSIONED)),
+    )
+    return {name: counts[name] or 0 for name in [*SYNC_STATUSES, "decommissioned"]}
+
+
+def latest_reports(devices, *, limit: int, now: datetime | None = None) -> list[dict]:
+    """The devices of the queryset that reported last, newest first, each with its sync status
+    ("decommissioned" for a retired device)."""
+    now = now or timezone.now()
+    rows = (
+        devices.filter(reported_updated_at__isnull=False)
+        .order_by("-reported_updated_at")
+        .values("pk", "device_id", "tenant_id", "status", "desired_version", "reported_version", "last_seen",
+                "reported_updated_at")[:limit]
+    )  # fmt: skip
+    return [
+        {
+            **row,
+            "sync_status": "decommissioned"
+            if row["status"] == DeviceStatus.DECOMMISSIONED
+            else sync_status(row["desired_version"], row["reported_version"], row["last_seen"], now=now,
+                             stale_after=settings.TWIN_STALE_AFTER),
+        }
+        for row in rows
+    ]  # fmt: skip
