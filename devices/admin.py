@@ -34,7 +34,8 @@ from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge, error_bo
 from iotcloud.form_fields import StrictJSONField
 from iotcloud.rules import valid_pk
 from iotcloud.strict_json import JSONError
-from twin.selectors import SYNC_STATUSES, sync_status_q, twin_document
+from twin.choices import SYNC_STATUSES, SyncStatus
+from twin.selectors import sync_status_q, twin_document
 from twin.services import DesiredMode, twin_update_desired
 
 ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/live.js"])
@@ -222,7 +223,7 @@ class SyncStatusFilter(admin.SimpleListFilter):
     parameter_name = "sync"
 
     def lookups(self, request, model_admin):
-        return [(status, status.capitalize()) for status in SYNC_STATUSES]
+        return [(status.value, status.label) for status in SYNC_STATUSES]
 
     def queryset(self, request, queryset):
         return queryset.filter(sync_status_q(self.value())) if self.value() in SYNC_STATUSES else queryset
@@ -293,9 +294,9 @@ class DesiredForm(forms.Form):
 def _sync_annotation():
     # One CASE in the SELECT: the list shows 100 badges without 100 queries.
     return Case(
-        When(sync_status_q("stale"), then=Value("stale")),
-        When(sync_status_q("synced"), then=Value("synced")),
-        default=Value("pending"),
+        When(sync_status_q(SyncStatus.STALE), then=Value(SyncStatus.STALE.value)),
+        When(sync_status_q(SyncStatus.SYNCED), then=Value(SyncStatus.SYNCED.value)),
+        default=Value(SyncStatus.PENDING.value),
         output_field=CharField(),
     )
 

@@ -3,12 +3,15 @@ import django_filters
 from devices.choices import DeviceStatus
 from devices.models import Device
 from devices.selectors import filter_by_tag
-from twin.selectors import SYNC_STATUSES, sync_status_q
+from twin.choices import SYNC_STATUSES
+from twin.selectors import sync_status_q
 
 
 class DeviceFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=DeviceStatus.choices)
-    sync_status = django_filters.ChoiceFilter(choices=[(s, s) for s in SYNC_STATUSES], method="filter_sync_status")
+    sync_status = django_filters.ChoiceFilter(
+        choices=[(s.value, s.value) for s in SYNC_STATUSES], method="filter_sync_status"
+    )
     tag = django_filters.CharFilter(
         method="filter_tag", help_text="`key` (has the tag) or `key:value` (tag equals value)."
     )

@@ -4,7 +4,8 @@ from rest_framework import serializers
 from devices.models import Device
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
 from iotcloud.rules import DEVICE_ID_RULE
-from twin.selectors import SYNC_STATUSES, device_sync_status
+from twin.choices import SYNC_STATUSES
+from twin.selectors import device_sync_status
 
 
 class DeviceSerializer(serializers.ModelSerializer):

@@ -10,31 +10,32 @@ from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from twin.shadow import PENDING, STALE, SYNCED, compute_delta, sync_status
-
-SYNC_STATUSES = (SYNCED, PENDING, STALE)
+from twin.choices import SYNC_STATUSES, SyncStatus, shown_sync_status
+from twin.shadow import compute_delta, sync_status
 
 
 def sync_status_q(status: str, *, now: datetime | None = None) -> Q:
     """The rule of twin.shadow.sync_status, as a filter (kept equal by tests)."""
     now = now or timezone.now()
     stale = Q(last_seen__isnull=True) | Q(last_seen__lt=now - settings.TWIN_STALE_AFTER)
-    if status == STALE:
+    if status == SyncStatus.STALE:
         return stale
-    if status == SYNCED:
+    if status == SyncStatus.SYNCED:
         return ~stale & Q(reported_version__gte=F("desired_version"))
-    if status == PENDING:
+    if status == SyncStatus.PENDING:
         return ~stale & Q(desired_version__gt=F("reported_version"))
     raise ValueError(f"unknown sync status {status!r}")
 
 
-def device_sync_status(device: Device, *, now: datetime | None = None) -> str:
-    return sync_status(
-        device.desired_version,
-        device.reported_version,
-        device.last_seen,
-        now=now,
-        stale_after=settings.TWIN_STALE_AFTER,
+def device_sync_status(device: Device, *, now: datetime | None = None) -> SyncStatus:
+    return SyncStatus(
+        sync_status(
+            device.desired_version,
+            device.reported_version,
+            device.last_seen,
+            now=now,
+            stale_after=settings.TWIN_STALE_AFTER,
+        )
     )
 
 
@@ -88,14 +89,14 @@ def sync_counts(devices, *, now: datetime | None = None) -> dict[str, int]:
     active = Q(status=DeviceStatus.ACTIVE)
     counts = devices.aggregate(
         **{status: Count("pk", filter=active & sync_status_q(status, now=now)) for status in SYNC_STATUSES},
-        decommissioned=Count("pk", filter=Q(status=DeviceStatus.DECOMMISSIONED)),
+        **{SyncStatus.DECOMMISSIONED.value: Count("pk", filter=Q(status=DeviceStatus.DECOMMISSIONED))},
     )
-    return {name: counts[name] or 0 for name in [*SYNC_STATUSES, "decommissioned"]}
+    return {name: counts[name] or 0 for name in SyncStatus.values}
 
 
 def latest_reports(devices, *, limit: int, now: datetime | None = None) -> list[dict]:
-    """The devices of the queryset that reported last, newest first, each with its sync status
-    ("decommissioned" for a retired device)."""
+    """The devices of the queryset that reported last, newest first, each with its sync badge
+    (SyncStatus.DECOMMISSIONED for a retired device)."""
     now = now or timezone.now()
     rows = (
         devices.filter(reported_updated_at__isnull=False)
@@ -106,10 +107,11 @@ def latest_reports(devices, *, limit: int, now: datetime | None = None) -> list[
     return [
         {
             **row,
-            "sync_status": "decommissioned"
-            if row["status"] == DeviceStatus.DECOMMISSIONED
-            else sync_status(row["desired_version"], row["reported_version"], row["last_seen"], now=now,
-                             stale_after=settings.TWIN_STALE_AFTER),
+            "sync_status": shown_sync_status(
+                row["status"],
+                sync_status(row["desired_version"], row["reported_version"], row["last_seen"], now=now,
+                            stale_after=settings.TWIN_STALE_AFTER),
+            ),
         }
         for row in rows
     ]  # fmt: skip

@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from iotcloud.api.fields import JSONObjectField, StrictIntegerField, StrictSerializer
-from twin.selectors import SYNC_STATUSES
+from twin.choices import SYNC_STATUSES
 
 
 class DesiredWriteSerializer(StrictSerializer):
