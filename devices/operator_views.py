@@ -16,8 +16,9 @@ from devices.serializers import (
     ProvisionSerializer,
     TokenSerializer,
 )
+from iotcloud.api.schema import OPERATOR_ERRORS as ERRORS
+from iotcloud.api.schema import TENANT_PARAM
 from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
-from twin.operator_views import ERRORS, TENANT_PARAM
 
 
 @extend_schema_view(

@@ -3,13 +3,14 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
+from iotcloud.api.schema import error_responses
+from iotcloud.api.serializers import ErrorSerializer
+from iotcloud.api.views import DeviceAPIView
 from jobs import services
 from jobs.selectors import device_execution, execution_document, pending_jobs
 from jobs.serializers import DeviceExecutionSerializer, ExecutionUpdateSerializer, PendingJobsSerializer
-from twin.device_views import DeviceAPIView
-from twin.serializers import ErrorSerializer
 
-ERRORS = {s: ErrorSerializer for s in (400, 401, 404, 409, 413)}
+ERRORS = error_responses(400, 401, 404, 409, 413)
 
 
 class PendingJobsView(DeviceAPIView):

@@ -7,6 +7,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from devices.selectors import tenant_for_write
+from iotcloud.api.schema import OPERATOR_ERRORS as ERRORS
+from iotcloud.api.schema import TENANT_PARAM
 from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
 from jobs import services
 from jobs.choices import ExecutionStatus
@@ -20,7 +22,6 @@ from jobs.serializers import (
     JobListSerializer,
     JobSerializer,
 )
-from twin.operator_views import ERRORS, TENANT_PARAM
 
 
 @extend_schema_view(

@@ -1,32 +1,13 @@
 """Device twin API: the device is whoever its provision token says."""
 
 from drf_spectacular.utils import extend_schema
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from devices.authentication import ProvisionTokenAuthentication
-from devices.permissions import IsDevice
-from devices.throttling import RateLimitedViewMixin
-from twin.serializers import (
-    DeviceShadowSerializer,
-    ErrorSerializer,
-    ReportAcceptedSerializer,
-    ReportedSerializer,
-)
+from iotcloud.api.schema import error_responses
+from iotcloud.api.serializers import ErrorSerializer
+from iotcloud.api.views import DeviceAPIView
+from twin.serializers import DeviceShadowSerializer, ReportAcceptedSerializer, ReportedSerializer
 from twin.services import twin_record_reported
-
-
-class DeviceAPIView(RateLimitedViewMixin, APIView):
-    """Device endpoints: provision-token auth, per-device rate limit (DEVICE_RATE_LIMIT), JSON only."""
-
-    authentication_classes = [ProvisionTokenAuthentication]
-    permission_classes = [IsDevice]
-    renderer_classes = [JSONRenderer]  # devices speak JSON; no browsable-API negotiation on the hot path
-
-    @property
-    def device(self):
-        return self.request.user.device
 
 
 class DeviceShadowView(DeviceAPIView):
@@ -40,7 +21,7 @@ class DeviceReportedView(DeviceAPIView):
     @extend_schema(
         operation_id="device_shadow_report",
         request=ReportedSerializer,
-        responses={200: ReportAcceptedSerializer, **{s: ErrorSerializer for s in (400, 401, 409, 413)}},
+        responses={200: ReportAcceptedSerializer, **error_responses(400, 401, 409, 413)},
         description="Report the device's state for desired `version` (0..desired_version; 409 otherwise).",
     )
     def post(self, request):

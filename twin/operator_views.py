@@ -1,17 +1,16 @@
 """Operator twin API: read the twin, write desired state, read the delta."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices.selectors import device_for_operator
+from iotcloud.api.schema import OPERATOR_ERRORS as ERRORS
+from iotcloud.api.schema import TENANT_PARAM
 from iotcloud.errors import InvalidInput
 from twin.selectors import twin_delta, twin_document
-from twin.serializers import DeltaSerializer, DesiredWriteSerializer, ErrorSerializer, TwinSerializer
+from twin.serializers import DeltaSerializer, DesiredWriteSerializer, TwinSerializer
 from twin.services import DesiredMode, twin_update_desired
-
-TENANT_PARAM = OpenApiParameter("tenant", str, description="Superusers: the device's tenant when ids collide.")
-ERRORS = {status: ErrorSerializer for status in (400, 401, 403, 404, 409, 413)}
 
 
 def _device(request, device_id, **kwargs):

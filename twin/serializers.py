@@ -51,8 +51,3 @@ class ReportedSerializer(StrictSerializer):
 class ReportAcceptedSerializer(serializers.Serializer):
     accepted = serializers.BooleanField()
     version = serializers.IntegerField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-    code = serializers.CharField()

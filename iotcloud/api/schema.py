@@ -1,6 +1,19 @@
-"""OpenAPI post-processing: answers every operation of a kind can give, declared once."""
+"""OpenAPI pieces every API shares, declared once: error responses, the tenant parameter, the 429."""
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter
+
+from iotcloud.api.serializers import ErrorSerializer
+
+TENANT_PARAM = OpenApiParameter("tenant", str, description="Superusers: the device's tenant when ids collide.")
+
+
+def error_responses(*statuses: int) -> dict:
+    """`responses` entries for these error statuses, each an ErrorSerializer body."""
+    return dict.fromkeys(statuses, ErrorSerializer)
+
+
+OPERATOR_ERRORS = error_responses(400, 401, 403, 404, 409, 413)  # what an operator endpoint may answer
 
 RATE_LIMITED = {
     "description": "Too many requests from this device (DEVICE_RATE_LIMIT); retry after Retry-After seconds.",

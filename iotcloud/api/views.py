@@ -1,4 +1,4 @@
-"""Shared machinery of the operator API viewsets."""
+"""Shared machinery of the API views: the operator viewsets (tenant scope, strict cursors), the device base view."""
 
 import binascii
 import datetime
@@ -10,7 +10,12 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models
 from rest_framework import mixins, viewsets
 from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.renderers import JSONRenderer
+from rest_framework.views import APIView
 
+from devices.authentication import ProvisionTokenAuthentication
+from devices.permissions import IsDevice
+from devices.throttling import RateLimitedViewMixin
 from iotcloud.errors import InvalidInput
 from iotcloud.rules import fits_int64
 
@@ -139,3 +144,15 @@ class TenantScopedViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
     def get_object(self):
         return self.lookup(self.request.user, self.kwargs[self.lookup_field], self.tenant_param)
+
+
+class DeviceAPIView(RateLimitedViewMixin, APIView):
+    """Device endpoints: provision-token auth, per-device rate limit (DEVICE_RATE_LIMIT), JSON only."""
+
+    authentication_classes = [ProvisionTokenAuthentication]
+    permission_classes = [IsDevice]
+    renderer_classes = [JSONRenderer]  # devices speak JSON; no browsable-API negotiation on the hot path
+
+    @property
+    def device(self):
+        return self.request.user.device
