@@ -27,8 +27,8 @@ from devices.models import Device
 from iotcloud.errors import DomainError, error_body
 from iotcloud.rules import valid_pk
 from jobs import services
-from jobs.admin_forms import JobCreateForm
 from jobs.choices import ExecutionStatus
+from jobs.forms import JobCreateForm
 from jobs.models import Job, JobExecution
 from jobs.selectors import jobs_progress
 

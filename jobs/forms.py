@@ -1,0 +1,176 @@
+"""The admin's "Add job" form: operator input in, jobs.services.job_create does the rest.
+
+The form only parses (JSON params, the tag selector text, the device picks)
+and scopes choices to the operator's tenant; every rule about jobs stays in
+the service (document_params are checked by its check_document_params as
+soon as they parse), whose DomainError is shown inline on the field it is about.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.admin.widgets import AdminSplitDateTime, AutocompleteSelectMultiple
+
+from devices.choices import DeviceStatus
+from devices.models import Device, Tenant
+from iotcloud.errors import DomainError
+from iotcloud.form_fields import parse_json_text
+from iotcloud.rules import JOB_ID_RULE
+from jobs import services
+from jobs.models import Job, JobExecution
+
+# Service error code -> the form field it is about (anything else is a non-field error).
+ERROR_FIELDS = {
+    "invalid_job_id": "job_id",
+    "job_exists": "job_id",
+    "invalid_document_type": "document_type",
+    "invalid_expiry": "expires_at",
+    "invalid_timeout": "in_progress_timeout_seconds",
+    "unknown_targets": "devices",
+    "invalid_targets": "tags",
+}
+
+
+class DeviceAutocomplete(AutocompleteSelectMultiple):
+    """Django admin's select2 widget, fed by JobAdmin's scoped endpoint (active devices of the tenant only)."""
+
+    def __init__(self, url: str, admin_site, attrs=None):
+        super().__init__(JobExecution._meta.get_field("device"), admin_site, attrs=attrs)
+        self.url = url
+
+    def get_url(self):
+        return self.url
+
+
+class DeviceChoiceField(forms.ModelMultipleChoiceField):
+    def __init__(self, *args, with_tenant: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.with_tenant = with_tenant
+
+    def label_from_instance(self, obj):
+        return str(obj) if self.with_tenant else obj.device_id
+
+
+def parse_tags(text: str) -> dict:
+    """`site=berlin, fw=1.2` or a JSON object; values are matched exactly."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        tags = parse_json_text(text, what="the tag selector")
+        if not isinstance(tags, dict):
+            raise forms.ValidationError("Tag selector must be a JSON object")
+        return tags
+    tags = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise forms.ValidationError(f"Tag selector: {part!r} is not key=value (e.g. site=berlin, fw=1.2)")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+class JobCreateForm(forms.ModelForm):
+    """Not saved as a ModelForm: save() calls the service (targets, executions, events)."""
+
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.all(), help_text="The tenant the job runs in.")
+    job_id = forms.CharField(required=False, help_text=f"{JOB_ID_RULE}; generated when left blank.")
+    document_type = forms.CharField(help_text="What the device should do, e.g. reboot, fw_update.")
+    document_params = forms.CharField(
+        required=False,
+        initial="{}",
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+        help_text='A JSON object given to the device, e.g. {"url": "https://…/fw-1.3.bin"}.',
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 80}))
+    devices = forms.Field(required=False)  # replaced in __init__ (needs the tenant and the URL)
+    tags = forms.CharField(
+        required=False,
+        label="Tag selector",
+        widget=forms.TextInput(attrs={"class": "vTextField", "placeholder": "site=berlin, fw=1.2"}),
+        help_text='Active devices having all these tags: key=value pairs or a JSON object {"site": "berlin"}.',
+    )
+    expires_at = forms.SplitDateTimeField(
+        required=False,
+        widget=AdminSplitDateTime,
+        help_text="Optional (UTC). Executions not started by then end TIMED_OUT.",
+    )
+    in_progress_timeout_seconds = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=services.MAX_TIMEOUT_SECONDS,
+        label="In-progress timeout (seconds)",
+        help_text="Optional. An execution in progress for longer ends TIMED_OUT.",
+    )
+
+    class Meta:
+        model = Job
+        fields = []
+
+    def __init__(self, *args, tenant: Tenant | None, autocomplete_url: str, admin_site, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.own_tenant = tenant
+        devices = Device.objects.filter(status=DeviceStatus.ACTIVE).select_related("tenant").order_by("device_id")
+        if tenant is not None:  # an operator: their tenant only, for choices and for what a POST may name
+            devices = devices.filter(tenant=tenant)
+            del self.fields["tenant"]
+        self.fields["devices"] = DeviceChoiceField(
+            queryset=devices,
+            required=False,
+            with_tenant=tenant is None,
+            label="Target devices",
+            widget=DeviceAutocomplete(autocomplete_url, admin_site),
+            help_text="Type to search active devices.",
+        )
+        self.job: Job | None = None
+
+    def _post_clean(self):
+        pass  # no model instance is built or validated here: the service validates and writes
+
+    def clean_document_params(self):
+        text = self.cleaned_data["document_params"].strip() or "{}"
+        params = parse_json_text(text, what="the document params")
+        if not isinstance(params, dict):
+            raise forms.ValidationError(f"Document params must be a JSON object, not {type(params).__name__}")
+        try:
+            return services.check_document_params(params)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def clean_tags(self):
+        return parse_tags(self.cleaned_data["tags"])
+
+    def clean(self):
+        data = super().clean()
+        if "devices" in data and "tags" in data and not data["devices"] and not data["tags"]:
+            raise forms.ValidationError("Pick target devices, give a tag selector, or both")
+        tenant = self.target_tenant()
+        foreign = [d for d in data.get("devices") or [] if tenant is not None and d.tenant_id != tenant.pk]
+        if foreign:
+            names = ", ".join(str(d) for d in foreign[:10])
+            self.add_error("devices", f"These devices are not in tenant {tenant.pk!r}: {names}")
+        return data
+
+    def target_tenant(self) -> Tenant | None:
+        return self.own_tenant or self.cleaned_data.get("tenant")
+
+    def save(self, commit=True):
+        """Create the job through the service; on a DomainError, add it to the form and return None."""
+        data = self.cleaned_data
+        try:
+            self.job = services.job_create(
+                tenant=self.target_tenant(),
+                job_id=data["job_id"] or None,
+                document_type=data["document_type"],
+                document_params=data["document_params"],
+                description=data["description"],
+                device_ids=[d.device_id for d in data["devices"]],
+                tags=data["tags"],
+                expires_at=data["expires_at"],
+                in_progress_timeout_seconds=data["in_progress_timeout_seconds"],
+            )
+        except DomainError as exc:
+            field = ERROR_FIELDS.get(exc.code)
+            self.add_error(field if field in self.fields else None, exc.message)
+            return None
+        return self.job
