@@ -1,14 +1,12 @@
-"""Admin for tenants, operators (memberships) and devices, with the twin panel.
+"""Admin for tenants, operators (memberships) and devices; a device's page carries the twin panel.
 
 Every write goes through the services (devices.services, twin.services), as
-it does from the API: saving desired state bumps the version and the MQTT
-bridge delivers it; provisioning and rotation show the new token once.
+it does from the API: provisioning and rotation show the new token once.
+The twin panel, the sync badge and the sync filter are twin's (twin.admin_panel).
 Tenant scoping and role checks come from devices.admin_scope.
 """
 
 from __future__ import annotations
-
-import json
 
 from django import forms
 from django.conf import settings
@@ -16,8 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, CharField, Value, When
-from django.http import Http404, HttpResponseNotAllowed, JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -25,18 +22,14 @@ from django.utils import formats, timezone
 from django.utils.html import format_html
 
 from devices import services
-from devices.admin_scope import TenantScopedAdmin, admin_tenant, may_write
+from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
-from iotcloud.api.parsers import parse_json_bytes
-from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge, error_body
+from iotcloud.errors import DomainError, error_body
 from iotcloud.form_fields import StrictJSONField
-from iotcloud.rules import valid_pk
-from iotcloud.strict_json import JSONError
-from twin.choices import SYNC_STATUSES, SyncStatus
-from twin.selectors import sync_status_q, twin_document
-from twin.services import DesiredMode, twin_update_desired
+from iotcloud.rules import DEVICE_ID_RULE, valid_pk
+from twin.admin_panel import SyncStatusFilter, TwinPanelAdmin, sync_annotation, sync_badge
 
 ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/live.js"])
 
@@ -218,17 +211,6 @@ class MembershipAdmin(TenantScopedAdmin):
 # --- devices -------------------------------------------------------------------------------------------
 
 
-class SyncStatusFilter(admin.SimpleListFilter):
-    title = "sync status"
-    parameter_name = "sync"
-
-    def lookups(self, request, model_admin):
-        return [(status.value, status.label) for status in SYNC_STATUSES]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(sync_status_q(self.value())) if self.value() in SYNC_STATUSES else queryset
-
-
 class TagFilter(admin.ListFilter):
     """Free text: `key` (has the tag) or `key:value` (tag equals)."""
 
@@ -272,9 +254,14 @@ class DeviceForm(forms.ModelForm):
 
 
 class ProvisionForm(forms.Form):
+    """Provisioning: device_provision checks the id and the tags; its errors land on these fields."""
+
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.all())
-    device_id = forms.CharField(max_length=128, help_text="1-128 of A-Z a-z 0-9 _ . : - (it is part of MQTT topics).")
+    device_id = forms.CharField(help_text=f"{DEVICE_ID_RULE} (it is part of MQTT topics).")
     tags = StrictJSONField(required=False, initial=dict, help_text='For example {"site": "berlin"}.')
+
+    # Which field a service error belongs under; any other (invalid tags) is shown above the form.
+    ERROR_FIELDS = {"invalid_device_id": "device_id", "device_exists": "device_id"}
 
     def __init__(self, *args, tenant: Tenant | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -283,40 +270,8 @@ class ProvisionForm(forms.Form):
             self.fields["tenant"].initial = tenant.pk
 
 
-class DesiredForm(forms.Form):
-    """The desired-state editor, when posted without JavaScript (the panel normally posts JSON)."""
-
-    document = forms.CharField(widget=forms.Textarea)
-    mode = forms.ChoiceField(choices=[(m.value, m.value) for m in DesiredMode], initial=DesiredMode.MERGE.value)
-    expected_version = forms.IntegerField(required=False)
-
-
-def _sync_annotation():
-    # One CASE in the SELECT: the list shows 100 badges without 100 queries.
-    return Case(
-        When(sync_status_q(SyncStatus.STALE), then=Value(SyncStatus.STALE.value)),
-        When(sync_status_q(SyncStatus.SYNCED), then=Value(SyncStatus.SYNCED.value)),
-        default=Value(SyncStatus.PENDING.value),
-        output_field=CharField(),
-    )
-
-
-def _badge(device: Device, sync: str):
-    return format_html(
-        '<span class="iot-badge iot-badge-{}" data-badge data-pk="{}" data-tenant="{}" data-key="{}/{}">{}</span>',
-        sync, device.pk, device.tenant_id, device.tenant_id, device.device_id, sync,
-    )  # fmt: skip
-
-
-def _twin_payload(device: Device) -> dict:
-    document = twin_document(device)
-    document["pk"] = device.pk
-    document["desired_published_version"] = device.desired_published_version
-    return document
-
-
 @admin.register(Device)
-class DeviceAdmin(TenantScopedAdmin):
+class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
     form = DeviceForm
     change_form_template = "admin/devices/device/change_form.html"
     change_list_template = "admin/devices/device/change_list.html"
@@ -352,7 +307,7 @@ class DeviceAdmin(TenantScopedAdmin):
         return super().media + ADMIN_MEDIA
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(sync=_sync_annotation())
+        return super().get_queryset(request).annotate(sync=sync_annotation())
 
     def get_search_results(self, request, queryset, search_term):
         # Device ids are searched by prefix (what operators type), case-sensitive like the ids themselves.
@@ -364,7 +319,7 @@ class DeviceAdmin(TenantScopedAdmin):
 
     @admin.display(description="sync", ordering="sync")
     def sync_badge(self, obj):
-        return _badge(obj, obj.sync)
+        return sync_badge(obj, obj.sync)
 
     @admin.display(description="desired v", ordering="desired_version")
     def desired_v(self, obj):
@@ -388,8 +343,7 @@ class DeviceAdmin(TenantScopedAdmin):
         view = self.admin_site.admin_view
         return [
             path("status.json", view(self.status_json), name="devices_device_status"),
-            path("<int:pk>/twin.json", view(self.twin_json), name="devices_device_twin"),
-            path("<int:pk>/desired/", view(self.desired_view), name="devices_device_desired"),
+            *self.twin_panel_urls(),
             path("<int:pk>/rotate-token/", view(self.rotate_token_view), name="devices_device_rotate"),
             path("<int:pk>/decommission/", view(self.decommission_view), name="devices_device_decommission"),
             *super().get_urls(),
@@ -424,45 +378,6 @@ class DeviceAdmin(TenantScopedAdmin):
                 }
             }
         )
-
-    def twin_json(self, request, pk):
-        return JsonResponse(_twin_payload(self._device(request, pk)))
-
-    def desired_view(self, request, pk):
-        """Save desired state through twin_update_desired; answers JSON (the panel) or redirects (no JS)."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        device = self._device(request, pk, write=True)
-        wants_json = request.content_type == "application/json"
-        try:
-            document, mode, expected_version = (
-                self._desired_from_json(request) if wants_json else self._desired_from_form(request)
-            )
-            device = twin_update_desired(device=device, document=document, mode=mode, expected_version=expected_version)
-        except DomainError as exc:
-            if wants_json:
-                return JsonResponse(exc.body(), status=exc.status)
-            self.message_user(request, f"Desired state not saved: {exc.message}", messages.ERROR)
-        else:
-            if wants_json:
-                return JsonResponse(_twin_payload(Device.objects.get(pk=device.pk)))
-            self.message_user(request, f"Desired state saved: version {device.desired_version}.", messages.SUCCESS)
-        return redirect("admin:devices_device_change", device.pk)
-
-    @staticmethod
-    def _desired_from_json(request):
-        body = _strict_json(request.body, what="The request")
-        if not isinstance(body, dict):
-            raise DomainError('Send {"document": {...}, "mode": "merge"|"replace", "expected_version": n}')
-        return _desired_args(body.get("document"), body.get("mode", "merge"), body.get("expected_version"))
-
-    @staticmethod
-    def _desired_from_form(request):
-        form = DesiredForm(request.POST)
-        if not form.is_valid():
-            raise DomainError("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
-        document = _strict_json(form.cleaned_data["document"].encode("utf-8", "surrogatepass"), what="Desired state")
-        return _desired_args(document, form.cleaned_data["mode"], form.cleaned_data["expected_version"])
 
     def rotate_token_view(self, request, pk):
         device = self._device(request, pk, write=True)
@@ -505,7 +420,7 @@ class DeviceAdmin(TenantScopedAdmin):
                     tags=form.cleaned_data["tags"] or {},
                 )
             except DomainError as exc:
-                form.add_error("device_id" if "device" in exc.code else None, exc.message)
+                form.add_error(form.ERROR_FIELDS.get(exc.code), exc.message)
             else:
                 return self._token_page(request, device, token, "Device provisioned")
         context = {
@@ -545,31 +460,5 @@ class DeviceAdmin(TenantScopedAdmin):
         extra_context = extra_context or {}
         device = self.get_queryset(request).filter(pk=object_id).first() if object_id.isdigit() else None
         if device is not None and self.has_view_permission(request, device):
-            writable = may_write(request) and device.status == DeviceStatus.ACTIVE
-            extra_context["twin"] = _twin_payload(device)
-            extra_context["twin_urls"] = {
-                "twin": reverse("admin:devices_device_twin", args=[device.pk]),
-                "desired": reverse("admin:devices_device_desired", args=[device.pk]),
-            }
-            extra_context["twin_writable"] = writable
-            extra_context["desired_pretty"] = json.dumps(device.desired_state, indent=2, sort_keys=True)
+            extra_context.update(self.twin_panel_context(request, device))
         return super().change_view(request, object_id, form_url, extra_context)
-
-
-def _strict_json(raw: bytes, *, what: str):
-    """The project's strict JSON parsing (size, depth, NaN, surrogates) as a DomainError the panel shows."""
-    try:
-        return parse_json_bytes(raw)
-    except JSONError as exc:
-        error = PayloadTooLarge if exc.status == 413 else InvalidInput
-        raise error(f"{what} is not valid JSON: {exc.reason}", code="invalid_json") from None
-
-
-def _desired_args(document, mode, expected_version):
-    if not isinstance(document, dict):
-        raise DomainError('Desired state must be a JSON object, for example {"led": "on"}', code="invalid_document")
-    if mode not in {m.value for m in DesiredMode}:
-        raise DomainError('mode must be "merge" or "replace"', code="invalid_mode")
-    if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(expected_version, int)):
-        raise DomainError("expected_version must be an integer", code="invalid_version")
-    return document, DesiredMode(mode), expected_version
