@@ -17,9 +17,10 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import redirect
+from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus
@@ -45,29 +46,25 @@ def _label(status: str) -> str:
     return status.lower().replace("_", " ")
 
 
+def _bar_context(progress: dict) -> dict:
+    total, counts = progress["total"], progress["counts"]
+    segments = [
+        {"css": s.lower(), "width": f"{100 * counts[s] / total:.3f}", "label": _label(s), "count": counts[s]}
+        for s in SEGMENTS
+        if counts.get(s)
+    ]
+    return {"segments": segments, "total": total}
+
+
 def progress_inner_html(progress: dict) -> str:
     """The bar (one segment per status) and the counts line, e.g. `succeeded 40 · queued 60 of 100`."""
-    total, counts = progress["total"], progress["counts"]
-    shown = [s for s in SEGMENTS if counts.get(s)]
-    segments = format_html_join(
-        "",
-        '<span class="iot-seg-{}" style="width:{}%" title="{} {}"></span>',
-        ((s.lower(), f"{100 * counts[s] / total:.3f}", _label(s), counts[s]) for s in shown),
-    )
-    parts = format_html_join(" · ", "{} <b>{}</b>", ((_label(s), counts[s]) for s in shown))
-    line = format_html("{} of <b>{}</b>", parts, total) if total else "no executions"
-    return format_html('<div class="iot-progress">{}</div><div class="iot-counts">{}</div>', segments, line)
+    return render_to_string("admin/jobs/job/_progress_bar.html", _bar_context(progress))
 
 
 def progress_html(job_pk: int, job_id: str, progress: dict, *, wide: bool = False) -> str:
     """A bar the page's JS finds (data-job-progress) and refreshes in place."""
-    return format_html(
-        '<div class="iot-job-progress{}" data-job-progress="{}" data-job-id="{}">{}</div>',
-        " iot-job-progress-wide" if wide else "",
-        job_pk,
-        job_id,
-        progress_inner_html(progress),
-    )
+    context = {"job_pk": job_pk, "job_id": job_id, "wide": wide, **_bar_context(progress)}
+    return render_to_string("admin/jobs/job/_progress.html", context)
 
 
 def _refuse(detail: str, code: str, status: int = 400) -> JsonResponse:
