@@ -28,7 +28,7 @@ from devices.models import Device, Membership, Tenant
 from devices.selectors import filter_by_tag
 from iotcloud.errors import DomainError, error_body
 from iotcloud.form_fields import StrictJSONField
-from iotcloud.rules import DEVICE_ID_RULE, valid_pk
+from iotcloud.rules import DEVICE_ID, valid_pk
 from twin.admin_panel import SyncStatusFilter, TwinPanelAdmin, sync_annotation, sync_badge
 
 ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/live.js"])
@@ -257,7 +257,7 @@ class ProvisionForm(forms.Form):
     """Provisioning: device_provision checks the id and the tags; its errors land on these fields."""
 
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.all())
-    device_id = forms.CharField(help_text=f"{DEVICE_ID_RULE} (it is part of MQTT topics).")
+    device_id = forms.CharField(help_text=f"{DEVICE_ID.text} (it is part of MQTT topics).")
     tags = StrictJSONField(required=False, initial=dict, help_text='For example {"site": "berlin"}.')
 
     # Which field a service error belongs under; any other (invalid tags) is shown above the form.

@@ -11,22 +11,15 @@ from django.db import models
 from django.db.models import F, Q
 
 from devices.choices import DeviceStatus, Role
-from iotcloud.rules import (
-    DEVICE_ID_MAX_LENGTH,
-    DEVICE_ID_RE,
-    DEVICE_ID_RULE,
-    TENANT_ID_MAX_LENGTH,
-    TENANT_ID_RE,
-    TENANT_ID_RULE,
-)
+from iotcloud.rules import DEVICE_ID, TENANT_ID
 
 # Tenant and device ids go into MQTT topics: the rules (iotcloud.rules) keep / + # out.
-tenant_id_validator = RegexValidator(TENANT_ID_RE, f"Tenant id: {TENANT_ID_RULE}.")
-device_id_validator = RegexValidator(DEVICE_ID_RE, f"Device id: {DEVICE_ID_RULE} (no / + # or spaces).")
+tenant_id_validator = RegexValidator(TENANT_ID.pattern, f"Tenant id: {TENANT_ID.text}.")
+device_id_validator = RegexValidator(DEVICE_ID.pattern, f"Device id: {DEVICE_ID.text} (no / + # or spaces).")
 
 
 class Tenant(models.Model):
-    id = models.CharField(primary_key=True, max_length=TENANT_ID_MAX_LENGTH, validators=[tenant_id_validator])
+    id = models.CharField(primary_key=True, max_length=TENANT_ID.max_length, validators=[tenant_id_validator])
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -55,7 +48,7 @@ class Membership(models.Model):
 
 class Device(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="devices")
-    device_id = models.CharField(max_length=DEVICE_ID_MAX_LENGTH, validators=[device_id_validator])
+    device_id = models.CharField(max_length=DEVICE_ID.max_length, validators=[device_id_validator])
     # sha256 hex of the provision token; the token itself is never stored.
     provision_token_hash = models.CharField(max_length=64, unique=True)
     status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ACTIVE)

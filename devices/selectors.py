@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import re
 
 from django.db import connection
 from django.db.models.fields.json import KeyTransform
@@ -12,7 +11,7 @@ from devices.choices import DeviceStatus
 from devices.models import Device, Membership, Tenant
 from devices.tokens import hash_token
 from iotcloud.errors import InvalidInput, NotFound
-from iotcloud.rules import DEVICE_ID_RE
+from iotcloud.rules import DEVICE_ID
 
 
 def operator_membership(user) -> Membership | None:
@@ -41,7 +40,7 @@ def devices_for_operator(user, *, tenant_id: str | None = None):
 
 def device_for_operator(user, device_id: str, *, tenant_id: str | None = None, for_update: bool = False) -> Device:
     """One device by id, or NotFound: another tenant's device does not exist for you."""
-    if not re.fullmatch(DEVICE_ID_RE, device_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
+    if not DEVICE_ID.matches(device_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
         raise NotFound(f"Device {device_id[:200]!r} not found", code="device_not_found")
     qs = devices_for_operator(user, tenant_id=tenant_id).filter(device_id=device_id)
     if for_update:

@@ -3,7 +3,7 @@ from rest_framework import serializers
 
 from devices.models import Device
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
-from iotcloud.rules import DEVICE_ID_RULE
+from iotcloud.rules import DEVICE_ID
 from twin.choices import SYNC_STATUSES
 from twin.selectors import device_sync_status
 
@@ -36,7 +36,7 @@ class DeviceSerializer(serializers.ModelSerializer):
 
 
 class ProvisionSerializer(StrictSerializer):
-    device_id = StrictCharField(allow_blank=True, help_text=f"{DEVICE_ID_RULE} (no / + #).")
+    device_id = StrictCharField(allow_blank=True, help_text=f"{DEVICE_ID.text} (no / + #).")
     tags = JSONObjectField(required=False, help_text='Flat string tags, e.g. {"site": "paris"}.')
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to provision into.")
 

@@ -7,7 +7,6 @@ functions; none of them changes a Device row on its own.
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime
 
 from django.conf import settings
@@ -28,7 +27,7 @@ from devices.signals import device_decommissioned
 from devices.tokens import hash_token, new_provision_token
 from iotcloud import outbox
 from iotcloud.errors import Conflict, InvalidInput
-from iotcloud.rules import DEVICE_ID_RE, DEVICE_ID_RULE, TAG_KEY_RE, TAG_KEY_RULE, TENANT_ID_RE, TENANT_ID_RULE
+from iotcloud.rules import DEVICE_ID, TAG_KEY, TENANT_ID
 from iotcloud.sealing import seal
 
 logger = logging.getLogger(__name__)
@@ -40,9 +39,9 @@ TAG_VALUE_MAX = 256
 
 
 def tenant_create(*, tenant_id: str, name: str = "") -> Tenant:
-    if not isinstance(tenant_id, str) or not re.fullmatch(TENANT_ID_RE, tenant_id):
+    if not TENANT_ID.matches(tenant_id):
         raise InvalidInput(
-            f"Invalid tenant id {tenant_id!r}: use {TENANT_ID_RULE}",
+            f"Invalid tenant id {tenant_id!r}: use {TENANT_ID.text}",
             code="invalid_tenant_id",
         )
     try:
@@ -253,8 +252,8 @@ def validate_tags(tags) -> dict[str, str]:
             code="invalid_tags",
         )
     for key, value in tags.items():
-        if not (isinstance(key, str) and re.fullmatch(TAG_KEY_RE, key)):
-            raise InvalidInput(f"Invalid tag key {key!r}: use {TAG_KEY_RULE}", code="invalid_tags")
+        if not TAG_KEY.matches(key):
+            raise InvalidInput(f"Invalid tag key {key!r}: use {TAG_KEY.text}", code="invalid_tags")
         if not isinstance(value, str) or len(value) > TAG_VALUE_MAX or "\x00" in value:
             raise InvalidInput(
                 f"Tag {key!r} must be a string of at most {TAG_VALUE_MAX} characters", code="invalid_tags"
@@ -264,9 +263,9 @@ def validate_tags(tags) -> dict[str, str]:
 
 def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None) -> tuple[Device, str]:
     """Register a device; returns it with its provision token (shown only now)."""
-    if not isinstance(device_id, str) or not re.fullmatch(DEVICE_ID_RE, device_id):
+    if not DEVICE_ID.matches(device_id):
         raise InvalidInput(
-            f"Invalid device id {device_id!r}: use {DEVICE_ID_RULE} "
+            f"Invalid device id {device_id!r}: use {DEVICE_ID.text} "
             "(no '/', '+', '#' or spaces: the id is part of MQTT topics)",
             code="invalid_device_id",
         )

@@ -7,41 +7,36 @@ twin.shadow, this is the kernel: every layer may import it, it imports nothing o
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 # --- ids -----------------------------------------------------------------------------------------
 # Ids go into MQTT topics, so MQTT's separators and wildcards (/ + #) can never appear in them.
 
-ID_CHARS = "A-Za-z0-9_.:-"  # a regex character class
-ID_CHARS_TEXT = "A-Z a-z 0-9 _ . : -"  # the same, as messages spell it
+
+@dataclass(frozen=True)
+class IdRule:
+    """What an id may be: `pattern` (for re.fullmatch and validators), `text` (how messages and help
+    texts say it, e.g. "1-128 of A-Z a-z 0-9 _ . : -"), `max_length` (the column)."""
+
+    max_length: int
+    pattern: str
+    text: str
+
+    def matches(self, value: object) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
 
 
-def id_pattern(max_length: int) -> str:
-    return rf"^[{ID_CHARS}]{{1,{max_length}}}$"
+def plain_id(max_length: int) -> IdRule:
+    """1 to max_length of A-Z a-z 0-9 _ . : - (device ids, job ids, document types, tag keys)."""
+    return IdRule(max_length, rf"^[A-Za-z0-9_.:-]{{1,{max_length}}}$", f"1-{max_length} of A-Z a-z 0-9 _ . : -")
 
 
-def id_rule(max_length: int) -> str:
-    """How messages and help texts state the rule, e.g. `1-128 of A-Z a-z 0-9 _ . : -`."""
-    return f"1-{max_length} of {ID_CHARS_TEXT}"
-
-
-TENANT_ID_MAX_LENGTH = 63
-TENANT_ID_RE = r"^[a-z0-9](?:[a-z0-9_-]{0,62})$"
-TENANT_ID_RULE = "1-63 of a-z 0-9 _ - starting with a letter or digit"
-
-DEVICE_ID_MAX_LENGTH = 128
-DEVICE_ID_RE = id_pattern(DEVICE_ID_MAX_LENGTH)
-DEVICE_ID_RULE = id_rule(DEVICE_ID_MAX_LENGTH)
-
-JOB_ID_MAX_LENGTH = 64
-JOB_ID_RE = id_pattern(JOB_ID_MAX_LENGTH)
-JOB_ID_RULE = id_rule(JOB_ID_MAX_LENGTH)
-
-DOCUMENT_TYPE_MAX_LENGTH = 64
-DOCUMENT_TYPE_RE = id_pattern(DOCUMENT_TYPE_MAX_LENGTH)
-DOCUMENT_TYPE_RULE = id_rule(DOCUMENT_TYPE_MAX_LENGTH)
-
-TAG_KEY_MAX_LENGTH = 64
-TAG_KEY_RE = id_pattern(TAG_KEY_MAX_LENGTH)
-TAG_KEY_RULE = id_rule(TAG_KEY_MAX_LENGTH)
+TENANT_ID = IdRule(63, r"^[a-z0-9](?:[a-z0-9_-]{0,62})$", "1-63 of a-z 0-9 _ - starting with a letter or digit")
+DEVICE_ID = plain_id(128)
+JOB_ID = plain_id(64)
+DOCUMENT_TYPE = plain_id(64)
+TAG_KEY = plain_id(64)
 
 # --- integers --------------------------------------------------------------------------------------
 

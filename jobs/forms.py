@@ -15,7 +15,7 @@ from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from iotcloud.errors import DomainError
 from iotcloud.form_fields import parse_json_text
-from iotcloud.rules import JOB_ID_RULE
+from iotcloud.rules import JOB_ID
 from jobs import services
 from jobs.models import Job, JobExecution
 
@@ -74,7 +74,7 @@ class JobCreateForm(forms.ModelForm):
     """Not saved as a ModelForm: save() calls the service (targets, executions, events)."""
 
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.all(), help_text="The tenant the job runs in.")
-    job_id = forms.CharField(required=False, help_text=f"{JOB_ID_RULE}; generated when left blank.")
+    job_id = forms.CharField(required=False, help_text=f"{JOB_ID.text}; generated when left blank.")
     document_type = forms.CharField(help_text="What the device should do, e.g. reboot, fw_update.")
     document_params = forms.CharField(
         required=False,

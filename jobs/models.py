@@ -8,14 +8,14 @@ from django.db import models
 from django.db.models import Q
 
 from devices.models import Device, Tenant
-from iotcloud.rules import DOCUMENT_TYPE_MAX_LENGTH, JOB_ID_MAX_LENGTH
+from iotcloud.rules import DOCUMENT_TYPE, JOB_ID
 from jobs.choices import ExecutionStatus, JobStatus
 
 
 class Job(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="jobs")
-    job_id = models.CharField(max_length=JOB_ID_MAX_LENGTH)
-    document_type = models.CharField(max_length=DOCUMENT_TYPE_MAX_LENGTH)
+    job_id = models.CharField(max_length=JOB_ID.max_length)
+    document_type = models.CharField(max_length=DOCUMENT_TYPE.max_length)
     document_params = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.IN_PROGRESS)

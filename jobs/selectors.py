@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from django.conf import settings
@@ -13,7 +12,7 @@ from django.utils import timezone
 from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
-from iotcloud.rules import JOB_ID_RE
+from iotcloud.rules import JOB_ID
 from jobs.choices import TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 
@@ -98,7 +97,7 @@ def execution_document(execution: JobExecution) -> dict:
 
 
 def _check_job_id(job_id: str) -> None:
-    if not re.fullmatch(JOB_ID_RE, job_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
+    if not JOB_ID.matches(job_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
         raise NotFound(f"Job {job_id[:200]!r} not found", code="job_not_found")
 
 

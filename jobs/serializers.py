@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictIntegerField, StrictSerializer, json_kind
-from iotcloud.rules import JOB_ID_RULE
+from iotcloud.rules import JOB_ID
 from jobs.choices import ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 from jobs.selectors import job_progress
@@ -15,7 +15,7 @@ class TargetsSerializer(StrictSerializer):
 
 
 class JobCreateSerializer(StrictSerializer):
-    job_id = StrictCharField(required=False, help_text=f"{JOB_ID_RULE}; generated when absent.")
+    job_id = StrictCharField(required=False, help_text=f"{JOB_ID.text}; generated when absent.")
     document_type = StrictCharField(help_text='What to do, e.g. "reboot" or "firmware_update".')
     document_params = JSONObjectField(required=False)
     description = StrictCharField(required=False, allow_blank=True, max_length=2000)

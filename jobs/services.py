@@ -16,7 +16,6 @@ The rules, once:
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from datetime import datetime, timedelta
 
@@ -34,7 +33,7 @@ from iotcloud import (
 )
 from iotcloud.errors import Conflict, InvalidInput
 from iotcloud.limits import check_document
-from iotcloud.rules import DOCUMENT_TYPE_RE, DOCUMENT_TYPE_RULE, JOB_ID_RE, JOB_ID_RULE, fits_int32, is_integer
+from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
 from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 from jobs.selectors import device_execution
@@ -68,10 +67,10 @@ def job_create(
 ) -> Job:
     """Create a job and one QUEUED execution per target device, set-based."""
     job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
-    if not re.fullmatch(JOB_ID_RE, job_id):
-        raise InvalidInput(f"Invalid job id {job_id!r}: use {JOB_ID_RULE}", code="invalid_job_id")
-    if not document_type or not re.fullmatch(DOCUMENT_TYPE_RE, document_type):
-        raise InvalidInput(f"document_type: use {DOCUMENT_TYPE_RULE}", code="invalid_document_type")
+    if not JOB_ID.matches(job_id):
+        raise InvalidInput(f"Invalid job id {job_id!r}: use {JOB_ID.text}", code="invalid_job_id")
+    if not DOCUMENT_TYPE.matches(document_type):
+        raise InvalidInput(f"document_type: use {DOCUMENT_TYPE.text}", code="invalid_document_type")
     document_params = check_document_params(document_params if document_params is not None else {})
     now = timezone.now()
     if expires_at is not None and expires_at <= now:

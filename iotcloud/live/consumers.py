@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 
 from channels.db import database_sync_to_async
@@ -33,7 +32,7 @@ from devices.models import Tenant
 from devices.selectors import operator_tenant
 from iotcloud.live import sessions
 from iotcloud.live.events import tenant_group
-from iotcloud.rules import TENANT_ID_RE
+from iotcloud.rules import TENANT_ID
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if (
             not isinstance(wanted, list)
             or not 0 < len(wanted) <= MAX_TENANTS
-            or not all(isinstance(t, str) and re.fullmatch(TENANT_ID_RE, t) for t in wanted)
+            or not all(TENANT_ID.matches(t) for t in wanted)
         ):
             detail = f'Send {{"subscribe": "<tenant id>"}} or a list of at most {MAX_TENANTS} tenant ids'
             await self.send_json({"type": "error", "detail": detail})
