@@ -31,9 +31,10 @@ from django.core.exceptions import ImproperlyConfigured
 from rest_framework import exceptions
 from rest_framework.throttling import BaseThrottle
 
+from iotcloud.rules import RATE_RE
+
 logger = logging.getLogger(__name__)
 
-RATE_RE = re.compile(r"^(\d+)/(\d*)(s|sec|second|m|min|minute|h|hour|d|day)s?$", re.IGNORECASE)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 UNIT_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 MICROS = 1_000_000
@@ -60,8 +61,10 @@ class Rate:
 
 
 @lru_cache(maxsize=16)
-def parse_rate(text: str | None, burst: int = 0, name: str = "DEVICE_RATE_LIMIT") -> Rate | None:
-    """ "20/s" -> Rate; None, "" or "0" -> None (no limit). `name` is the setting, for the error."""
+def parse_rate(
+    text: str | None, burst: int = 0, name: str = "DEVICE_RATE_LIMIT", burst_name: str = "DEVICE_RATE_BURST"
+) -> Rate | None:
+    """ "20/s" -> Rate; None, "" or "0" -> None (no limit). `name`, `burst_name`: the settings, for the errors."""
     text = (text or "").strip().replace(" ", "")
     if text in ("", "0"):
         return None
@@ -77,9 +80,7 @@ def parse_rate(text: str | None, burst: int = 0, name: str = "DEVICE_RATE_LIMIT"
     if period == 0:
         raise ImproperlyConfigured(f"{name} has a zero period: {text!r}")
     if burst < 0:
-        raise ImproperlyConfigured(
-            f"{name.replace('LIMIT', 'BURST')} must be 0 (the rate's count) or more, got {burst}"
-        )
+        raise ImproperlyConfigured(f"{burst_name} must be 0 (the rate's count) or more, got {burst}")
     return Rate(text=text, requests=requests, period_seconds=period, burst=burst or requests)
 
 
@@ -88,7 +89,12 @@ def device_rate() -> Rate | None:
 
 
 def mqtt_report_rate() -> Rate | None:
-    return parse_rate(settings.MQTT_REPORT_RATE_LIMIT, settings.MQTT_REPORT_RATE_BURST, "MQTT_REPORT_RATE_LIMIT")
+    return parse_rate(
+        settings.MQTT_REPORT_RATE_LIMIT,
+        settings.MQTT_REPORT_RATE_BURST,
+        name="MQTT_REPORT_RATE_LIMIT",
+        burst_name="MQTT_REPORT_RATE_BURST",
+    )
 
 
 def cache_key(device_pk) -> str:

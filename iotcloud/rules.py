@@ -38,6 +38,11 @@ JOB_ID = plain_id(64)
 DOCUMENT_TYPE = plain_id(64)
 TAG_KEY = plain_id(64)
 
+# --- rates -----------------------------------------------------------------------------------------
+# A rate limit setting (DEVICE_RATE_LIMIT, MQTT_REPORT_RATE_LIMIT): "20/s", "600/m", "100/10s";
+# groups: count, multiplier (may be empty), unit. Empty or "0" means no limit.
+RATE_RE = re.compile(r"^(\d+)/(\d*)(s|sec|second|m|min|minute|h|hour|d|day)s?$", re.IGNORECASE)
+
 # --- integers --------------------------------------------------------------------------------------
 
 INT32_MAX = 2**31 - 1  # versions and execution numbers are 32-bit integer columns

@@ -9,13 +9,14 @@ off fails fast instead of running with a guessable key.
 import hashlib
 import hmac
 import os
-import re
 import socket
 from datetime import timedelta
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from iotcloud.rules import RATE_RE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -244,9 +245,7 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # requests may come at once (0: the rate's count). Over it: 429 + Retry-After.
 DEVICE_RATE_LIMIT = env.str("DEVICE_RATE_LIMIT", default="20/s").strip().replace(" ", "")
 DEVICE_RATE_BURST = env.int("DEVICE_RATE_BURST", default=0)
-if DEVICE_RATE_LIMIT not in ("", "0") and not re.fullmatch(
-    r"\d+/\d*(s|sec|second|m|min|minute|h|hour|d|day)s?", DEVICE_RATE_LIMIT, re.IGNORECASE
-):
+if DEVICE_RATE_LIMIT not in ("", "0") and not RATE_RE.fullmatch(DEVICE_RATE_LIMIT):
     raise ImproperlyConfigured(f'DEVICE_RATE_LIMIT must look like "20/s" or "600/m", not {DEVICE_RATE_LIMIT!r}')
 # The counters live in the cache: Redis when REDIS_URL is set (shared by every worker and
 # host), else local memory (per process: with N workers a device gets up to N times the limit).
