@@ -49,6 +49,18 @@ def check_version(version, *, name: str = "version") -> int:
     return version
 
 
+def _decommissioned(device_id: str) -> Conflict:
+    return Conflict(f"Device {device_id!r} is decommissioned", code="device_decommissioned")
+
+
+def _version_outside(version: int, desired_version: int) -> VersionConflict:
+    """A report's version must be in 0..desired_version; the body carries the current desired_version."""
+    return VersionConflict(
+        f"version {version} is outside 0..{desired_version} (the current desired_version)",
+        desired_version=desired_version,
+    )
+
+
 @transaction.atomic
 def twin_update_desired(
     *, device: Device, document: dict, mode: DesiredMode = DesiredMode.MERGE, expected_version: int | None = None
@@ -63,7 +75,7 @@ def twin_update_desired(
     if locked is None:
         raise NotFound(f"Device {device.device_id!r} not found", code="device_not_found")
     if locked.status != DeviceStatus.ACTIVE:
-        raise Conflict(f"Device {locked.device_id!r} is decommissioned", code="device_decommissioned")
+        raise _decommissioned(locked.device_id)
     if expected_version is not None and expected_version != locked.desired_version:
         raise VersionConflict(
             f"expected_version {expected_version} does not match desired_version {locked.desired_version}",
@@ -113,11 +125,8 @@ def twin_record_reported(*, device: Device, reported, version) -> ReportOutcome:
     if version < 0 or not _apply_reports([(device.pk, version, reported)]):
         current = Device.objects.filter(pk=device.pk).only("status", "desired_version").first()
         if current is None or current.status != DeviceStatus.ACTIVE:
-            raise Conflict(f"Device {device.device_id!r} is decommissioned", code="device_decommissioned")
-        raise VersionConflict(
-            f"version {version} is outside 0..{current.desired_version} (the current desired_version)",
-            desired_version=current.desired_version,
-        )
+            raise _decommissioned(device.device_id)
+        raise _version_outside(version, current.desired_version)
     outbox.twins_changed(device.tenant_id, [device.device_id])
     logger.debug("reported %s v%s", device, version)
     return ReportOutcome(version=version)
@@ -161,12 +170,9 @@ def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
                 f"Device {report.device_id!r} not found in tenant {report.tenant_id!r}", code="device_not_found"
             )
         elif row.status != DeviceStatus.ACTIVE:
-            results[index] = Conflict(f"Device {report.device_id!r} is decommissioned", code="device_decommissioned")
+            results[index] = _decommissioned(report.device_id)
         elif not 0 <= version <= row.desired_version:
-            results[index] = VersionConflict(
-                f"version {version} is outside 0..{row.desired_version} (the current desired_version)",
-                desired_version=row.desired_version,
-            )
+            results[index] = _version_outside(version, row.desired_version)
         elif row.pk not in winners or version >= winners[row.pk][0]:
             # Within one batch only the newest report per device can win.
             winners[row.pk] = (version, report)
