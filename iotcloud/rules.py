@@ -1,4 +1,4 @@
-"""Rules shared by the domain and its adapters: ids, integers, limits. Standard library only, no Django.
+"""Rules shared by the domain and its adapters: ids, rates, integers, limits. Standard library only, no Django.
 
 Services check input with these; forms, serializers and the MQTT bridge import the same
 definitions (for help texts and their own parsing), so no rule is written twice. Like
