@@ -21,6 +21,7 @@ from iotcloud.admin_filters import declared_filters_only
 from jobs import selectors as job_selectors
 from jobs.models import Job
 from twin import selectors as twin_selectors
+from twin.choices import SyncStatus
 
 DASHBOARD_JOBS = 10
 DASHBOARD_RECENT = 20
@@ -119,7 +120,7 @@ class IotcloudAdminSite(admin.AdminSite):
             "tenants": Tenant.objects.order_by("pk").values_list("pk", flat=True) if request.user.is_superuser else [],
             "live_tenants": watched,
             "json_url": reverse(f"{self.name}:dashboard_json") + query,
-            "sync_statuses": [*twin_selectors.SYNC_STATUSES, "decommissioned"],
+            "sync_statuses": SyncStatus.values,
         }
         request.current_app = self.name
         return TemplateResponse(request, "admin/dashboard.html", context)

@@ -138,8 +138,7 @@ def rejection_replies(verdicts: Sequence[Verdict]) -> list[tuple[str, bytes]]:
     for verdict in candidates:
         if verdict.device not in active:
             continue
-        body = {"code": verdict.error.code, "detail": verdict.error.message, **verdict.error.extra}
-        replies.append((topics.reported_rejected(*verdict.device), json.dumps(body).encode()))
+        replies.append((topics.reported_rejected(*verdict.device), json.dumps(verdict.error.body()).encode()))
     return replies
 
 
