@@ -35,17 +35,25 @@ def role_name(tenant_id: str, device_id: str) -> str:
     return ROLE_PREFIX + acl.device_username(tenant_id, device_id)
 
 
+def _client_command(command: str, tenant_id: str, device_id: str, password: str | None) -> dict:
+    """createClient / modifyClient: the device's username, bound client id, its one role (and password)."""
+    client = {
+        "command": command,
+        "username": acl.device_username(tenant_id, device_id),
+        "clientid": acl.device_client_id(tenant_id, device_id),
+        "roles": [{"rolename": role_name(tenant_id, device_id)}],
+    }
+    if password is not None:
+        client["password"] = password
+    return client
+
+
 def upsert_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
     """Role (with ACLs) and client (bound to its client id); either may exist already, which
     the caller then brings in step with role_acl_commands / client_update_commands."""
-    username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
-    client = {
-        "command": "createClient", "username": username, "clientid": acl.device_client_id(tenant_id, device_id),
-        "roles": [{"rolename": role}],
-    }  # fmt: skip
-    if password is not None:
-        client["password"] = password
-    return [{"command": "createRole", "rolename": role, "acls": acl.dynsec_acls(tenant_id, device_id)}, client]
+    role = {"command": "createRole", "rolename": role_name(tenant_id, device_id),
+            "acls": acl.dynsec_acls(tenant_id, device_id)}  # fmt: skip
+    return [role, _client_command("createClient", tenant_id, device_id, password)]
 
 
 def get_role_command(tenant_id: str, device_id: str) -> dict:
@@ -75,14 +83,8 @@ def client_update_commands(tenant_id: str, device_id: str, password: str | None)
     modifyClient, not addClientRole: Mosquitto 2.0 answers addClientRole for a role the client
     already has with "Internal error".
     """
-    username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
-    modify = {
-        "command": "modifyClient", "username": username, "clientid": acl.device_client_id(tenant_id, device_id),
-        "roles": [{"rolename": role}],
-    }  # fmt: skip
-    if password is not None:
-        modify["password"] = password
-    return [modify, {"command": "enableClient", "username": username}]
+    modify = _client_command("modifyClient", tenant_id, device_id, password)
+    return [modify, {"command": "enableClient", "username": modify["username"]}]
 
 
 def delete_commands(tenant_id: str, device_id: str) -> list[dict]:
