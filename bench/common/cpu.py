@@ -5,10 +5,13 @@
     cpu.usage  # {"wall_s", "cpu_s": {group: s}, "pct": {group: %, "other": %}, "machine": {...}, "noisy"}
 
 Percentages are of one core (200 = two cores busy). Each group is a function returning its
-pids, sampled every 0.5 s: a process that starts during the phase counts from zero, one that
-ends counts up to its last sample. CPU measured another way (a child's rusage, a worker's
-own process_time) is added with `cpu.add(group, seconds)`. "other" is whatever else kept the
-machine busy (other jobs, kernel threads): above 15 % the phase is flagged `noisy`.
+pids, asked at the start, at the end and every `rescan_s` seconds (0: start and end only);
+the known processes are read every second in between (a few files: the monitor must not
+steal time from what it measures, e.g. a subscriber stamping arrivals). A process that
+starts during the phase counts from zero, one that ends counts up to its last reading.
+CPU measured another way (a child's rusage, a worker's own process_time) is added with
+`cpu.add(group, seconds)`. "other" is whatever else kept the machine busy (other jobs,
+kernel threads): above 15 % the phase is flagged `noisy`.
 """
 
 from __future__ import annotations
@@ -90,10 +93,11 @@ def postgres_pids(dbname: str) -> Callable[[], list[int]]:
 
 
 class CpuMonitor:
-    INTERVAL = 0.5
+    INTERVAL = 1.0
 
-    def __init__(self, **groups: Callable[[], Iterable[int]]):
-        self.groups = groups
+    def __init__(self, rescan_s: float = 5.0, **groups: Callable[[], Iterable[int]]):
+        self.groups, self.rescan_s = groups, rescan_s
+        self.known: dict[str, set[int]] = {}
         self.extra: dict[str, float] = {}
         self.usage: dict = {}
         self._stop = threading.Event()
@@ -101,11 +105,10 @@ class CpuMonitor:
         self.first: dict[str, dict[int, float]] = {}
         self.last: dict[str, dict[int, float]] = {}
 
-    def _sample(self) -> dict[str, dict[int, float]]:
-        sample: dict[str, dict[int, float]] = {}
-        for name, pids in self.groups.items():
-            sample[name] = {pid: st[2] for pid in set(pids()) if (st := proc_stat(pid))}
-        return sample
+    def _sample(self, rescan: bool = True) -> dict[str, dict[int, float]]:
+        if rescan:
+            self.known = {name: set(pids()) for name, pids in self.groups.items()}
+        return {name: {pid: st[2] for pid in pids if (st := proc_stat(pid))} for name, pids in self.known.items()}
 
     def _update(self, sample: dict[str, dict[int, float]]) -> None:
         with self._lock:
@@ -115,8 +118,11 @@ class CpuMonitor:
                     self.first[name].setdefault(pid, 0.0)  # started during the phase: all its time counts
 
     def _loop(self) -> None:
+        scanned = time.monotonic()
         while not self._stop.wait(self.INTERVAL):
-            self._update(self._sample())
+            rescan = bool(self.rescan_s) and time.monotonic() - scanned >= self.rescan_s
+            self._update(self._sample(rescan))
+            scanned = time.monotonic() if rescan else scanned
 
     def add(self, group: str, seconds: float) -> None:
         self.extra[group] = self.extra.get(group, 0.0) + seconds
