@@ -37,6 +37,10 @@ DEVICE_ID = plain_id(128)
 JOB_ID = plain_id(64)
 DOCUMENT_TYPE = plain_id(64)
 TAG_KEY = plain_id(64)
+# Named shadows, as AWS IoT allows them: no "$" (AWS reserves it), no "." (kept out of topics' way).
+SHADOW_NAME = IdRule(64, r"^[A-Za-z0-9:_-]{1,64}$", "1-64 of A-Z a-z 0-9 _ : -")
+# A client's request id (AWS clientToken): echoed in the answer; AWS refuses more than 64 bytes.
+CLIENT_TOKEN_MAX_BYTES = 64
 
 # --- rates -----------------------------------------------------------------------------------------
 # A rate limit setting (DEVICE_RATE_LIMIT, MQTT_REPORT_RATE_LIMIT): "20/s", "600/m", "100/10s";

@@ -214,6 +214,12 @@ MQTT_MAX_PAYLOAD_BYTES = env.int("MQTT_MAX_PAYLOAD_BYTES", default=64 * 1024)
 # dropped and answered on .../shadow/reported/rejected. Counted in each bridge process's memory.
 MQTT_REPORT_RATE_LIMIT = env.str("MQTT_REPORT_RATE_LIMIT", default="20/s")
 MQTT_REPORT_RATE_BURST = env.int("MQTT_REPORT_RATE_BURST", default=0)
+# The device protocol's topic trees (shadow get/update/delete, jobs): "native" (tenant/<t>/device/<d>/...)
+# and "aws" ($aws/things/<tenant>:<device>/...). Take one out to turn it off; the seed's topics
+# (shadow/desired, shadow/reported, jobs/notify) are always on.
+MQTT_DIALECTS = env.list("MQTT_DIALECTS", default=["native", "aws"])
+if not set(MQTT_DIALECTS) <= {"native", "aws"}:
+    raise ImproperlyConfigured(f'MQTT_DIALECTS takes "native" and/or "aws", not {",".join(MQTT_DIALECTS)!r}')
 MQTT_PUBLISH_TIMEOUT_SECONDS = env.float("MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0)
 MQTT_DELIVERY_BATCH = env.int("MQTT_DELIVERY_BATCH", default=500)
 # Safety-net poll for desired delivery; PostgreSQL also wakes the bridge at once (LISTEN/NOTIFY).

@@ -1,10 +1,32 @@
-"""Every MQTT topic the platform uses: built and parsed here, nowhere else."""
+"""Every MQTT topic the platform uses: built and parsed here, nowhere else.
+
+Two topic trees carry the device protocol (shadows and jobs), with the same payloads:
+- native: `tenant/{tenant}/device/{device}/shadow[/name/{shadow}]/{get,update,delete}` and
+  `tenant/{tenant}/device/{device}/jobs/{get,start-next}`, `.../jobs/{jobId}/{get,update}`;
+- aws (the AWS IoT dialect): the same under `$aws/things/{thingName}/shadow[/name/{shadow}]/...`
+  and `$aws/things/{thingName}/jobs/...`, where thingName is `{tenant}:{device}`. Tenant ids
+  cannot hold ":" (iotcloud.rules.TENANT_ID), so the first ":" splits a thing name unambiguously.
+Answers go to the request topic plus `/accepted` or `/rejected`.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+from iotcloud.rules import DEVICE_ID, TENANT_ID
 
 SHARED_PREFIX = "$share"
+
+NATIVE, AWS = "native", "aws"
+DIALECTS = (NATIVE, AWS)
+SHADOW, JOBS = "shadow", "jobs"
+# Operations of a Request (jobs: the AWS API names, in snake case).
+GET, UPDATE, DELETE = "get", "update", "delete"
+GET_PENDING, START_NEXT, DESCRIBE = "get_pending", "start_next", "describe"
+ACCEPTED, REJECTED = "accepted", "rejected"
+NEXT_JOB = "$next"  # DescribeJobExecution's "the next pending execution"
+THING_SEPARATOR = ":"
 
 # Topic levels are validated ids (no / + #), so a plain split is exact.
 _ID = r"[^/+#\x00]+"
@@ -40,6 +62,131 @@ def jobs_notify(tenant_id: str, device_id: str) -> str:
 def device_all(tenant_id: str, device_id: str) -> str:
     """Filter: every topic of one device (what its account may subscribe to)."""
     return f"{_base(tenant_id, device_id)}/#"
+
+
+def named_desired(tenant_id: str, device_id: str, shadow_name: str) -> str:
+    """Platform → device, retained (native dialect): a named shadow's desired state."""
+    return f"{_base(tenant_id, device_id)}/shadow/name/{shadow_name}/desired"
+
+
+# --- the device protocol: shadows and jobs, both dialects ------------------------------------------
+
+
+def thing_name(tenant_id: str, device_id: str) -> str:
+    """The AWS IoT thing name of a device."""
+    return f"{tenant_id}{THING_SEPARATOR}{device_id}"
+
+
+def parse_thing_name(name: str) -> tuple[str, str] | None:
+    """(tenant_id, device_id) a thing name stands for, or None when it cannot name a device."""
+    tenant_id, sep, device_id = name.partition(THING_SEPARATOR)
+    if not sep or not TENANT_ID.matches(tenant_id) or not DEVICE_ID.matches(device_id):
+        return None
+    return tenant_id, device_id
+
+
+def _device_root(dialect: str, tenant_id: str, device_id: str) -> str:
+    if dialect == AWS:
+        return f"$aws/things/{thing_name(tenant_id, device_id)}"
+    return _base(tenant_id, device_id)
+
+
+def shadow_topic(dialect: str, tenant_id: str, device_id: str, shadow_name: str, suffix: str) -> str:
+    """A shadow topic, e.g. suffix "update/delta"; shadow_name "" is the classic (unnamed) shadow."""
+    named = f"/name/{shadow_name}" if shadow_name else ""
+    return f"{_device_root(dialect, tenant_id, device_id)}/shadow{named}/{suffix}"
+
+
+def jobs_topic(dialect: str, tenant_id: str, device_id: str, suffix: str) -> str:
+    """A jobs topic, e.g. suffix "notify-next" or "{jobId}/update/accepted"."""
+    return f"{_device_root(dialect, tenant_id, device_id)}/jobs/{suffix}"
+
+
+def device_own(dialect: str, tenant_id: str, device_id: str) -> str:
+    """Filter: every topic of one device in a dialect (what it may subscribe to)."""
+    return f"{_device_root(dialect, tenant_id, device_id)}/#"
+
+
+_SHADOW_OPS = "get|update|delete"
+_LEVEL = r"[^/+#\x00]+"
+_NATIVE_RE = re.compile(
+    rf"tenant/(?P<tenant>{_ID})/device/(?P<device>{_ID})/(?:"
+    rf"shadow(?:/name/(?P<shadow>{_LEVEL}))?/(?P<shadow_op>{_SHADOW_OPS})"
+    rf"|jobs/(?P<jobs_op>get|start-next)"
+    rf"|jobs/(?P<job>{_LEVEL})/(?P<job_op>get|update))"
+)
+_AWS_RE = re.compile(
+    rf"\$aws/things/(?P<thing>{_LEVEL})/(?:"
+    rf"shadow(?:/name/(?P<shadow>{_LEVEL}))?/(?P<shadow_op>{_SHADOW_OPS})"
+    rf"|jobs/(?P<jobs_op>get|start-next)"
+    rf"|jobs/(?P<job>{_LEVEL})/(?P<job_op>get|update))"
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A device's request, parsed from its topic (the payload is the handler's)."""
+
+    topic: str
+    dialect: str  # NATIVE or AWS
+    service: str  # SHADOW or JOBS
+    operation: str  # GET/UPDATE/DELETE (shadow); GET_PENDING/START_NEXT/DESCRIBE/UPDATE (jobs)
+    tenant_id: str | None  # None: an AWS thing name that names no device (answered 404)
+    device_id: str | None
+    thing_name: str = ""  # as written in the topic (AWS dialect), else built from the ids
+    shadow_name: str = ""  # "" = the classic shadow; unchecked: the handler validates it
+    job_id: str = ""  # DESCRIBE/UPDATE: as written (unchecked), or NEXT_JOB
+
+    def reply_topic(self, outcome: str) -> str:
+        """Where the answer goes: the request topic + /accepted or /rejected."""
+        return f"{self.topic}/{outcome}"
+
+
+def parse_request(topic: str) -> Request | None:
+    """The Request a topic carries, or None when it is not a request topic of either dialect."""
+    match = _NATIVE_RE.fullmatch(topic)
+    if match is not None:
+        dialect, tenant_id, device_id = NATIVE, match["tenant"], match["device"]
+        thing = thing_name(tenant_id, device_id)
+    else:
+        match = _AWS_RE.fullmatch(topic)
+        if match is None:
+            return None
+        dialect, thing = AWS, match["thing"]
+        tenant_id, device_id = parse_thing_name(thing) or (None, None)
+    if match["shadow_op"]:
+        service, operation = SHADOW, match["shadow_op"]
+    elif match["jobs_op"]:
+        service, operation = JOBS, GET_PENDING if match["jobs_op"] == "get" else START_NEXT
+    else:
+        service, operation = JOBS, DESCRIBE if match["job_op"] == "get" else UPDATE
+    return Request(
+        topic=topic, dialect=dialect, service=service, operation=operation, tenant_id=tenant_id,
+        device_id=device_id, thing_name=thing, shadow_name=match["shadow"] or "", job_id=match["job"] or "",
+    )  # fmt: skip
+
+
+def request_filters(dialects) -> list[str]:
+    """What the bridge subscribes to for the device protocol of the given dialects."""
+    roots = {NATIVE: "tenant/+/device/+", AWS: "$aws/things/+"}
+    filters = []
+    for dialect in DIALECTS:
+        if dialect in dialects:
+            root = roots[dialect]
+            filters += [f"{root}/shadow/{op}" for op in ("get", "update", "delete")]
+            filters += [f"{root}/shadow/name/+/{op}" for op in ("get", "update", "delete")]
+            filters += [f"{root}/jobs/get", f"{root}/jobs/start-next", f"{root}/jobs/+/get", f"{root}/jobs/+/update"]
+    return filters
+
+
+def device_request_patterns(dialect: str, tenant_id: str, device_id: str) -> list[str]:
+    """Topic filters a device may publish its requests on (its own thing only), in one dialect."""
+    root = _device_root(dialect, tenant_id, device_id)
+    return [
+        *(f"{root}/shadow/{op}" for op in ("get", "update", "delete")),
+        *(f"{root}/shadow/name/+/{op}" for op in ("get", "update", "delete")),
+        f"{root}/jobs/get", f"{root}/jobs/start-next", f"{root}/jobs/+/get", f"{root}/jobs/+/update",
+    ]  # fmt: skip
 
 
 def parse_reported(topic: str) -> tuple[str, str] | None:
