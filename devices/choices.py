@@ -15,3 +15,11 @@ class Role(models.TextChoices):
 
 
 WRITE_ROLES = frozenset({Role.ADMIN, Role.OPERATOR})
+
+
+class DesiredWrites(models.TextChoices):
+    """Whether a tenant's devices may write their own desired state (shadow update over MQTT or HTTP)."""
+
+    DENY = "deny", "No: desired state is the operators' (403)"
+    VERSIONED = "versioned", "Yes, with the shadow's version (stale writes 409)"
+    ALLOW = "allow", "Yes, as AWS IoT does (a merge; version optional)"

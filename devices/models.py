@@ -10,7 +10,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 
-from devices.choices import DeviceStatus, Role
+from devices.choices import DesiredWrites, DeviceStatus, Role
 from iotcloud.rules import DEVICE_ID, TENANT_ID
 
 # Tenant and device ids go into MQTT topics: the rules (iotcloud.rules) keep / + # out.
@@ -21,6 +21,8 @@ device_id_validator = RegexValidator(DEVICE_ID.pattern, f"Device id: {DEVICE_ID.
 class Tenant(models.Model):
     id = models.CharField(primary_key=True, max_length=TENANT_ID.max_length, validators=[tenant_id_validator])
     name = models.CharField(max_length=200)
+    # Devices that write desired (AWS IoT devices commonly do) are refused unless the tenant allows it.
+    device_desired_writes = models.CharField(max_length=16, choices=DesiredWrites.choices, default=DesiredWrites.DENY)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -64,6 +66,11 @@ class Device(models.Model):
     reported_version = models.PositiveIntegerField(default=0)
     shadow_updated_at = models.DateTimeField(null=True, blank=True)
     reported_updated_at = models.DateTimeField(null=True, blank=True)
+    # Beside the seed's columns: per-field timestamps (twin.shadow.leaf_metadata) and the single
+    # document version of AWS IoT, advanced by every accepted change of desired or reported.
+    desired_metadata = models.JSONField(default=dict, blank=True)
+    reported_metadata = models.JSONField(default=dict, blank=True)
+    shadow_version = models.PositiveIntegerField(default=0)
 
     # Delivery: the highest desired_version the MQTT bridge has published.
     desired_published_version = models.PositiveIntegerField(default=0)

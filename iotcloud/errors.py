@@ -42,6 +42,11 @@ class PayloadTooLarge(DomainError):
     code = "too_large"
 
 
+class Forbidden(DomainError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(DomainError):
     status = 404
     code = "not_found"

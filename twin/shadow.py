@@ -34,8 +34,11 @@ __all__ = [
     "DocumentError",
     "Limits",
     "compute_delta",
+    "delta_metadata",
     "documents_equal",
     "encoded_size",
+    "leaf_metadata",
+    "merge_metadata",
     "merge_patch",
     "sync_status",
     "validate_document",
@@ -199,6 +202,61 @@ def _merge_into(result: dict[str, Any], patch: dict[str, Any]) -> None:
             _merge_into(current, value)
         else:
             result[key] = _copy(value)
+
+
+# ---------------------------------------------------------------------------
+# Per-field metadata (AWS IoT's shadow "metadata")
+# ---------------------------------------------------------------------------
+# Metadata mirrors a document: every leaf value becomes {"timestamp": <epoch seconds of its last
+# write>}, objects stay objects, arrays become arrays of their elements' metadata. A leaf's
+# metadata is itself an object, so which metadata object is a leaf is read off the document it
+# describes, never off the metadata (a document key may well be called "timestamp").
+
+
+def leaf_metadata(value: Any, timestamp: int) -> Any:
+    """Metadata of a value written whole at `timestamp`.
+
+    >>> leaf_metadata({"a": 1, "b": [True, {"c": None}]}, 7)
+    {'a': {'timestamp': 7}, 'b': [{'timestamp': 7}, {'c': {'timestamp': 7}}]}
+    """
+    if isinstance(value, dict):
+        return {key: leaf_metadata(item, timestamp) for key, item in value.items()}
+    if isinstance(value, list):
+        return [leaf_metadata(item, timestamp) for item in value]
+    return {"timestamp": timestamp}
+
+
+def merge_metadata(metadata: Any, document: Any, patch: Any, timestamp: int) -> Any:
+    """The metadata of ``merge_patch(document, patch)``, given ``document``'s metadata.
+
+    Keys the patch names get ``timestamp``; keys it deletes (null) lose their metadata; the rest
+    keep theirs. Walks in step with merge_patch, so it is bounded by the same depth check.
+    """
+    if not isinstance(patch, dict):
+        return leaf_metadata(patch, timestamp)
+    base = document if isinstance(document, dict) else {}
+    result = _copy(metadata) if isinstance(document, dict) and isinstance(metadata, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict):
+            result[key] = merge_metadata(result.get(key), base.get(key), value, timestamp)
+        else:
+            result[key] = leaf_metadata(value, timestamp)
+    return result
+
+
+def delta_metadata(delta: dict[str, Any], desired: dict[str, Any], metadata: Any) -> dict[str, Any]:
+    """The desired metadata of the fields in a delta (AWS: the delta's metadata is the desired's)."""
+    result: dict[str, Any] = {}
+    meta = metadata if isinstance(metadata, dict) else {}
+    for key, value in delta.items():
+        want = desired.get(key)
+        if isinstance(value, dict) and isinstance(want, dict):
+            result[key] = delta_metadata(value, want, meta.get(key))
+        elif key in meta:
+            result[key] = _copy(meta[key])
+    return result
 
 
 # ---------------------------------------------------------------------------

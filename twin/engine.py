@@ -1,0 +1,509 @@
+"""Every shadow write, classic and named, from operators and devices, over HTTP, the admin and MQTT.
+
+One code path (`shadow_apply`), so the rules exist once:
+- the rows are locked (devices in id order, then named shadows in id order) and every change is
+  decided in memory against the locked state, then written in a few set-based statements;
+- `shadow_version` (AWS IoT's single document version) advances by one with every accepted change
+  of desired or reported; a request's `version`, when given, must equal it (else 409);
+- desired_version (the seed's) advances with every desired change; reported_version never goes
+  back and never passes desired_version: a seed report names the desired version it reflects,
+  any other report catches reported_version up to desired_version when it leaves no delta;
+- metadata keeps a timestamp per leaf (twin.shadow.merge_metadata);
+- every accepted change leaves a ShadowEvent (update/documents and, when desired and reported
+  differ, update/delta) in the same transaction, for the bridge to publish.
+The classic shadow is the device row's seed columns; a named shadow has the same columns in
+twin_named_shadows, so `Shadow` below reads and writes either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from devices.choices import DesiredWrites, DeviceStatus
+from devices.models import Device, Tenant
+from iotcloud import (
+    lookups,  # noqa: F401  (registers __any_of)
+    outbox,
+)
+from iotcloud.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, VersionConflict
+from iotcloud.limits import check_document
+from iotcloud.rules import INT32_MAX, SHADOW_NAME, fits_int32, is_integer
+from twin.models import NamedShadow, ShadowEvent
+from twin.shadow import compute_delta, delta_metadata, leaf_metadata, merge_metadata, merge_patch
+
+logger = logging.getLogger(__name__)
+
+CLASSIC = ""  # the shadow name of the classic (unnamed) shadow
+
+
+class Mode(StrEnum):
+    MERGE = "merge"  # RFC 7386 merge patch: null deletes a key
+    REPLACE = "replace"
+
+
+class _Absent:
+    def __repr__(self):
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()  # "this change does not touch that part" (None means "clear it")
+
+
+def check_version(version, *, name: str = "version") -> int:
+    if not is_integer(version):
+        raise InvalidInput(f"{name} must be an integer", code="invalid_version")
+    if not fits_int32(version):  # would overflow the column and fail in the database
+        raise InvalidInput(f"{name} is out of range (at most {INT32_MAX})", code="invalid_version")
+    return version
+
+
+def check_shadow_name(name) -> str:
+    if name != CLASSIC and not SHADOW_NAME.matches(name):
+        shown = name[:80] if isinstance(name, str) else name
+        raise InvalidInput(f"Invalid shadow name {shown!r}: use {SHADOW_NAME.text}", code="invalid_shadow_name")
+    return name
+
+
+@dataclass(frozen=True)
+class ShadowChange:
+    """One requested change. `desired`/`reported`: ABSENT (untouched), None (clear) or a document."""
+
+    tenant_id: str
+    device_id: str
+    shadow_name: str = CLASSIC
+    desired: Any = ABSENT
+    reported: Any = ABSENT
+    desired_mode: Mode = Mode.MERGE
+    reported_mode: Mode = Mode.MERGE
+    version: Any = None  # AWS: the document version the writer read; must be current
+    expected_desired_version: Any = None  # the operator API's expected_version
+    report_version: Any = None  # the seed's report: the desired version the state reflects
+    delete: bool = False
+    by_device: bool = False
+    client_token: str | None = None
+
+
+@dataclass
+class Shadow:
+    """A shadow's row in memory (locked when written)."""
+
+    device_pk: int
+    tenant_id: str
+    device_id: str
+    device_status: str
+    name: str = CLASSIC
+    pk: int | None = None  # named shadow row (None: not created yet)
+    exists: bool = True  # classic: always; named: a row that is not deleted
+    desired: dict = field(default_factory=dict)
+    reported: dict = field(default_factory=dict)
+    desired_metadata: dict = field(default_factory=dict)
+    reported_metadata: dict = field(default_factory=dict)
+    desired_version: int = 0
+    reported_version: int = 0
+    version: int = 0
+    shadow_updated_at: datetime | None = None
+    reported_updated_at: datetime | None = None
+    dirty: bool = False
+    seen: bool = False  # the device spoke: last_seen moves (classic row only)
+
+    def document(self) -> dict:
+        """State, metadata and version (the documents message's previous/current)."""
+        return {
+            "state": {"desired": self.desired, "reported": self.reported},
+            "metadata": {"desired": self.desired_metadata, "reported": self.reported_metadata},
+            "version": self.version,
+        }
+
+    def full_document(self) -> dict:
+        """As AWS's get/accepted: state with delta (when there is one), metadata, version."""
+        delta = compute_delta(self.desired, self.reported)
+        document = self.document()
+        if delta:
+            document["state"]["delta"] = delta
+            document["metadata"]["delta"] = delta_metadata(delta, self.desired, self.desired_metadata)
+        return document
+
+    def delta_message(self) -> dict | None:
+        delta = compute_delta(self.desired, self.reported)
+        if not delta:
+            return None
+        return {
+            "state": delta,
+            "metadata": delta_metadata(delta, self.desired, self.desired_metadata),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    error: DomainError | None = None
+    accepted: dict | None = None  # update/accepted (state and metadata as requested, version) or delete's
+    version: int = 0
+    desired_version: int = 0
+    reported_version: int = 0
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+_DEVICE_FIELDS = (
+    "id", "tenant_id", "device_id", "status", "desired_state", "reported_state", "desired_metadata",
+    "reported_metadata", "desired_version", "reported_version", "shadow_version", "shadow_updated_at",
+    "reported_updated_at",
+)  # fmt: skip
+_NAMED_FIELDS = (
+    "id", "device_id", "name", "deleted", "desired_state", "reported_state", "desired_metadata",
+    "reported_metadata", "desired_version", "reported_version", "shadow_version", "shadow_updated_at",
+    "reported_updated_at",
+)  # fmt: skip
+
+Key = tuple[str, str, str]  # (tenant_id, device_id, shadow name)
+
+
+def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
+    """The shadows of the given keys whose device exists (named ones not created yet: exists=False).
+
+    With lock, rows are locked FOR UPDATE: devices in id order, then named shadows in id order, so
+    concurrent writers cannot deadlock. Every device of a key is loaded with its classic shadow.
+    """
+    by_tenant: dict[str, set[str]] = {}
+    for tenant_id, device_id, _ in keys:
+        by_tenant.setdefault(tenant_id, set()).add(device_id)
+    shadows: dict[Key, Shadow] = {}
+    pks: dict[tuple[str, str], int] = {}
+    rows = []
+    for tenant_id, device_ids in by_tenant.items():
+        query = Device.objects.filter(tenant_id=tenant_id, device_id__any_of=sorted(device_ids)).order_by("id")
+        if lock:
+            query = query.select_for_update()
+        rows.extend(query.values_list(*_DEVICE_FIELDS))
+    for pk, tenant_id, device_id, status, d, r, dm, rm, dv, rv, v, d_at, r_at in sorted(rows):
+        pks[(tenant_id, device_id)] = pk
+        shadows[(tenant_id, device_id, CLASSIC)] = Shadow(
+            pk, tenant_id, device_id, status, CLASSIC, None, True, d, r, dm, rm, dv, rv, v, d_at, r_at
+        )
+    named = {(t, d, n) for t, d, n in keys if n != CLASSIC and (t, d) in pks}
+    if named:
+        ids = {pks[(t, d)]: (t, d) for t, d, _ in named}
+        query = NamedShadow.objects.filter(device_id__in=sorted(ids), name__in=sorted({n for _, _, n in named}))
+        if lock:
+            query = query.order_by("id").select_for_update()
+        found = {}
+        for pk, device_pk, name, deleted, d, r, dm, rm, dv, rv, v, d_at, r_at in query.values_list(*_NAMED_FIELDS):
+            found[(device_pk, name)] = (pk, deleted, d, r, dm, rm, dv, rv, v, d_at, r_at)
+        for tenant_id, device_id, name in named:
+            device = shadows[(tenant_id, device_id, CLASSIC)]
+            row = found.get((device.device_pk, name))
+            shadow = Shadow(device.device_pk, tenant_id, device_id, device.device_status, name, exists=False)
+            if row is not None:
+                pk, deleted, *state = row
+                shadow = Shadow(device.device_pk, tenant_id, device_id, device.device_status, name, pk,
+                                not deleted, *state)  # fmt: skip
+            shadows[(tenant_id, device_id, name)] = shadow
+    return shadows
+
+
+def shadow_get(*, device: Device, shadow_name: str = CLASSIC) -> Shadow:
+    """One shadow of a device; NotFound for a named shadow that does not exist (or was deleted)."""
+    check_shadow_name(shadow_name)
+    shadow = load_shadows([(device.tenant_id, device.device_id, shadow_name)]).get(
+        (device.tenant_id, device.device_id, shadow_name)
+    )
+    if shadow is None:
+        raise NotFound(f"Device {device.device_id!r} not found", code="device_not_found")
+    if not shadow.exists:
+        raise no_such_shadow(shadow_name)
+    return shadow
+
+
+def no_such_shadow(name: str) -> NotFound:
+    return NotFound(f"No shadow exists with name {name!r}", code="shadow_not_found")
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
+    """Apply changes in order; one result per change (its error, or what was accepted)."""
+    results: list[ChangeResult | None] = [None] * len(changes)
+    valid: list[tuple[int, ShadowChange]] = []
+    for index, change in enumerate(changes):
+        try:
+            _check(change)
+        except DomainError as exc:
+            results[index] = ChangeResult(error=exc)
+        else:
+            valid.append((index, change))
+    if not valid:
+        return results  # type: ignore[return-value]
+
+    shadows = load_shadows({(c.tenant_id, c.device_id, c.shadow_name) for _, c in valid}, lock=True)
+    policies = _desired_policies({c.tenant_id for _, c in valid if c.by_device and c.desired is not ABSENT})
+    now = timezone.now()
+    events: list[ShadowEvent] = []
+    for index, change in valid:
+        shadow = shadows.get((change.tenant_id, change.device_id, change.shadow_name))
+        try:
+            results[index] = _apply(shadow, change, now, policies, events, shadows)
+        except DomainError as exc:
+            results[index] = ChangeResult(error=exc)
+
+    _write(shadows.values(), now)
+    if events and settings.MQTT_DIALECTS:
+        ShadowEvent.objects.bulk_create(events)
+    changed = [s for s in shadows.values() if s.dirty]
+    if changed or events:
+        outbox.wake_delivery()
+    by_tenant: dict[str, set[str]] = {}
+    for shadow in changed:
+        by_tenant.setdefault(shadow.tenant_id, set()).add(shadow.device_id)
+    for tenant_id, device_ids in by_tenant.items():
+        outbox.twins_changed(tenant_id, sorted(device_ids))
+    return results  # type: ignore[return-value]
+
+
+def _check(change: ShadowChange) -> None:
+    check_shadow_name(change.shadow_name)
+    for name in ("version", "expected_desired_version", "report_version"):
+        value = getattr(change, name)
+        if value is not None:
+            check_version(value, name="expected_version" if name == "expected_desired_version" else "version")
+    if change.delete:
+        return
+    if change.desired is ABSENT and change.reported is ABSENT:
+        raise InvalidInput('state must contain "desired" and/or "reported"', code="invalid_state")
+    for part in ("desired", "reported"):
+        value = getattr(change, part)
+        if value is not ABSENT and value is not None:
+            check_document(value, name=part)
+
+
+def _desired_policies(tenant_ids: set[str]) -> dict[str, str]:
+    if not tenant_ids:
+        return {}
+    return dict(Tenant.objects.filter(id__in=tenant_ids).values_list("id", "device_desired_writes"))
+
+
+def _apply(shadow: Shadow | None, change: ShadowChange, now, policies, events, shadows) -> ChangeResult:
+    if shadow is None:
+        raise NotFound(
+            f"Device {change.device_id!r} not found in tenant {change.tenant_id!r}", code="device_not_found"
+        )
+    if shadow.device_status != DeviceStatus.ACTIVE:
+        raise Conflict(f"Device {shadow.device_id!r} is decommissioned", code="device_decommissioned")
+    result = _decide(shadow, change, now, policies, events)
+    if change.by_device:  # an accepted change from the device: it was seen
+        shadows[(shadow.tenant_id, shadow.device_id, CLASSIC)].seen = True
+    return result
+
+
+def _decide(shadow: Shadow, change: ShadowChange, now, policies, events) -> ChangeResult:
+    if change.delete:
+        return _delete(shadow, change, now)
+    if not shadow.exists and change.reported is ABSENT and change.desired is None:
+        raise no_such_shadow(shadow.name)  # clearing the desired of a shadow that is not there
+    if change.version is not None and change.version != shadow.version:
+        raise VersionConflict(
+            f"Version conflict: version {change.version} is not the shadow's current version {shadow.version}",
+            version=shadow.version,
+        )
+    if change.expected_desired_version is not None and change.expected_desired_version != shadow.desired_version:
+        raise VersionConflict(
+            f"expected_version {change.expected_desired_version} does not match desired_version "
+            f"{shadow.desired_version}",
+            desired_version=shadow.desired_version,
+        )
+    timestamp = int(now.timestamp())
+    previous = shadow.document()
+    previous_delta = compute_delta(shadow.desired, shadow.reported)
+    desired, desired_md, desired_version = shadow.desired, shadow.desired_metadata, shadow.desired_version
+    reported, reported_md, reported_version = shadow.reported, shadow.reported_metadata, shadow.reported_version
+    desired_changed = reported_changed = False
+
+    if change.desired is not ABSENT:
+        if change.by_device:
+            _device_may_write_desired(policies.get(shadow.tenant_id, DesiredWrites.DENY), change)
+        desired, desired_md = _patched(desired, desired_md, change.desired, change.desired_mode, timestamp, "desired")
+        desired_version += 1
+        desired_changed = True
+
+    if change.reported is not ABSENT:
+        if change.report_version is not None:  # the seed's report: a whole state for a desired version
+            version = change.report_version
+            if not 0 <= version <= desired_version:
+                raise VersionConflict(
+                    f"version {version} is outside 0..{desired_version} (the current desired_version)",
+                    desired_version=desired_version,
+                )
+            if version >= reported_version:  # an older report never restores an older state
+                reported, reported_md = change.reported, leaf_metadata(change.reported, timestamp)
+                reported_changed = True
+            reported_version = max(reported_version, version)
+        else:
+            reported, reported_md = _patched(
+                reported, reported_md, change.reported, change.reported_mode, timestamp, "reported"
+            )
+            reported_changed = True
+            if not compute_delta(desired, reported):
+                reported_version = desired_version  # caught up: nothing desired is missing
+
+    accepted_state, accepted_md = {}, {}
+    for part, value in (("desired", change.desired), ("reported", change.reported)):
+        if value is not ABSENT:
+            accepted_state[part] = value
+            accepted_md[part] = leaf_metadata(value, timestamp) if value is not None else {}
+    if not (desired_changed or reported_changed):  # an older seed report: accepted, nothing to store
+        return _result(shadow, accepted={"state": accepted_state, "metadata": {}, "version": shadow.version})
+
+    shadow.desired, shadow.desired_metadata, shadow.desired_version = desired, desired_md, desired_version
+    shadow.reported, shadow.reported_metadata, shadow.reported_version = reported, reported_md, reported_version
+    shadow.version += 1
+    if desired_changed:
+        shadow.shadow_updated_at = now
+    if reported_changed:
+        shadow.reported_updated_at = now
+    shadow.exists = shadow.dirty = True
+    delta = shadow.delta_message()
+    publish_delta = delta is not None and (desired_changed or delta["state"] != previous_delta)
+    events.append(
+        ShadowEvent(
+            device_id=shadow.device_pk, shadow_name=shadow.name, created_at=now,
+            documents={"previous": previous, "current": shadow.document()},
+            delta=delta if publish_delta else None, client_token=change.client_token or "",
+        )
+    )  # fmt: skip
+    return _result(shadow, accepted={"state": accepted_state, "metadata": accepted_md, "version": shadow.version})
+
+
+def _patched(document, metadata, patch, mode: Mode, timestamp: int, name: str) -> tuple[dict, dict]:
+    if patch is None:
+        return {}, {}
+    base, base_md = (document, metadata) if mode == Mode.MERGE else ({}, {})
+    # A replace is a merge onto {}: null members mean "absent" either way.
+    result = merge_patch(base, patch)
+    check_document(result, name=name)
+    return result, merge_metadata(base_md, base, patch, timestamp)
+
+
+def _device_may_write_desired(policy: str, change: ShadowChange) -> None:
+    if policy == DesiredWrites.DENY:
+        raise Forbidden(
+            "Devices of this tenant may not write desired state (tenant setting device_desired_writes)",
+            code="desired_write_forbidden",
+        )
+    if policy == DesiredWrites.VERSIONED and change.version is None:
+        raise InvalidInput(
+            "A device's desired update must carry the shadow's version (tenant setting "
+            "device_desired_writes=versioned), so that it never overwrites an operator's newer desired state",
+            code="version_required",
+        )
+
+
+def _delete(shadow: Shadow, change: ShadowChange, now) -> ChangeResult:
+    if not shadow.exists:
+        raise no_such_shadow(shadow.name)
+    if change.version is not None and change.version != shadow.version:
+        raise VersionConflict(
+            f"Version conflict: version {change.version} is not the shadow's current version {shadow.version}",
+            version=shadow.version,
+        )
+    # The version goes on (AWS IoT: deleting a shadow does not reset it); desired_version moves so the
+    # retained desired state is republished empty, and an empty report is in step with it.
+    shadow.desired, shadow.reported, shadow.desired_metadata, shadow.reported_metadata = {}, {}, {}, {}
+    shadow.desired_version += 1
+    shadow.reported_version = shadow.desired_version
+    shadow.version += 1
+    shadow.shadow_updated_at = shadow.reported_updated_at = now
+    shadow.exists = shadow.name == CLASSIC
+    shadow.dirty = True
+    logger.info("shadow deleted %s/%s name=%r v%d", shadow.tenant_id, shadow.device_id, shadow.name, shadow.version)
+    return _result(shadow, accepted={"version": shadow.version})
+
+
+def _result(shadow: Shadow, *, accepted: dict) -> ChangeResult:
+    return ChangeResult(
+        accepted=accepted, version=shadow.version, desired_version=shadow.desired_version,
+        reported_version=shadow.reported_version,
+    )  # fmt: skip
+
+
+def _write(shadows, now) -> None:
+    classic = [s for s in shadows if s.name == CLASSIC and (s.dirty or s.seen)]
+    named = [s for s in shadows if s.name != CLASSIC and s.dirty]
+    if classic:
+        _write_classic(classic, now)
+    created = [s for s in named if s.pk is None]
+    existing = [s for s in named if s.pk is not None]
+    if created:
+        rows = NamedShadow.objects.bulk_create([_named_row(s) for s in created])
+        for shadow, row in zip(created, rows, strict=True):
+            shadow.pk = row.pk
+    if existing:
+        NamedShadow.objects.bulk_update(
+            [_named_row(s) for s in existing],
+            ["desired_state", "reported_state", "desired_metadata", "reported_metadata", "desired_version",
+             "reported_version", "shadow_version", "shadow_updated_at", "reported_updated_at", "deleted"],
+        )  # fmt: skip
+
+
+def _named_row(shadow: Shadow) -> NamedShadow:
+    return NamedShadow(
+        pk=shadow.pk, device_id=shadow.device_pk, name=shadow.name, desired_state=shadow.desired,
+        reported_state=shadow.reported, desired_metadata=shadow.desired_metadata,
+        reported_metadata=shadow.reported_metadata, desired_version=shadow.desired_version,
+        reported_version=shadow.reported_version, shadow_version=shadow.version,
+        shadow_updated_at=shadow.shadow_updated_at, reported_updated_at=shadow.reported_updated_at,
+        deleted=not shadow.exists,
+    )  # fmt: skip
+
+
+def _write_classic(shadows: list[Shadow], now) -> None:
+    """One UPDATE for the batch (PostgreSQL), or one per device (SQLite, the dev default)."""
+    stamp = connection.ops.adapt_datetimefield_value
+    rows = [
+        (s.device_pk, json.dumps(s.desired), json.dumps(s.reported), json.dumps(s.desired_metadata),
+         json.dumps(s.reported_metadata), s.desired_version, s.reported_version, s.version,
+         stamp(s.shadow_updated_at), stamp(s.reported_updated_at), s.seen)
+        for s in shadows
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            columns = list(zip(*rows, strict=True))
+            cursor.execute(
+                """
+                UPDATE device_state AS d SET
+                    desired_state = v.desired::jsonb, reported_state = v.reported::jsonb,
+                    desired_metadata = v.desired_md::jsonb, reported_metadata = v.reported_md::jsonb,
+                    desired_version = v.desired_version, reported_version = v.reported_version,
+                    shadow_version = v.version, shadow_updated_at = v.desired_at, reported_updated_at = v.reported_at,
+                    last_seen = CASE WHEN v.seen THEN %s ELSE d.last_seen END
+                FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[],
+                            %s::integer[], %s::integer[], %s::timestamptz[], %s::timestamptz[], %s::boolean[])
+                     AS v(id, desired, reported, desired_md, reported_md, desired_version, reported_version,
+                          version, desired_at, reported_at, seen)
+                WHERE d.id = v.id
+                """,
+                [stamp(now), *[list(column) for column in columns]],
+            )
+            return
+        for pk, d, r, dm, rm, dv, rv, v, d_at, r_at, seen in rows:
+            cursor.execute(
+                """
+                UPDATE device_state SET desired_state = %s, reported_state = %s, desired_metadata = %s,
+                    reported_metadata = %s, desired_version = %s, reported_version = %s, shadow_version = %s,
+                    shadow_updated_at = %s, reported_updated_at = %s,
+                    last_seen = CASE WHEN %s THEN %s ELSE last_seen END
+                WHERE id = %s
+                """,
+                [d, r, dm, rm, dv, rv, v, d_at, r_at, seen, stamp(now), pk],
+            )
