@@ -198,6 +198,10 @@ BRIDGE_COUNTERS = {
     "accepted": ("iotcloud_bridge_reports_ingested", "Reports the bridge wrote to the database since it started."),
     "rejected": ("iotcloud_bridge_reports_rejected", "Reports the bridge rejected since it started."),
     "published": ("iotcloud_bridge_desired_published", "Desired/jobs publications the broker acknowledged."),
+    "events": (
+        "iotcloud_bridge_shadow_events_published",
+        "Shadow update/documents and update/delta messages the broker acknowledged.",
+    ),
     "rate_limited": (
         "iotcloud_bridge_reports_rate_limited",
         "Reports dropped over a device's MQTT_REPORT_RATE_LIMIT (in rejected).",

@@ -34,9 +34,22 @@ from mqtt_bridge import topics
 from mqtt_bridge.accounts.sync import AccountsLoop
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
 from mqtt_bridge.config import BrokerSettings, broker_settings
-from mqtt_bridge.delivery import Publication, desired_deliver_pending, jobs_deliver_pending
+from mqtt_bridge.delivery import (
+    Publication,
+    desired_deliver_pending,
+    jobs_deliver_pending,
+    shadow_events_deliver_pending,
+)
 from mqtt_bridge.heartbeat import Heartbeat
-from mqtt_bridge.ingest import RETAINED, Incoming, ingest_batch, log_verdicts, rejection_replies, retained_topics
+from mqtt_bridge.ingest import (
+    RETAINED,
+    Incoming,
+    ingest_batch,
+    log_verdicts,
+    rejection_replies,
+    request_replies,
+    retained_topics,
+)
 from mqtt_bridge.listener import NotificationListener
 
 logger = logging.getLogger(__name__)
@@ -64,7 +77,8 @@ class Bridge:
         self.subscribed = threading.Event()  # the broker acknowledged the reports subscription
         self.wake = threading.Event()
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0, "rate_limited": 0, "retained": 0}
+        self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0, "events": 0,
+                      "rate_limited": 0, "retained": 0}  # fmt: skip
         self._threads: list[threading.Thread] = []
         self._listener: NotificationListener | None = None
         self.client: mqtt.Client | None = None
@@ -158,14 +172,17 @@ class Bridge:
             logger.error("broker refused connection: %s", reason_code)
             return
         logger.info("connected to %s session_present=%s", self.broker, flags.session_present)
-        # Subscribing here means every reconnect resubscribes.
-        filter_ = topics.subscription(topics.REPORTED_FILTER, self.shared_group)
+        # Subscribing here means every reconnect resubscribes: the seed's reports and the device
+        # protocol's requests (MQTT_DIALECTS), in one SUBSCRIBE.
+        filters = [topics.REPORTED_FILTER, *topics.request_filters(settings.MQTT_DIALECTS)]
+        filters = [topics.subscription(f, self.shared_group) for f in filters]
         if self.protocol == V5:
-            # retainAsPublished: a device's report published with the retain flag shows it at once,
+            # retainAsPublished: a device's message published with the retain flag shows it at once,
             # not only when the broker replays it after a reconnect (see ingest._refusal).
-            client.subscribe(filter_, options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
+            options = mqtt.SubscribeOptions(qos=1, retainAsPublished=True)
+            client.subscribe([(f, options) for f in filters])
         else:
-            client.subscribe(filter_, qos=1)
+            client.subscribe([(f, 1) for f in filters])
         self.connected.set()
         self.wake.set()  # catch up on anything written while we were away
 
@@ -173,7 +190,7 @@ class Bridge:
         if any(code.is_failure for code in reason_codes):
             logger.error("broker refused the reports subscription: %s", reason_codes)
             return
-        logger.info("subscribed to reports")
+        logger.info("subscribed to reports and requests")
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
@@ -218,7 +235,7 @@ class Bridge:
             close_old_connections()
             try:
                 verdicts = ingest_batch(incoming)
-                replies = rejection_replies(verdicts)
+                replies = rejection_replies(verdicts) + request_replies(verdicts)
                 break
             except (DatabaseError, InterfaceError):
                 # Nothing was committed and nothing acknowledged: retry; if we
@@ -236,6 +253,8 @@ class Bridge:
             self.client.publish(topic, payload, qos=1)
         for topic in retained_topics(verdicts):
             self.client.publish(topic, b"", qos=1, retain=True)  # clear the broker's copy
+        if any(v.replies for v in verdicts):
+            self.wake.set()  # shadow changes leave events (update/delta, update/documents) to publish
         log_verdicts(verdicts)
         accepted = sum(v.accepted for v in verdicts)
         codes = [v.error.code for v in verdicts if v.error is not None]
@@ -260,7 +279,8 @@ class Bridge:
                 while not self.stopping.is_set() and self.connected.is_set():
                     desired = desired_deliver_pending(publish=self._publish_all)
                     jobs = jobs_deliver_pending(publish=self._publish_all)
-                    if not desired and not jobs:
+                    events = shadow_events_deliver_pending(publish=self._publish_all)
+                    if not desired and not jobs and not events:
                         break
             except (DatabaseError, InterfaceError):
                 logger.exception("desired delivery failed; retrying")
@@ -278,8 +298,8 @@ class Bridge:
                 connection.close()
 
     def _publish_all(self, publications: Sequence[Publication]) -> list[Publication]:
-        """Publish retained QoS 1; return those the broker acknowledged in time."""
-        infos = [(p, self.client.publish(p.topic, p.payload, qos=1, retain=True)) for p in publications]
+        """Publish at QoS 1 (retained unless said otherwise); return those the broker acknowledged in time."""
+        infos = [(p, self.client.publish(p.topic, p.payload, qos=1, retain=p.retain)) for p in publications]
         deadline = time.monotonic() + settings.MQTT_PUBLISH_TIMEOUT_SECONDS
         acknowledged = []
         for publication, info in infos:
@@ -293,7 +313,9 @@ class Bridge:
                 len(acknowledged), len(publications),
             )  # fmt: skip
             self._discard_unacknowledged()
-        self.stats["published"] += len(acknowledged)
+        events = sum(1 for p in acknowledged if not p.retain)
+        self.stats["events"] += events
+        self.stats["published"] += len(acknowledged) - events
         return acknowledged
 
     def _discard_unacknowledged(self) -> None:

@@ -34,6 +34,8 @@ class Publication:
     payload: bytes  # b"" clears the retained message
     device_pk: int
     version: int
+    retain: bool = True
+    event_pk: int = 0  # a twin.models.ShadowEvent's (shadow_events_deliver_pending)
 
 
 # publish(publications) -> the subset the broker acknowledged
@@ -154,3 +156,60 @@ def _record_published(publications: Sequence[Publication]) -> None:
                 f"UPDATE device_state SET {column} = %s WHERE id = %s AND {column} < %s",  # noqa: S608
                 [(p.version, p.device_pk, p.version) for p in publications],
             )
+
+
+def shadow_events_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
+    """Publish one batch of shadow events (update/documents, update/delta) in both dialects; returns how many.
+
+    Claimed oldest first with FOR UPDATE SKIP LOCKED and deleted once every message of the event was
+    acknowledged (the rest stay for the next pass). Not retained: they are news, not state. Events of
+    devices decommissioned meanwhile are dropped. With several bridges two events of one shadow can
+    be published out of order; their `version` tells which is newer (as AWS IoT says of its own).
+    """
+    from twin.models import ShadowEvent
+
+    with transaction.atomic():
+        events = list(
+            ShadowEvent.objects.order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "device_id", "shadow_name", "documents", "delta", "client_token", "created_at")[
+                : limit or settings.MQTT_DELIVERY_BATCH
+            ]
+        )
+        if not events:
+            return 0
+        devices = {
+            pk: (tenant_id, device_id)
+            for pk, tenant_id, device_id in Device.objects.filter(
+                pk__in={e[1] for e in events}, status=DeviceStatus.ACTIVE
+            ).values_list("id", "tenant_id", "device_id")
+        }
+        publications, expected = [], {}
+        for pk, device_pk, name, documents, delta, token, created_at in events:
+            if device_pk not in devices:
+                continue
+            tenant_id, device_id = devices[device_pk]
+            extra = {"timestamp": int(created_at.timestamp()), **({"clientToken": token} if token else {})}
+            messages = [("update/documents", {**documents, **extra})]
+            if delta is not None:
+                messages.append(("update/delta", {**delta, **extra}))
+            for dialect in topics.DIALECTS:
+                if dialect not in settings.MQTT_DIALECTS:
+                    continue
+                for suffix, body in messages:
+                    publications.append(
+                        Publication(
+                            topic=topics.shadow_topic(dialect, tenant_id, device_id, name, suffix),
+                            payload=json.dumps(body, separators=(",", ":")).encode(),
+                            device_pk=device_pk, version=0, retain=False, event_pk=pk,
+                        )
+                    )  # fmt: skip
+            expected[pk] = sum(1 for p in publications if p.event_pk == pk)
+        acknowledged: dict[int, int] = {}
+        for publication in publish(publications) if publications else []:
+            acknowledged[publication.event_pk] = acknowledged.get(publication.event_pk, 0) + 1
+        done = [pk for pk, *_ in events if acknowledged.get(pk, 0) >= expected.get(pk, 0)]
+        ShadowEvent.objects.filter(pk__in=done).delete()
+    if done:
+        logger.debug("shadow events published: %d", len(done))
+    return len(done)

@@ -1,7 +1,10 @@
-"""Reported-state ingestion: a batch of MQTT messages in, one verdict per message out.
+"""Ingestion: a batch of MQTT messages in (reports and device protocol requests), one verdict each out.
 
 Everything here runs on committed-or-nothing batches: the caller acknowledges
-the messages only after ingest_batch returns (its transaction committed).
+the messages only after ingest_batch returns (its transaction committed), then
+publishes the verdicts' answers. Within a batch the seed's reports are stored
+first, then shadow requests (mqtt_bridge.shadow_api), then jobs requests
+(mqtt_bridge.jobs_api), each group in arrival order.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
@@ -19,6 +22,9 @@ from devices.models import Device
 from devices.throttling import MQTT_REPORT_BUCKETS, mqtt_report_rate
 from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
 from mqtt_bridge import topics
+from mqtt_bridge.jobs_api import handle_jobs_requests
+from mqtt_bridge.requests import Reply, rejection, token_of
+from mqtt_bridge.shadow_api import handle_shadow_requests
 from twin.services import Report, parse_report_payload, twin_record_reports
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ RETAINED = "retained_report"
 EMPTY = "empty_message"
 # Errors that mean "no such active device" or "not a report at all": nobody to tell.
 SILENT_CODES = frozenset({"device_not_found", "device_decommissioned", "not_a_report_topic", EMPTY})
+HANDLERS = {topics.SHADOW: handle_shadow_requests, topics.JOBS: handle_jobs_requests}
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,12 @@ class Incoming:
 class Verdict:
     message: Incoming
     error: DomainError | None = None
-    device: tuple[str, str] | None = None  # (tenant_id, device_id) from the topic
+    device: tuple[str, str] | None = None  # (tenant_id, device_id) of a report's topic
+    replies: tuple[Reply, ...] = field(default=())  # a request's answers
 
     @property
     def accepted(self) -> bool:
-        return self.error is None
+        return self.error is None and not any(r.topic.endswith("/" + topics.REJECTED) for r in self.replies)
 
 
 @transaction.atomic
@@ -56,12 +64,17 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
     positions: list[int] = []
     keys: list[tuple[str, str]] = []
     admitted = _admitted(messages)
+    requests: list[tuple[int, topics.Request]] = []
     for index, message in enumerate(messages):
         key = topics.parse_reported(message.topic)
         if key is None:
-            verdicts[index] = Verdict(
-                message, InvalidInput(f"Not a reported topic: {message.topic!r}", code="not_a_report_topic")
-            )
+            request = topics.parse_request(message.topic)
+            if request is not None and request.dialect in settings.MQTT_DIALECTS:
+                requests.append((index, request))
+            else:
+                verdicts[index] = Verdict(
+                    message, InvalidInput(f"Not a reported topic: {message.topic!r}", code="not_a_report_topic")
+                )
             continue
         refusal = _refusal(message, admitted[index])
         if refusal is not None:
@@ -77,13 +90,68 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
         keys.append(key)
     for index, key, error in zip(positions, keys, twin_record_reports(reports), strict=True):
         verdicts[index] = Verdict(messages[index], error, key)
+    if requests:
+        _answer_requests(messages, requests, admitted, verdicts)
     return verdicts  # type: ignore[return-value]
 
 
+def _answer_requests(messages, requests, admitted, verdicts) -> None:
+    """Refuse what must be refused (retained, over the rate, unknown devices), hand the rest to the handlers."""
+    active = _active_devices({(r.tenant_id, r.device_id) for _, r in requests if r.tenant_id is not None})
+    routed: dict[str, list[tuple[int, topics.Request, Device]]] = {topics.SHADOW: [], topics.JOBS: []}
+    for index, request in requests:
+        message = messages[index]
+        if not message.payload and message.retained:
+            verdicts[index] = Verdict(message, InvalidInput("Empty message: not a request", code=EMPTY))
+            continue
+        device = active.get((request.tenant_id, request.device_id))
+        if device is None:  # nobody to tell: no such active device (or a thing name that names none)
+            verdicts[index] = Verdict(
+                message,
+                InvalidInput(f"No active device for thing {request.thing_name!r}", code="device_not_found"),
+            )
+            continue
+        refusal = _retained_or_over_rate(message, admitted[index])
+        if refusal is not None:
+            reply = rejection(request, refusal, token_of(message.payload))
+            verdicts[index] = Verdict(message, refusal, replies=(reply,))
+            continue
+        routed[request.service].append((index, request, device))
+    for service, items in routed.items():
+        if items:
+            answers = HANDLERS[service]([(request, device, messages[i].payload) for i, request, device in items])
+            for (index, _, _), reply in zip(items, answers, strict=True):
+                verdicts[index] = Verdict(messages[index], replies=(reply,))
+
+
+def _active_devices(keys: set[tuple[str, str]]) -> dict[tuple[str, str], Device]:
+    found: dict[tuple[str, str], Device] = {}
+    by_tenant: dict[str, list[str]] = {}
+    for tenant_id, device_id in keys:
+        by_tenant.setdefault(tenant_id, []).append(device_id)
+    for tenant_id, device_ids in by_tenant.items():
+        for device in Device.objects.filter(
+            tenant_id=tenant_id, device_id__any_of=sorted(device_ids), status=DeviceStatus.ACTIVE
+        ).only("id", "tenant_id", "device_id", "status"):
+            found[(device.tenant_id, device.device_id)] = device
+    return found
+
+
+def _device_of(topic: str) -> tuple[str, str] | None:
+    key = topics.parse_reported(topic)
+    if key is None:
+        request = topics.parse_request(topic)
+        if request is not None and request.tenant_id is not None:
+            key = (request.tenant_id, request.device_id)
+    return key
+
+
 def _admitted(messages: Sequence[Incoming]) -> list[bool]:
-    """Per message: within its device's MQTT report rate (counted in this bridge process)."""
+    """Per message: within its device's MQTT rate (reports and requests, counted in this bridge process)."""
     rate = mqtt_report_rate()
-    keyed = [(i, topics.parse_reported(m.topic)) for i, m in enumerate(messages) if m.payload and not m.retained]
+    # An empty report is not one (see _refusal); an empty request is a get or a delete.
+    keyed = [(i, _device_of(m.topic)) for i, m in enumerate(messages)
+             if not m.retained and (m.payload or topics.parse_reported(m.topic) is None)]  # fmt: skip
     keyed = [(i, key) for i, key in keyed if key is not None]
     admitted = [True] * len(messages)
     if rate is None or not keyed:
@@ -98,12 +166,16 @@ def _refusal(message: Incoming, admitted: bool) -> DomainError | None:
     if not message.payload:
         # An empty message is how a retained one is cleared (by us, below): not a report.
         return InvalidInput("Empty message: not a report", code=EMPTY)
+    return _retained_or_over_rate(message, admitted)
+
+
+def _retained_or_over_rate(message: Incoming, admitted: bool) -> DomainError | None:
     if message.retained:
         # The broker kept this report and replays it on every (re)subscription: applying it would
         # roll newer state back. Never applied; the bridge clears the retained copy (retained_topics).
         return InvalidInput(
-            "Reports must be published without the retain flag; this retained report was not applied "
-            "and the broker's copy was cleared",
+            "Reports and requests must be published without the retain flag; this retained message was "
+            "not applied and the broker's copy was cleared",
             code=RETAINED,
         )
     if not admitted:
@@ -113,6 +185,11 @@ def _refusal(message: Incoming, admitted: bool) -> DomainError | None:
             limit=rate.text, burst=rate.burst,
         )  # fmt: skip
     return None
+
+
+def request_replies(verdicts: Sequence[Verdict]) -> list[tuple[str, bytes]]:
+    """(topic, payload) answers to the batch's device protocol requests."""
+    return [(reply.topic, reply.payload) for verdict in verdicts for reply in verdict.replies]
 
 
 def retained_topics(verdicts: Sequence[Verdict]) -> list[str]:

@@ -59,11 +59,6 @@ def jobs_notify(tenant_id: str, device_id: str) -> str:
     return f"{_base(tenant_id, device_id)}/jobs/notify"
 
 
-def device_all(tenant_id: str, device_id: str) -> str:
-    """Filter: every topic of one device (what its account may subscribe to)."""
-    return f"{_base(tenant_id, device_id)}/#"
-
-
 def named_desired(tenant_id: str, device_id: str, shadow_name: str) -> str:
     """Platform → device, retained (native dialect): a named shadow's desired state."""
     return f"{_base(tenant_id, device_id)}/shadow/name/{shadow_name}/desired"

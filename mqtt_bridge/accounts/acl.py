@@ -5,8 +5,9 @@ A device logs in as `<tenant_id>/<device_id>` with its provision token as passwo
 that same string as its MQTT client id: an account is bound to its client id, so no device can
 resume, take over or kick off anybody else's session (the bridge's, another device's).
 
-Its rights are a short list of grants (`device_grants`): publish its reports, subscribe to and
-receive topics under its own prefix `tenant/<t>/device/<d>/`. `device_may` evaluates the grants
+Its rights are a short list of grants (`device_grants`): publish its reports and its device
+protocol requests (shadow get/update/delete, jobs) on its own topics in both dialects, subscribe
+to and receive topics under its own prefixes `tenant/<t>/device/<d>/` and `$aws/things/<t>:<d>/`. `device_may` evaluates the grants
 with MQTT's own matching rules, and `dynsec_acls` hands the very same grants to Mosquitto, so both
 give the same answer for every topic and filter (mqtt_bridge/tests/test_acl_agreement.py checks
 them against a real Mosquitto).
@@ -61,12 +62,13 @@ def client_id_allowed(login: DeviceLogin, client_id: str | None) -> bool:
 def device_grants(tenant_id: str, device_id: str) -> list[Grant]:
     """Everything a device may do. Publishing is limited to the topics the platform reads, so a
     device cannot park (retained) messages anywhere else."""
-    own = topics.device_all(tenant_id, device_id)
-    return [
-        Grant(PUBLISH, topics.reported(tenant_id, device_id)),
-        Grant(SUBSCRIBE, own),
-        Grant(RECEIVE, own),
-    ]
+    grants = [Grant(PUBLISH, topics.reported(tenant_id, device_id))]
+    for dialect in topics.DIALECTS:  # both, always: the bridge answers only MQTT_DIALECTS
+        grants += [Grant(PUBLISH, p) for p in topics.device_request_patterns(dialect, tenant_id, device_id)]
+    for dialect in topics.DIALECTS:
+        own = topics.device_own(dialect, tenant_id, device_id)
+        grants += [Grant(SUBSCRIBE, own), Grant(RECEIVE, own)]
+    return grants
 
 
 def device_may(action: str, tenant_id: str, device_id: str, topic: str) -> bool:

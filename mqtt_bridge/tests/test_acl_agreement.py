@@ -21,6 +21,7 @@ HOOK_TOKEN = "agreement-hook-token"
 
 T, D, OTHER = "acme", "sensor-1", "sensor-2"
 BASE = f"tenant/{T}/device/{D}"
+THING = f"$aws/things/{T}:{D}"
 
 PUBLISH_CASES = [
     (f"{BASE}/shadow/reported", True),
@@ -28,7 +29,23 @@ PUBLISH_CASES = [
     (f"{BASE}/shadow/reported/rejected", False),
     (f"{BASE}/jobs/notify", False),
     (f"{BASE}/jobs/j1", False),  # nothing reads it: a device could only park messages there
-    (f"{BASE}/jobs/j1/update", False),
+    (f"{BASE}/jobs/j1/update", True),  # the device protocol's requests, native and AWS dialect
+    (f"{BASE}/jobs/$next/get", True),
+    (f"{BASE}/jobs/start-next", True),
+    (f"{BASE}/jobs/start-next/accepted", False),  # answers are the platform's
+    (f"{BASE}/shadow/get", True),
+    (f"{BASE}/shadow/update/accepted", False),
+    (f"{BASE}/shadow/update/delta", False),
+    (f"{BASE}/shadow/name/cfg/update", True),
+    (f"{BASE}/shadow/name/cfg/desired", False),
+    (f"{THING}/shadow/update", True),
+    (f"{THING}/shadow/name/cfg/delete", True),
+    (f"{THING}/jobs/j1/update", True),
+    (f"{THING}/jobs/notify-next", False),
+    (f"{THING}/shadow/update/documents", False),
+    (f"$aws/things/{T}:{OTHER}/shadow/update", False),  # another thing
+    (f"$aws/things/other:{D}/shadow/get", False),  # the same device id in another tenant
+    (f"tenant/{T}/device/{OTHER}/shadow/update", False),
     (f"{BASE}/shadow/reported/extra", False),
     (f"tenant/{T}/device/{OTHER}/shadow/reported", False),
     (f"{BASE}/shadow/rep\x00orted", False),
@@ -55,6 +72,12 @@ SUBSCRIBE_CASES = [
     (f"$share/g/{BASE}/shadow/desired", None),  # decided by Mosquitto, the others must follow
     (f"$share/g/tenant/{T}/#", False),
     ("$SYS/#", False),
+    (f"{THING}/#", True),
+    (f"{THING}/shadow/update/delta", True),
+    (f"{THING}/jobs/+/update/accepted", True),
+    (f"$aws/things/{T}:{OTHER}/shadow/update/delta", False),
+    ("$aws/things/+/shadow/update/delta", False),
+    ("$aws/#", False),
 ]
 
 
