@@ -27,6 +27,7 @@ GET_PENDING, START_NEXT, DESCRIBE = "get_pending", "start_next", "describe"
 ACCEPTED, REJECTED = "accepted", "rejected"
 NEXT_JOB = "$next"  # DescribeJobExecution's "the next pending execution"
 THING_SEPARATOR = ":"
+AWS_PREFIX = "$aws/"  # the AWS IoT dialect's topics (a "$" topic: wildcards at the root never match it)
 
 # Topic levels are validated ids (no / + #), so a plain split is exact.
 _ID = r"[^/+#\x00]+"
@@ -64,6 +65,31 @@ def named_desired(tenant_id: str, device_id: str, shadow_name: str) -> str:
     return f"{_base(tenant_id, device_id)}/shadow/name/{shadow_name}/desired"
 
 
+# --- the platform's own topics (mqtt_bridge.recovery) ----------------------------------------------
+# Under tenant/, where the bridge's broker account may publish in every deployment (compose's
+# iotcloud-bridge role: tenant/#), at a level no tenant id can be (iotcloud.rules.TENANT_ID starts
+# with a letter or digit): no device grant (tenant/<t>/device/<d>/...) ever covers them.
+PLATFORM_ROOT = "tenant/_iotcloud"
+CANARY_FILTER = f"{PLATFORM_ROOT}/bridge/+/canary"
+_CANARY_RE = re.compile(rf"{PLATFORM_ROOT}/bridge/({_ID})/canary")
+
+
+def bridge_canary(key: str) -> str:
+    """Bridge → broker, retained: one bridge's canary (key: mqtt_bridge.recovery.canary_key)."""
+    return f"{PLATFORM_ROOT}/bridge/{key}/canary"
+
+
+def bridge_probe(key: str) -> str:
+    """Bridge → itself, not retained: marks the end of the retained canaries a check reads."""
+    return f"{PLATFORM_ROOT}/bridge/{key}/probe"
+
+
+def parse_canary(topic: str) -> str | None:
+    """The bridge key of a canary topic, or None for anything else."""
+    match = _CANARY_RE.fullmatch(topic)
+    return match.group(1) if match else None
+
+
 # --- the device protocol: shadows and jobs, both dialects ------------------------------------------
 
 
@@ -82,7 +108,7 @@ def parse_thing_name(name: str) -> tuple[str, str] | None:
 
 def _device_root(dialect: str, tenant_id: str, device_id: str) -> str:
     if dialect == AWS:
-        return f"$aws/things/{thing_name(tenant_id, device_id)}"
+        return f"{AWS_PREFIX}things/{thing_name(tenant_id, device_id)}"
     return _base(tenant_id, device_id)
 
 

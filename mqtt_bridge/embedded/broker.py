@@ -13,6 +13,7 @@ from amqtt.adapters import BufferReader
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.packet import MQTTFixedHeader
@@ -217,6 +218,31 @@ class _Broker(Broker):
         return await super()._authenticate(session, listener)
 
     # -- retained messages ----------------------------------------------------------------
+
+    async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
+        # amqtt closes the connection of any client that publishes to a "$" topic; MQTT only asks
+        # that "$" topics never match filters starting with a wildcard (amqtt's matching honours
+        # that). The AWS IoT dialect lives under $aws/: its messages take amqtt's usual path here
+        # (ACL check, broadcast, retain), everything else is amqtt's own handling.
+        app_message = wait_deliver.result()
+        topic = getattr(app_message, "topic", None) or ""
+        if not topic.startswith(topics.AWS_PREFIX):
+            return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=app_message
+        )
+        if "#" in topic or "+" in topic:
+            return False
+        if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
+            logger.info("%s not allowed to publish to %r", client_session.client_id, topic)
+            return True
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=app_message
+        )
+        await self._broadcast_message(client_session, topic, app_message.data)
+        if app_message.publish_packet and app_message.publish_packet.retain_flag:
+            await self.retain_message(client_session, topic, app_message.data, app_message.qos)
+        return True
 
     async def retain_message(
         self,

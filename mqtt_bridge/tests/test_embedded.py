@@ -297,7 +297,7 @@ def test_device_touches_only_its_own_topics(connect, devices):
     device.publish(reported("d2"), b"spoofed report")  # PUBACKed, then dropped
     device.publish(desired("d1"), b"spoofed desired")  # platform -> device only
     device.publish("tenant/acme/device/d1/jobs/notify", b"spoofed notify")
-    device.publish("tenant/acme/device/d1/jobs/j1/update", b"job update")  # nothing reads it: refused
+    device.publish("tenant/acme/device/d1/jobs/j1", b"job update")  # nothing reads it: refused
     device.publish(reported("d1"), b"my report", retain=True)
     expected = [(reported("d1"), b"my report")]
     assert [(m.topic, m.payload) for m in watcher.receive_until(b"my report")] == expected
@@ -413,3 +413,28 @@ def test_mqtt_broker_command_serves_until_sigterm(settings, tmp_path, caplog):
     assert not outcome["rc"].is_failure
     assert not port_open(port)
     assert f"127.0.0.1:{port}" in caplog.text and "cmd-password" not in caplog.text
+
+
+def test_device_protocol_topics_are_each_devices_own_in_both_dialects(connect, devices):
+    """d1 may ask about its own shadows and jobs (native and $aws/things/acme:d1/...), never d2's."""
+    d1 = devices["d1"]
+    watcher = connect(client_id="watcher")
+    assert watcher.subscribe("tenant/#") and watcher.subscribe("$aws/things/+/#")
+    device = connect(client_id="acme/d1", username="acme/d1", password=d1.token)
+    for foreign in ("$aws/things/acme:d2/shadow/update/delta", "$aws/things/+/shadow/update/delta", "$aws/#"):
+        assert not device.subscribe(foreign), foreign
+    assert device.subscribe("$aws/things/acme:d1/#")
+    refused = [
+        "$aws/things/acme:d2/shadow/update", "$aws/things/acme:d2/jobs/j1/update", "$aws/things/acme:d2/jobs/get",
+        "tenant/acme/device/d2/shadow/get", "tenant/acme/device/d2/jobs/start-next",
+        "$aws/things/acme:d1/shadow/update/accepted",  # answers are the platform's
+        "$aws/things/acme:d1/jobs/notify-next",
+    ]  # fmt: skip
+    for topic in refused:
+        device.publish(topic, b"spoofed")
+    allowed = ["$aws/things/acme:d1/shadow/name/cfg/get", "tenant/acme/device/d1/jobs/$next/get",
+               "$aws/things/acme:d1/shadow/update"]  # fmt: skip
+    for topic in allowed:
+        device.publish(topic, b"mine")
+    got = watcher.receive_until(b"mine") + watcher.receive_until(b"mine") + watcher.receive_until(b"mine")
+    assert sorted(m.topic for m in got) == sorted(allowed)
