@@ -1,7 +1,8 @@
 """Jobs (table `jobs`) and one execution per targeted device (table `job_executions`).
 
-Writes go through jobs.services; the execution state machine lives in
-jobs.choices (DEVICE_TRANSITIONS) and is enforced there by compare-and-set.
+Writes go through jobs.services; the execution state machines live in
+jobs.choices (DEVICE_TRANSITIONS, the seed's; AWS_DEVICE_TRANSITIONS, AWS IoT Jobs')
+and are enforced there by compare-and-set.
 """
 
 from django.db import models
@@ -56,14 +57,19 @@ class JobExecution(models.Model):
     notify_pending = models.BooleanField(default=True)
     started_at = models.DateTimeField(null=True, blank=True)
     last_updated_at = models.DateTimeField()
+    # The device's step timer (AWS stepTimeoutInMinutes): an IN_PROGRESS execution still
+    # running at this time is TIMED_OUT by the sweeper. None: no step timer.
+    step_timeout_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "job_executions"
         constraints = [models.UniqueConstraint(fields=["job", "device"], name="uniq_job_executions_job_device")]
         indexes = [
-            # A device's pending queue, oldest first.
+            # A device's pending list (IN_PROGRESS and QUEUED executions), oldest first.
             models.Index(
-                fields=["device", "queued_at"], name="idx_job_exec_pending", condition=Q(status=ExecutionStatus.QUEUED)
+                fields=["device", "queued_at"],
+                name="idx_job_exec_pending",
+                condition=Q(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS]),
             ),
             # Per-status counts and filtered lists of one job.
             models.Index(fields=["job", "status"], name="idx_job_exec_job_status"),
@@ -72,6 +78,12 @@ class JobExecution(models.Model):
             # The sweeper's in-progress scan.
             models.Index(
                 fields=["started_at"], name="idx_job_exec_in_progress", condition=Q(status=ExecutionStatus.IN_PROGRESS)
+            ),
+            # The sweeper's step-timer scan.
+            models.Index(
+                fields=["step_timeout_at"],
+                name="idx_job_exec_step_timeout",
+                condition=Q(status=ExecutionStatus.IN_PROGRESS, step_timeout_at__isnull=False),
             ),
         ]
 

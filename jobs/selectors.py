@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, F, Q, Window
+from django.db.models import Case, Count, F, Q, Value, When, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -13,7 +13,7 @@ from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
 from iotcloud.rules import JOB_ID
-from jobs.choices import TERMINAL, ExecutionStatus, JobStatus
+from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 
 
@@ -22,6 +22,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def pending_summary(execution: JobExecution) -> dict:
+    """A pending list's entry: the seed's fields, and the execution's status (QUEUED or IN_PROGRESS)."""
     job = execution.job
     return {
         "job_id": job.job_id,
@@ -29,55 +30,92 @@ def pending_summary(execution: JobExecution) -> dict:
         "document": {"type": job.document_type, "params": job.document_params},
         "queued_at": _iso(execution.queued_at),
         "expires_at": _iso(job.expires_at),
+        "status": execution.status,
     }
 
 
-# What a pending summary needs. A job's `targets` can hold 100,000 device ids:
-# never drag it (or other unused columns) through a device's hot path.
-SUMMARY_FIELDS = ("id", "device_id", "execution_number", "queued_at", "job__job_id", "job__document_type",
-                  "job__document_params", "job__expires_at")  # fmt: skip
+# What a pending entry needs (the seed's summary, AWS's JobExecutionSummary and, for the first
+# one, JobExecutionData). A job's `targets` can hold 100,000 device ids: never drag it (or other
+# unused columns) through a device's hot path.
+SUMMARY_FIELDS = ("id", "device_id", "status", "status_details", "execution_number", "queued_at", "started_at",
+                  "last_updated_at", "job__job_id", "job__document_type", "job__document_params",
+                  "job__expires_at")  # fmt: skip
+
+# The pending order (AWS's): IN_PROGRESS executions first, then QUEUED ones, each oldest first.
+_IN_PROGRESS_FIRST = Case(When(status=ExecutionStatus.IN_PROGRESS, then=Value(0)), default=Value(1))
+PENDING_ORDER = (_IN_PROGRESS_FIRST, F("queued_at"), F("id"))
+
+
+def _pending(executions, now: datetime):
+    """Executions a device has yet to finish: IN_PROGRESS ones, and QUEUED ones of unexpired jobs.
+
+    (An expired job's QUEUED executions may no longer start; an IN_PROGRESS one may still finish.)
+    `status__in` repeats what the OR implies, so PostgreSQL matches idx_job_exec_pending's predicate.
+    """
+    unexpired = Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now)
+    return executions.filter(status__in=ACTIVE).filter(
+        Q(status=ExecutionStatus.IN_PROGRESS) | (Q(status=ExecutionStatus.QUEUED) & unexpired)
+    )
 
 
 def pending_executions(device_pk: int, *, now: datetime | None = None, limit: int | None = None):
-    """QUEUED executions of unexpired jobs, oldest first (uses idx_job_exec_pending)."""
+    """A device's pending executions, IN_PROGRESS first, then QUEUED oldest first (uses idx_job_exec_pending)."""
     now = now or timezone.now()
     return (
-        JobExecution.objects.filter(device_id=device_pk, status=ExecutionStatus.QUEUED)
-        .filter(Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now))
+        _pending(JobExecution.objects.filter(device_id=device_pk), now)
         .select_related("job")
         .only(*SUMMARY_FIELDS)
-        .order_by("queued_at", "id")[: limit or settings.JOBS_PENDING_LIMIT]
+        .order_by(*PENDING_ORDER)[: limit or settings.JOBS_PENDING_LIMIT]
     )
+
+
+def next_execution(device: Device, *, now: datetime | None = None) -> JobExecution | None:
+    """The execution a device should run next (AWS's `$next`): the first of its pending list, or None."""
+    return pending_executions(device.pk, now=now, limit=1).first()
 
 
 def pending_jobs(device: Device, *, now: datetime | None = None) -> list[dict]:
-    """The device API's pending list: plain rows, no model instances (a device polls this)."""
+    """The device API's pending list (pending_summary entries): plain rows, no model instances (a device polls this)."""
     rows = pending_executions(device.pk, now=now).values_list(
-        "execution_number", "queued_at", "job__job_id", "job__document_type", "job__document_params", "job__expires_at"
-    )
+        "execution_number", "queued_at", "job__job_id", "job__document_type", "job__document_params",
+        "job__expires_at", "status",
+    )  # fmt: skip
     return [
         {"job_id": job_id, "execution_number": number, "document": {"type": kind, "params": params},
-         "queued_at": _iso(queued_at), "expires_at": _iso(expires_at)}
-        for number, queued_at, job_id, kind, params, expires_at in rows
+         "queued_at": _iso(queued_at), "expires_at": _iso(expires_at), "status": status}
+        for number, queued_at, job_id, kind, params, expires_at, status in rows
     ]  # fmt: skip
 
 
-def pending_jobs_for_devices(device_pks: list[int], *, now: datetime | None = None) -> dict[int, list[dict]]:
-    """Pending lists for many devices at once (the bridge's jobs notify): one query, top N per device."""
+def pending_executions_for_devices(
+    device_pks: list[int], *, now: datetime | None = None, limit: int | None = None
+) -> dict[int, list[JobExecution]]:
+    """Pending executions of many devices at once (the bridge's jobs notify): one query, top N per device,
+    each list in the pending order."""
     now = now or timezone.now()
     ranked = (
-        JobExecution.objects.filter(device_id__in=device_pks, status=ExecutionStatus.QUEUED)
-        .filter(Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now))
+        _pending(JobExecution.objects.filter(device_id__in=device_pks), now)
         .select_related("job")
         .only(*SUMMARY_FIELDS)
-        .annotate(rank=Window(RowNumber(), partition_by=F("device_id"), order_by=[F("queued_at"), F("id")]))
-        .filter(rank__lte=settings.JOBS_PENDING_LIMIT)
-        .order_by("device_id", "queued_at", "id")
+        .annotate(
+            first=_IN_PROGRESS_FIRST,
+            rank=Window(RowNumber(), partition_by=F("device_id"), order_by=list(PENDING_ORDER)),
+        )
+        .filter(rank__lte=limit or settings.JOBS_PENDING_LIMIT)
+        .order_by("device_id", "first", "queued_at", "id")
     )
-    lists: dict[int, list[dict]] = {pk: [] for pk in device_pks}
+    lists: dict[int, list[JobExecution]] = {pk: [] for pk in device_pks}
     for execution in ranked:
-        lists[execution.device_id].append(pending_summary(execution))
+        lists[execution.device_id].append(execution)
     return lists
+
+
+def pending_jobs_for_devices(device_pks: list[int], *, now: datetime | None = None) -> dict[int, list[dict]]:
+    """Pending lists (pending_summary entries) for many devices at once: one query."""
+    return {
+        pk: [pending_summary(execution) for execution in executions]
+        for pk, executions in pending_executions_for_devices(device_pks, now=now).items()
+    }
 
 
 def execution_document(execution: JobExecution) -> dict:

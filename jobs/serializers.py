@@ -6,7 +6,7 @@ from iotcloud.rules import JOB_ID
 from jobs.choices import ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 from jobs.selectors import job_progress
-from jobs.services import MAX_TARGET_IDS
+from jobs.services import MAX_STEP_TIMEOUT_MINUTES, MAX_TARGET_IDS
 
 
 class TargetsSerializer(StrictSerializer):
@@ -101,7 +101,28 @@ class DeviceExecutionSerializer(serializers.Serializer):
 
 
 class PendingJobsSerializer(serializers.Serializer):
-    jobs = serializers.ListField(child=serializers.JSONField())
+    jobs = serializers.ListField(
+        child=serializers.JSONField(),
+        help_text="IN_PROGRESS executions first, then QUEUED ones of unexpired jobs, each oldest first; each "
+        "entry has job_id, execution_number, document{type, params}, queued_at, expires_at and status.",
+    )
+
+
+class StartNextSerializer(StrictSerializer):
+    status_details = JSONObjectField(
+        required=False, allow_null=True, help_text="Set on the execution when a QUEUED one is started."
+    )
+    step_timeout_in_minutes = StrictIntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_STEP_TIMEOUT_MINUTES,
+        help_text="A step timer: the execution is TIMED_OUT unless it is terminal within this many minutes "
+        "(set when a QUEUED one is started).",
+    )  # fmt: skip
+
+
+class StartNextResponseSerializer(serializers.Serializer):
+    execution = DeviceExecutionSerializer(
+        allow_null=True, help_text="The started (or already IN_PROGRESS) execution; null when nothing is pending."
+    )
 
 
 JOB_STATUS_CHOICES = JobStatus.choices

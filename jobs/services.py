@@ -1,10 +1,15 @@
 """Job writes: create, cancel, device execution updates, the timeout/expiry sweep.
 
 The rules, once:
-- an execution moves only along jobs.choices.DEVICE_TRANSITIONS (devices) or
-  to TIMED_OUT / CANCELED (the platform); the check and the write are one
-  conditional UPDATE, so two concurrent claims cannot both win;
-- execution_number advances on every update (optimistic lock for devices);
+- an execution moves only along a device transition table of jobs.choices
+  (DEVICE_TRANSITIONS, the seed's, for the native HTTP API; AWS_DEVICE_TRANSITIONS,
+  AWS IoT Jobs', for the MQTT jobs API: `rules`) or to TIMED_OUT / CANCELED (the
+  platform); the check and the write are one conditional UPDATE, so two concurrent
+  claims cannot both win;
+- execution_number advances on every update (optimistic lock for devices; AWS's
+  versionNumber and expectedVersion are this number);
+- a step timer (AWS stepTimeoutInMinutes, step_timeout_at) times an IN_PROGRESS
+  execution out when it runs past it, beside the job's in-progress timeout;
 - a job's `remaining` counts non-terminal executions and is decremented in
   the same transaction as each terminal transition; the decrement that
   reaches 0 completes the job, exactly once (the job row lock serializes it);
@@ -16,11 +21,14 @@ The rules, once:
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 import uuid
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from devices.choices import DeviceStatus
@@ -34,14 +42,20 @@ from iotcloud import (
 from iotcloud.errors import Conflict, InvalidInput
 from iotcloud.limits import check_document
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
-from jobs.choices import ACTIVE, DEVICE_TRANSITIONS, TERMINAL, ExecutionStatus, JobStatus
+from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
 from jobs.models import Job, JobExecution
-from jobs.selectors import device_execution
+from jobs.selectors import device_execution, next_execution
 
 logger = logging.getLogger(__name__)
 
 MAX_TARGET_IDS = 100_000
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600  # in_progress_timeout_seconds: at most a week
+MAX_STEP_TIMEOUT_MINUTES = 7 * 24 * 60  # a step timer (AWS: 1 to 10080 minutes)
+CANCEL_STEP_TIMER = -1  # stepTimeoutInMinutes -1 on an update: drop the current step timer (AWS)
+# AWS statusDetails: a map of string to string, keys [a-zA-Z0-9:_-]{1,128}, values 1-1024
+# characters and no control (Unicode "C*") characters.
+STATUS_DETAILS_KEY = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+STATUS_DETAILS_VALUE_MAX = 1024
 
 
 def check_document_params(document_params) -> dict:
@@ -174,64 +188,174 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
 # --- device updates ----------------------------------------------------------------------
 
 
+def check_status_details(status_details, *, rules: str = TransitionRules.SEED) -> dict:
+    """A device's status_details: a JSON object within the document rules and JOB_MAX_STATUS_DETAILS_BYTES;
+    under the AWS rules also a map of string to string as AWS IoT Jobs allows (keys, values)."""
+    if rules == TransitionRules.AWS and isinstance(status_details, dict):
+        for key, value in status_details.items():
+            if not STATUS_DETAILS_KEY.fullmatch(key):
+                raise InvalidInput(
+                    f"statusDetails key {key[:140]!r}: use 1-128 of A-Z a-z 0-9 _ : -", code="invalid_status_details"
+                )
+            if not isinstance(value, str):
+                raise InvalidInput(f"statusDetails.{key} must be a string", code="invalid_status_details")
+            if not 1 <= len(value) <= STATUS_DETAILS_VALUE_MAX or any(
+                unicodedata.category(ch)[0] == "C" for ch in value
+            ):
+                raise InvalidInput(
+                    f"statusDetails.{key}: 1-{STATUS_DETAILS_VALUE_MAX} characters, no control characters",
+                    code="invalid_status_details",
+                )
+    return check_document(status_details, name="status_details", max_bytes="JOB_MAX_STATUS_DETAILS_BYTES")
+
+
+def check_step_timeout(minutes, *, allow_cancel: bool) -> None:
+    """A step timer in minutes: 1 to MAX_STEP_TIMEOUT_MINUTES, or CANCEL_STEP_TIMER where `allow_cancel`."""
+    if minutes is None:
+        return
+    if not is_integer(minutes) or not (
+        1 <= minutes <= MAX_STEP_TIMEOUT_MINUTES or (allow_cancel and minutes == CANCEL_STEP_TIMER)
+    ):
+        cancel = f", or {CANCEL_STEP_TIMER} to drop the step timer" if allow_cancel else ""
+        raise InvalidInput(
+            f"stepTimeoutInMinutes must be an integer from 1 to {MAX_STEP_TIMEOUT_MINUTES}{cancel}",
+            code="invalid_step_timeout",
+        )
+
+
+def _step_timeout_at(minutes, now):
+    return None if minutes == CANCEL_STEP_TIMER else now + timedelta(minutes=minutes)
+
+
 @transaction.atomic
 def execution_update(
-    *, device: Device, job_id: str, status, status_details=None, execution_number=None
-) -> JobExecution:
-    """A device moves its execution along the state machine (compare-and-set)."""
+    *, device: Device, job_id: str, status, status_details=None, execution_number=None,
+    rules: str = TransitionRules.SEED, step_timeout_minutes=None,
+) -> JobExecution:  # fmt: skip
+    """A device moves its execution along the `rules` table (compare-and-set).
+
+    `execution_number`, when given, is the number the device expects the execution to have (the
+    seed's execution_number, AWS's expectedVersion); `status_details` replaces the details when
+    given; `step_timeout_minutes` (re)starts the step timer of an execution left IN_PROGRESS
+    (CANCEL_STEP_TIMER drops it). A refusal is InvalidInput `invalid_transition` or Conflict
+    (`stale_execution_number`, `job_expired`, `concurrent_update`), each carrying the current state
+    (`current_status`, `execution_number` in its body; all of it in `error.execution`).
+    """
     if not isinstance(status, str) or status not in ExecutionStatus.values:
         raise InvalidInput(
             f"Unknown status {status!r}; expected one of {', '.join(ExecutionStatus.values)}", code="invalid_status"
         )
     if status_details is not None:
-        check_document(status_details, name="status_details", max_bytes="JOB_MAX_STATUS_DETAILS_BYTES")
+        check_status_details(status_details, rules=rules)
     if execution_number is not None and not (is_integer(execution_number) and fits_int32(execution_number)):
         raise InvalidInput("execution_number must be a 32-bit integer", code="invalid_execution_number")
+    check_step_timeout(step_timeout_minutes, allow_cancel=True)
     execution = device_execution(device, job_id)
-    source = DEVICE_TRANSITIONS.get(status)
+    allowed = sources(rules, status)
     now = timezone.now()
-    candidates = JobExecution.objects.filter(pk=execution.pk, status=source)
+    candidates = JobExecution.objects.filter(pk=execution.pk, status__in=allowed)
     if execution_number is not None:
         candidates = candidates.filter(execution_number=execution_number)
-    if status == ExecutionStatus.IN_PROGRESS and execution.job.expires_at and execution.job.expires_at <= now:
-        candidates = candidates.none()
+    expired = execution.job.expires_at is not None and execution.job.expires_at <= now
+    if expired:  # not started before the job expired: it may not start now
+        candidates = candidates.exclude(status=ExecutionStatus.QUEUED)
     changes = {"status": status, "execution_number": F("execution_number") + 1, "last_updated_at": now}
     if status_details is not None:
         changes["status_details"] = status_details
     if status == ExecutionStatus.IN_PROGRESS:
-        changes["started_at"] = now
-        changes["notify_pending"] = True  # it leaves the device's pending list
-    if source is None or not candidates.update(**changes):
-        _explain_refusal(execution, status, execution_number, now)
+        # A claim (from QUEUED) starts it and changes the device's pending list; a progress
+        # update (IN_PROGRESS -> IN_PROGRESS, AWS rules) keeps started_at and the list as they are.
+        changes["started_at"] = Coalesce(F("started_at"), Value(now))
+        changes["notify_pending"] = Case(When(status=ExecutionStatus.QUEUED, then=Value(True)),
+                                         default=F("notify_pending"))  # fmt: skip
+        if step_timeout_minutes is not None:
+            changes["step_timeout_at"] = _step_timeout_at(step_timeout_minutes, now)
+    else:  # terminal: it leaves the device's pending list
+        changes["notify_pending"] = True
+        changes["step_timeout_at"] = None
+    if not allowed or not candidates.update(**changes):
+        _explain_refusal(execution, status, execution_number, allowed, expired)
     if status in TERMINAL:
         _count_terminal(execution.job_id, 1)
-    if status == ExecutionStatus.IN_PROGRESS:
-        outbox.wake_delivery()
     execution.refresh_from_db()
+    if execution.notify_pending:
+        outbox.wake_delivery()
     outbox.jobs_changed(execution.tenant_id, [job_id])
     logger.info("execution %s %s -> %s n=%d", execution, job_id, status, execution.execution_number)
     return execution
 
 
-def _explain_refusal(execution: JobExecution, status: str, execution_number, now) -> None:
-    current = JobExecution.objects.filter(pk=execution.pk).values("status", "execution_number").get()
-    source = DEVICE_TRANSITIONS.get(status)
-    if source is None or current["status"] != source:
-        raise InvalidInput(
-            f"Cannot transition from {current['status']} to {status}", code="invalid_transition",
-            current_status=current["status"], execution_number=current["execution_number"],
-        )  # fmt: skip
+def _refusal(error_class, message: str, code: str, current: dict, **extra):
+    """A refusal that carries the execution's current state: `current_status` and `execution_number` in its
+    body, and all of it (status, status_details, execution_number) in `error.execution`."""
+    error = error_class(message, code=code, current_status=current["status"],
+                        execution_number=current["execution_number"], **extra)  # fmt: skip
+    error.execution = current
+    return error
+
+
+def _explain_refusal(execution: JobExecution, status: str, execution_number, allowed: frozenset, expired: bool):
+    current = JobExecution.objects.filter(pk=execution.pk).values("status", "status_details", "execution_number").get()
+    if current["status"] not in allowed:
+        raise _refusal(InvalidInput, f"Cannot transition from {current['status']} to {status}",
+                       "invalid_transition", current)  # fmt: skip
     if execution_number is not None and execution_number != current["execution_number"]:
-        raise Conflict(
-            f"execution_number {execution_number} is stale; the current one is {current['execution_number']}",
-            code="stale_execution_number", execution_number=current["execution_number"],
+        raise _refusal(
+            Conflict, f"execution_number {execution_number} is stale; the current one is {current['execution_number']}",
+            "stale_execution_number", current,
         )  # fmt: skip
-    if execution.job.expires_at and execution.job.expires_at <= now:
-        raise Conflict(f"Job {execution.job.job_id!r} expired at {execution.job.expires_at.isoformat()}",
-                       code="job_expired")  # fmt: skip
+    if expired and current["status"] == ExecutionStatus.QUEUED:
+        raise _refusal(Conflict, f"Job {execution.job.job_id!r} expired at {execution.job.expires_at.isoformat()}",
+                       "job_expired", current)  # fmt: skip
     # Lost a race: someone else changed it between our read and our write.
-    raise Conflict("The execution changed concurrently; read it again", code="concurrent_update",
-                   execution_number=current["execution_number"])  # fmt: skip
+    raise _refusal(Conflict, "The execution changed concurrently; read it again", "concurrent_update", current)
+
+
+START_NEXT_ATTEMPTS = 5
+
+
+@transaction.atomic
+def execution_start_next(
+    *, device: Device, status_details=None, step_timeout_minutes=None, rules: str = TransitionRules.AWS
+) -> JobExecution | None:
+    """Start the device's next pending execution (AWS StartNextPendingJobExecution); None when none is pending.
+
+    The next one is the oldest IN_PROGRESS execution, else the oldest QUEUED one of an unexpired
+    job. An IN_PROGRESS one is returned as it is (no write: its details and step timer stay); a
+    QUEUED one is claimed by compare-and-set (QUEUED -> IN_PROGRESS, with `status_details` and a
+    step timer when given). Two concurrent calls never claim two executions: the loser of the
+    claim reads again and finds the winner's execution IN_PROGRESS. The claim is in both tables;
+    `rules` picks the statusDetails rules (AWS: a map of strings).
+    """
+    if status_details is not None:
+        check_status_details(status_details, rules=rules)
+    check_step_timeout(step_timeout_minutes, allow_cancel=False)
+    for _ in range(START_NEXT_ATTEMPTS):
+        now = timezone.now()
+        candidate = next_execution(device, now=now)
+        if candidate is None:
+            return None
+        if candidate.status == ExecutionStatus.IN_PROGRESS:
+            return _execution_with_job(candidate.pk)
+        changes = {
+            "status": ExecutionStatus.IN_PROGRESS, "execution_number": F("execution_number") + 1,
+            "last_updated_at": now, "started_at": now, "notify_pending": True,
+        }  # fmt: skip
+        if status_details is not None:
+            changes["status_details"] = status_details
+        if step_timeout_minutes is not None:
+            changes["step_timeout_at"] = _step_timeout_at(step_timeout_minutes, now)
+        if JobExecution.objects.filter(pk=candidate.pk, status=ExecutionStatus.QUEUED).update(**changes):
+            outbox.wake_delivery()
+            outbox.jobs_changed(device.tenant_id, [candidate.job.job_id])
+            started = _execution_with_job(candidate.pk)
+            logger.info("execution %s started (start-next) n=%d", started, started.execution_number)
+            return started
+    raise Conflict("The device's executions changed concurrently; try again", code="concurrent_update")
+
+
+def _execution_with_job(pk: int) -> JobExecution:
+    return JobExecution.objects.select_related("job").defer("job__targets", "job__description").get(pk=pk)
 
 
 @transaction.atomic
@@ -258,7 +382,8 @@ def executions_cancel_for_device(*, device: Device, reason: str) -> int:
 
 
 def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
-    """Time out stuck IN_PROGRESS executions and close QUEUED ones of expired jobs."""
+    """Time out stuck IN_PROGRESS executions (the job's in-progress timeout, the device's step timer) and
+    close QUEUED ones of expired jobs."""
     now = now or timezone.now()
     touched: set[int] = set()
 
@@ -278,6 +403,11 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
                 job_id=job_pk, status=ExecutionStatus.IN_PROGRESS, started_at__lt=now - timedelta(seconds=timeout)
             )
             timed_out += close(stuck, job_pk, f"in-progress timeout of {timeout}s exceeded")
+        past_step = JobExecution.objects.filter(
+            status=ExecutionStatus.IN_PROGRESS, step_timeout_at__isnull=False, step_timeout_at__lte=now
+        )
+        for job_pk in past_step.order_by("job_id").values_list("job_id", flat=True).distinct():
+            timed_out += close(past_step.filter(job_id=job_pk), job_pk, "step timeout exceeded")
         for job_pk, expires_at in Job.objects.filter(status=JobStatus.IN_PROGRESS, expires_at__lte=now).values_list(
             "pk", "expires_at"
         ):

@@ -35,11 +35,15 @@ def test_curl_walkthrough_create_claim_succeed_complete(operator, tenant, make_d
     claimed = dev.put("/device/v1/jobs/fw-2-1/execution", {"status": "IN_PROGRESS", "execution_number": 1},
                       expect=200).json()  # fmt: skip
     assert claimed["status"] == "IN_PROGRESS" and claimed["execution_number"] == 2 and claimed["started_at"]
-    assert dev.get("/device/v1/jobs/pending", expect=200).json() == {"jobs": []}
+    # A device that rebooted mid-job finds it: IN_PROGRESS executions stay in the pending list.
+    (running,) = dev.get("/device/v1/jobs/pending", expect=200).json()["jobs"]
+    assert (running["job_id"], running["status"], running["execution_number"]) == ("fw-2-1", "IN_PROGRESS", 2)
     done = dev.put("/device/v1/jobs/fw-2-1/execution",
                    {"status": "SUCCEEDED", "status_details": {"installed": "2.1"}, "execution_number": 2},
                    expect=200).json()  # fmt: skip
     assert done["status"] == "SUCCEEDED" and done["status_details"] == {"installed": "2.1"}
+
+    assert dev.get("/device/v1/jobs/pending", expect=200).json() == {"jobs": []}
 
     detail = operator.get("/customer/jobs/fw-2-1", expect=200).json()
     assert detail["status"] == "COMPLETED" and detail["completed_at"]

@@ -1,4 +1,4 @@
-"""The execution state machine, completion, cancel, timeouts and expiry (services)."""
+"""The execution state machines (the seed's and AWS's), completion, cancel, timeouts and expiry (services)."""
 
 from datetime import timedelta
 
@@ -6,14 +6,15 @@ import pytest
 from django.utils import timezone
 
 from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound
-from jobs.choices import DEVICE_TRANSITIONS, ExecutionStatus, JobStatus
+from jobs.choices import AWS_DEVICE_TRANSITIONS, DEVICE_TRANSITIONS, ExecutionStatus, JobStatus, TransitionRules
 from jobs.models import Job, JobExecution
 from jobs.services import execution_update, job_cancel, job_create, job_sweep
 
 pytestmark = pytest.mark.django_db
 
 ALL = list(ExecutionStatus.values)
-ALLOWED = {(src, dst) for dst, src in DEVICE_TRANSITIONS.items()}
+ALLOWED = {(src, dst) for src, targets in DEVICE_TRANSITIONS.items() for dst in targets}
+AWS_ALLOWED = {(src, dst) for src, targets in AWS_DEVICE_TRANSITIONS.items() for dst in targets}
 
 
 def make_job(tenant, devices, **kwargs):
@@ -31,6 +32,37 @@ def test_the_table_is_exactly_the_one_in_the_contract():
         ("IN_PROGRESS", "FAILED"),
         ("IN_PROGRESS", "REJECTED"),
     } == ALLOWED
+
+
+def test_the_aws_table_is_the_lifecycle_pages():
+    """A device sets IN_PROGRESS, SUCCEEDED, FAILED or REJECTED on any execution that is not terminal
+    (IN_PROGRESS -> IN_PROGRESS is a progress update); QUEUED, TIMED_OUT and CANCELED are the platform's."""
+    device_sets = {"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"}
+    assert {(src, dst) for src in ("QUEUED", "IN_PROGRESS") for dst in device_sets} == AWS_ALLOWED
+    assert ALLOWED < AWS_ALLOWED
+
+
+@pytest.mark.parametrize("src", ALL)
+@pytest.mark.parametrize("dst", ALL)
+def test_every_aws_transition_pair(tenant, make_device, src, dst):
+    device = make_device(tenant)
+    job = make_job(tenant, [device])
+    execution = JobExecution.objects.get(job=job)
+    force_status(execution, src)
+    before = JobExecution.objects.filter(pk=execution.pk).values().get()
+    if (src, dst) in AWS_ALLOWED:
+        updated = execution_update(device=device, job_id=job.job_id, status=dst, status_details={"step": "1"},
+                                   rules=TransitionRules.AWS)  # fmt: skip
+        assert (updated.status, updated.status_details) == (dst, {"step": "1"})
+        assert updated.execution_number == before["execution_number"] + 1
+        if dst == "IN_PROGRESS":
+            assert updated.started_at is not None
+    else:
+        with pytest.raises(InvalidInput) as error:
+            execution_update(device=device, job_id=job.job_id, status=dst, rules=TransitionRules.AWS)
+        assert error.value.code == "invalid_transition"
+        assert error.value.execution == {"status": src, "status_details": {}, "execution_number": 1}
+        assert JobExecution.objects.filter(pk=execution.pk).values().get() == before
 
 
 @pytest.mark.parametrize("src", ALL)
