@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
-from iotcloud.rules import CLIENT_TOKEN_MAX_BYTES
 from iotcloud.strict_json import JSONError, loads
 from mqtt_bridge import topics
+from twin.protocol import CLIENT_TOKEN, client_token
 
-CLIENT_TOKEN = "clientToken"
+__all__ = ["CLIENT_TOKEN", "Reply", "accepted", "client_token", "encode", "parse_body", "rejection", "token_of"]
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,6 @@ def parse_body(payload: bytes) -> dict:
     if not isinstance(data, dict):
         raise InvalidInput("Payload must be a JSON object", code="invalid")
     return data
-
-
-def client_token(body: dict) -> str | None:
-    """The request's clientToken, checked (AWS: a string of at most 64 bytes)."""
-    token = body.get(CLIENT_TOKEN)
-    if token is None:
-        return None
-    if not isinstance(token, str) or len(token.encode("utf-8", "surrogatepass")) > CLIENT_TOKEN_MAX_BYTES:
-        raise InvalidInput(
-            f"Invalid clientToken: a string of at most {CLIENT_TOKEN_MAX_BYTES} bytes", code="invalid_client_token"
-        )
-    return token
 
 
 def token_of(payload: bytes) -> str | None:

@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from devices.models import Device
-from iotcloud.errors import DomainError, InvalidInput
+from iotcloud.errors import DomainError
 from mqtt_bridge import topics
 from mqtt_bridge.requests import Reply, accepted, client_token, parse_body, rejection, token_of
-from twin.engine import ABSENT, ShadowChange, check_shadow_name, load_shadows, no_such_shadow, shadow_apply
-
-UPDATE_FIELDS = frozenset({"state", "version", "clientToken"})
-STATE_FIELDS = frozenset({"desired", "reported"})
+from twin.engine import ShadowChange, check_shadow_name, load_shadows, no_such_shadow, shadow_apply
+from twin.protocol import delete_change, update_change
 
 
 def handle_shadow_requests(items: Sequence[tuple[topics.Request, Device, bytes]]) -> list[Reply]:
@@ -33,7 +31,7 @@ def handle_shadow_requests(items: Sequence[tuple[topics.Request, Device, bytes]]
                 check_shadow_name(request.shadow_name)
                 gets.append((index, token))
             else:
-                writes.append((index, token, _change(request, device, body, token)))
+                writes.append((index, token, _change(request, device, body)))
         except DomainError as exc:
             replies[index] = rejection(request, exc, token_of(payload))
 
@@ -62,32 +60,7 @@ def handle_shadow_requests(items: Sequence[tuple[topics.Request, Device, bytes]]
     return replies  # type: ignore[return-value]
 
 
-def _change(request: topics.Request, device: Device, body: dict, token: str | None) -> ShadowChange:
-    base = {"tenant_id": device.tenant_id, "device_id": device.device_id, "shadow_name": request.shadow_name,
-            "by_device": True, "client_token": token, "version": body.get("version")}  # fmt: skip
+def _change(request: topics.Request, device: Device, body: dict) -> ShadowChange:
     if request.operation == topics.DELETE:
-        unknown = sorted(body.keys() - {"version", "clientToken"})
-        if unknown:
-            raise InvalidInput(f"Unknown field(s) in a delete request: {', '.join(map(repr, unknown))}")
-        return ShadowChange(**base, delete=True)
-    unknown = sorted(body.keys() - UPDATE_FIELDS)
-    if unknown:
-        raise InvalidInput(f"Unknown field(s): {', '.join(map(repr, unknown))}; expected state, version, clientToken")
-    if "state" not in body:
-        raise InvalidInput("Missing required node: state", code="invalid_state")
-    state = body["state"]
-    if not isinstance(state, dict):
-        raise InvalidInput("State node must be an object", code="invalid_state")
-    extra = sorted(state.keys() - STATE_FIELDS)
-    if extra:
-        raise InvalidInput(
-            f"State contains an invalid node: {', '.join(map(repr, extra))}; expected desired and/or reported",
-            code="invalid_state",
-        )
-    parts = {}
-    for part in ("desired", "reported"):
-        value = state.get(part, ABSENT)
-        if value is not ABSENT and value is not None and not isinstance(value, dict):
-            raise InvalidInput(f"{part.capitalize()} node must be an object", code="invalid_state")
-        parts[part] = value
-    return ShadowChange(**base, **parts)
+        return delete_change(device, request.shadow_name, body)
+    return update_change(device, request.shadow_name, body)

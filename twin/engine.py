@@ -346,7 +346,12 @@ def _decide(shadow: Shadow, change: ShadowChange, now, policies, events) -> Chan
                     desired_version=desired_version,
                 )
             if version >= reported_version:  # an older report never restores an older state
-                reported, reported_md = change.reported, leaf_metadata(change.reported, timestamp)
+                if change.reported_mode == Mode.REPLACE:  # the seed's: stored exactly as sent
+                    reported, reported_md = change.reported, leaf_metadata(change.reported, timestamp)
+                else:
+                    reported, reported_md = _patched(
+                        reported, reported_md, change.reported, Mode.MERGE, timestamp, "reported"
+                    )
                 reported_changed = True
             reported_version = max(reported_version, version)
         else:

@@ -7,10 +7,10 @@ resume, take over or kick off anybody else's session (the bridge's, another devi
 
 Its rights are a short list of grants (`device_grants`): publish its reports and its device
 protocol requests (shadow get/update/delete, jobs) on its own topics in both dialects, subscribe
-to and receive topics under its own prefixes `tenant/<t>/device/<d>/` and `$aws/things/<t>:<d>/`. `device_may` evaluates the grants
-with MQTT's own matching rules, and `dynsec_acls` hands the very same grants to Mosquitto, so both
-give the same answer for every topic and filter (mqtt_bridge/tests/test_acl_agreement.py checks
-them against a real Mosquitto).
+to and receive topics under its own prefixes `tenant/<t>/device/<d>/` and `$aws/things/<t>:<d>/`.
+`device_may` evaluates the grants with MQTT's own matching rules, and `dynsec_acls` hands the very
+same grants to Mosquitto, so both give the same answer for every topic and filter
+(mqtt_bridge/tests/test_acl_agreement.py checks them against a real Mosquitto).
 """
 
 from __future__ import annotations
