@@ -88,14 +88,20 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
 
 
 def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
-    """Publish the pending-jobs list of every device with a flagged execution (same reconciliation as desired).
+    """Publish the jobs notifications of every device with a flagged execution (same reconciliation as desired).
 
-    Flagged executions are claimed with FOR UPDATE SKIP LOCKED; a device whose
-    execution changes meanwhile waits for our commit and flags it again, so
-    the newest list is always published last.
+    Per device: the seed's jobs/notify, and jobs/notify-next and the AWS jobs/notify in the
+    enabled dialects (MQTT_DIALECTS), all retained (mqtt_bridge.jobs_api.notify_replies); cleared
+    for a decommissioned device. The pending executions of the whole batch are one query.
+    Flagged executions are claimed with FOR UPDATE SKIP LOCKED; a device whose execution changes
+    meanwhile waits for our commit and flags it again, so the newest lists are always published
+    last. A device's flags are cleared only when the broker acknowledged every one of its messages.
     """
+    from collections import Counter
+
     from jobs.models import JobExecution
-    from jobs.selectors import pending_jobs_for_devices
+    from jobs.selectors import pending_executions_for_devices
+    from mqtt_bridge.jobs_api import notify_replies
 
     with transaction.atomic():
         flagged = list(
@@ -108,19 +114,17 @@ def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int
             return 0
         device_pks = sorted({device_pk for _, device_pk in flagged})
         devices = Device.objects.filter(pk__in=device_pks).values_list("id", "tenant_id", "device_id", "status")
-        lists = pending_jobs_for_devices(device_pks)
+        lists = pending_executions_for_devices(device_pks)
         publications = [
-            Publication(
-                topic=topics.jobs_notify(tenant_id, device_id),
-                payload=b""
-                if status != DeviceStatus.ACTIVE
-                else json.dumps({"jobs": lists[pk]}, separators=(",", ":")).encode(),
-                device_pk=pk,
-                version=0,
-            )
+            Publication(topic=reply.topic, payload=reply.payload, device_pk=pk, version=0)
             for pk, tenant_id, device_id, status in devices
+            for reply in notify_replies(
+                tenant_id, device_id, lists[pk], active=status == DeviceStatus.ACTIVE, dialects=settings.MQTT_DIALECTS
+            )
         ]
-        acknowledged = {p.device_pk for p in publish(publications)}
+        expected = Counter(p.device_pk for p in publications)
+        got = Counter(p.device_pk for p in publish(publications))
+        acknowledged = {pk for pk, count in expected.items() if got[pk] == count}
         done = [execution_pk for execution_pk, device_pk in flagged if device_pk in acknowledged]
         JobExecution.objects.filter(pk__in=done).update(notify_pending=False)
     logger.info("jobs notify published for %d device(s)", len(acknowledged))

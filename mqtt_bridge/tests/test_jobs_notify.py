@@ -1,12 +1,30 @@
-"""jobs/notify over a real broker: the retained pending list follows the jobs."""
+"""Jobs notifications over a real broker: the retained seed jobs/notify, and notify-next and the AWS
+jobs/notify, follow the jobs; the delivery is set-based."""
 
 import json
 
+import pytest
+
 from devices.services import device_decommission
+from jobs.choices import TransitionRules
 from jobs.models import JobExecution
-from jobs.services import execution_update, job_create
+from jobs.services import execution_start_next, execution_update, job_create
 from mqtt_bridge import topics
-from mqtt_bridge.tests.conftest import wait_until
+from mqtt_bridge.delivery import jobs_deliver_pending
+from mqtt_bridge.tests.conftest import MqttClient, wait_until
+
+NEW_TOPICS = (("native", "notify-next"), ("aws", "notify"), ("aws", "notify-next"))
+
+
+@pytest.fixture
+def clear_new_topics(mqtt_broker, mqtt_tenant):
+    """Leave none of the notify-next / AWS notify retained messages behind on a shared broker."""
+    devices = []
+    yield devices.append
+    with MqttClient(mqtt_broker) as client:
+        for device in devices:
+            for dialect, suffix in NEW_TOPICS:
+                client.publish(topics.jobs_topic(dialect, mqtt_tenant.id, device.device_id, suffix), b"", retain=True)
 
 
 def notified(device) -> bool:
@@ -31,10 +49,16 @@ def test_notify_carries_the_pending_list_after_create_and_after_completion(
     message = latest_notify(mqtt_client, mqtt_tenant.id, device.device_id)
     assert message.retain
     jobs = json.loads(message.payload)["jobs"]
-    assert [(j["job_id"], j["document"]) for j in jobs] == [(job.job_id, {"type": "reboot", "params": {"delay_s": 5}})]
+    assert [(j["job_id"], j["document"], j["status"]) for j in jobs] == [
+        (job.job_id, {"type": "reboot", "params": {"delay_s": 5}}, "QUEUED")
+    ]
     assert latest_notify(mqtt_client, mqtt_tenant.id, other.device_id) is None  # untouched device: nothing
 
     execution_update(device=device, job_id=job.job_id, status="IN_PROGRESS")
+    wait_until(lambda: notified(device), message="jobs notify after the claim")
+    # A device that rebooted mid-job finds it in the list.
+    (running,) = json.loads(latest_notify(mqtt_client, mqtt_tenant.id, device.device_id).payload)["jobs"]
+    assert (running["job_id"], running["status"], running["execution_number"]) == (job.job_id, "IN_PROGRESS", 2)
     execution_update(device=device, job_id=job.job_id, status="SUCCEEDED")
     wait_until(lambda: notified(device), message="jobs notify after completion")
     assert json.loads(latest_notify(mqtt_client, mqtt_tenant.id, device.device_id).payload) == {"jobs": []}
@@ -48,3 +72,104 @@ def test_decommission_clears_the_jobs_notify_message(start_bridge, provision, mq
     device_decommission(device=device)
     wait_until(lambda: notified(device), message="jobs notify cleared")
     assert latest_notify(mqtt_client, mqtt_tenant.id, device.device_id) is None
+
+
+def retained(mqtt_client, topic: str):
+    messages = mqtt_client().subscribe(topic).collect(count=1, quiet=1.0)
+    assert not messages or messages[-1].retain
+    return json.loads(messages[-1].payload) if messages and messages[-1].payload else None
+
+
+def test_notify_next_and_the_aws_notify_follow_the_jobs(start_bridge, provision, mqtt_client, mqtt_tenant,
+                                                         clear_new_topics):  # fmt: skip
+    start_bridge()
+    (device,) = provision(1)
+    clear_new_topics(device)
+    thing = topics.thing_name(mqtt_tenant.id, device.device_id)
+    next_topics = [topics.jobs_topic(d, mqtt_tenant.id, device.device_id, "notify-next") for d in ("native", "aws")]
+    aws_notify = topics.jobs_topic("aws", mqtt_tenant.id, device.device_id, "notify")
+    first = job_create(tenant=mqtt_tenant, document_type="reboot", job_id="first", device_ids=[device.device_id])
+    job_create(tenant=mqtt_tenant, document_type="fw", document_params={"v": "2"}, job_id="second",
+               device_ids=[device.device_id])  # fmt: skip
+    wait_until(lambda: notified(device), message="jobs notifications published")
+
+    for topic in next_topics:
+        execution = retained(mqtt_client, topic)["execution"]
+        assert (execution["jobId"], execution["status"], execution["thingName"]) == ("first", "QUEUED", thing)
+        assert execution["jobDocument"] == {"type": "reboot", "params": {}}
+        assert (execution["versionNumber"], execution["executionNumber"]) == (1, 1)
+    listed = retained(mqtt_client, aws_notify)["jobs"]
+    assert list(listed) == ["QUEUED"] and [j["jobId"] for j in listed["QUEUED"]] == ["first", "second"]
+
+    execution_start_next(device=device)
+    wait_until(lambda: notified(device), message="notifications after start-next")
+    listed = retained(mqtt_client, aws_notify)["jobs"]
+    assert [j["jobId"] for j in listed["IN_PROGRESS"]] == ["first"] and "startedAt" in listed["IN_PROGRESS"][0]
+    assert [j["jobId"] for j in listed["QUEUED"]] == ["second"]
+    assert retained(mqtt_client, next_topics[1])["execution"]["status"] == "IN_PROGRESS"
+
+    execution_update(device=device, job_id=first.job_id, status="SUCCEEDED", rules=TransitionRules.AWS)
+    wait_until(lambda: notified(device), message="notifications after the first job")
+    for topic in next_topics:
+        assert retained(mqtt_client, topic)["execution"]["jobId"] == "second"
+    execution_update(device=device, job_id="second", status="REJECTED", rules=TransitionRules.AWS)
+    wait_until(lambda: notified(device), message="notifications with nothing pending")
+    for topic in next_topics:
+        assert set(retained(mqtt_client, topic)) == {"timestamp"}  # nothing pending: no execution
+    assert retained(mqtt_client, aws_notify)["jobs"] == {}
+
+
+def test_only_the_enabled_dialects_get_the_new_topics(start_bridge, provision, mqtt_client, mqtt_tenant, settings,
+                                                       clear_new_topics):  # fmt: skip
+    settings.MQTT_DIALECTS = ["native"]
+    start_bridge()
+    (device,) = provision(1)
+    clear_new_topics(device)
+    job_create(tenant=mqtt_tenant, document_type="reboot", device_ids=[device.device_id])
+    wait_until(lambda: notified(device), message="jobs notifications published")
+    assert retained(mqtt_client, topics.jobs_notify(mqtt_tenant.id, device.device_id))["jobs"]
+    assert retained(mqtt_client, topics.jobs_topic("native", mqtt_tenant.id, device.device_id, "notify-next"))
+    assert retained(mqtt_client, f"$aws/things/{topics.thing_name(mqtt_tenant.id, device.device_id)}/jobs/#") is None
+
+
+def test_decommission_clears_every_jobs_notification(start_bridge, provision, mqtt_client, mqtt_tenant,
+                                                     clear_new_topics):  # fmt: skip
+    start_bridge()
+    (device,) = provision(1)
+    clear_new_topics(device)
+    job_create(tenant=mqtt_tenant, document_type="reboot", device_ids=[device.device_id])
+    wait_until(lambda: notified(device), message="jobs notifications published")
+    device_decommission(device=device)
+    wait_until(lambda: notified(device), message="jobs notifications cleared")
+    assert retained(mqtt_client, topics.jobs_notify(mqtt_tenant.id, device.device_id)) is None
+    for dialect, suffix in NEW_TOPICS:
+        assert retained(mqtt_client, topics.jobs_topic(dialect, mqtt_tenant.id, device.device_id, suffix)) is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("count", [5, 60])
+def test_the_delivery_costs_the_same_queries_for_5_or_60_devices(tenant, make_device, count,
+                                                                 django_assert_max_num_queries):  # fmt: skip
+    """Set-based: the flagged executions, their devices and every pending list are a fixed number of queries."""
+    devices = [make_device(tenant, f"d{n:03}") for n in range(count)]
+    for job_id in ("a", "b", "c"):
+        job_create(tenant=tenant, document_type="reboot", job_id=job_id, device_ids=[d.device_id for d in devices])
+    execution_update(device=devices[0], job_id="b", status="IN_PROGRESS")
+    published = []
+    with django_assert_max_num_queries(8):
+        assert jobs_deliver_pending(publish=lambda p: published.extend(p) or p) == count
+    assert len(published) == 4 * count  # seed notify, native notify-next, AWS notify and notify-next
+    assert not JobExecution.objects.filter(notify_pending=True).exists()
+    first = json.loads(next(p.payload for p in published if p.topic == topics.jobs_notify(tenant.id, "d000")))
+    assert [(j["job_id"], j["status"]) for j in first["jobs"]] == [("b", "IN_PROGRESS"), ("a", "QUEUED"),
+                                                                   ("c", "QUEUED")]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_device_stays_flagged_until_every_message_of_it_is_acknowledged(tenant, make_device):
+    make_device(tenant, "one"), make_device(tenant, "two")
+    job_create(tenant=tenant, document_type="reboot", device_ids=["one", "two"])
+    drop = topics.jobs_topic("aws", tenant.id, "one", "notify-next")
+    assert jobs_deliver_pending(publish=lambda pubs: [p for p in pubs if p.topic != drop]) == 1
+    flagged = set(JobExecution.objects.filter(notify_pending=True).values_list("device__device_id", flat=True))
+    assert flagged == {"one"}
