@@ -52,10 +52,8 @@ def handle_shadow_requests(items: Sequence[tuple[topics.Request, Device, bytes]]
             if shadow is None or not shadow.exists:
                 replies[index] = rejection(request, no_such_shadow(request.shadow_name), token)
                 continue
-            document = shadow.full_document()
-            if request.dialect == topics.NATIVE:  # the seed's versions, beside AWS's single one
-                document["desired_version"] = shadow.desired_version
-                document["reported_version"] = shadow.reported_version
+            # Native answers carry the seed's versions beside AWS's single one.
+            document = shadow.full_document(versions=request.dialect == topics.NATIVE)
             replies[index] = accepted(request, document, token)
     return replies  # type: ignore[return-value]
 

@@ -124,13 +124,17 @@ class Shadow:
             "version": self.version,
         }
 
-    def full_document(self) -> dict:
-        """As AWS's get/accepted: state with delta (when there is one), metadata, version."""
+    def full_document(self, *, versions: bool = False) -> dict:
+        """As AWS's get/accepted: state with delta (when there is one), metadata, version; with
+        `versions`, the seed's desired_version and reported_version beside it (native answers)."""
         delta = compute_delta(self.desired, self.reported)
         document = self.document()
         if delta:
             document["state"]["delta"] = delta
             document["metadata"]["delta"] = delta_metadata(delta, self.desired, self.desired_metadata)
+        if versions:
+            document["desired_version"] = self.desired_version
+            document["reported_version"] = self.reported_version
         return document
 
     def delta_message(self) -> dict | None:
@@ -225,6 +229,13 @@ def shadow_get(*, device: Device, shadow_name: str = CLASSIC) -> Shadow:
     return shadow
 
 
+def shadow_names(device: Device) -> list[str]:
+    """The device's named shadows (not deleted), by name."""
+    return list(
+        NamedShadow.objects.filter(device=device, deleted=False).order_by("name").values_list("name", flat=True)
+    )
+
+
 def no_such_shadow(name: str) -> NotFound:
     return NotFound(f"No shadow exists with name {name!r}", code="shadow_not_found")
 
@@ -296,9 +307,7 @@ def _desired_policies(tenant_ids: set[str]) -> dict[str, str]:
 
 def _apply(shadow: Shadow | None, change: ShadowChange, now, policies, events, shadows) -> ChangeResult:
     if shadow is None:
-        raise NotFound(
-            f"Device {change.device_id!r} not found in tenant {change.tenant_id!r}", code="device_not_found"
-        )
+        raise NotFound(f"Device {change.device_id!r} not found in tenant {change.tenant_id!r}", code="device_not_found")
     if shadow.device_status != DeviceStatus.ACTIVE:
         raise Conflict(f"Device {shadow.device_id!r} is decommissioned", code="device_decommissioned")
     result = _decide(shadow, change, now, policies, events)

@@ -11,6 +11,8 @@ from django.utils import timezone
 from devices.choices import DeviceStatus
 from devices.models import Device
 from twin.choices import SYNC_STATUSES, SyncStatus, shown_sync_status
+from twin.engine import Shadow, shadow_names
+from twin.models import NamedShadow
 from twin.shadow import compute_delta, sync_status
 
 
@@ -39,22 +41,51 @@ def device_sync_status(device: Device, *, now: datetime | None = None) -> SyncSt
     )
 
 
-def twin_document(device: Device) -> dict:
-    """The twin as the operator API returns it."""
-    return {
+def twin_document(device: Device, shadow: Shadow | None = None) -> dict:
+    """The twin as the operator API returns it: the classic shadow (with the names of the named
+    ones), or the named `shadow` of the device."""
+    source = shadow if shadow is not None else device
+    desired = source.desired if shadow is not None else device.desired_state
+    reported = source.reported if shadow is not None else device.reported_state
+    document = {
         "device_id": device.device_id,
         "tenant": device.tenant_id,
         "status": device.status,
-        "desired": device.desired_state,
-        "reported": device.reported_state,
-        "delta": compute_delta(device.desired_state, device.reported_state),
-        "desired_version": device.desired_version,
-        "reported_version": device.reported_version,
-        "sync_status": device_sync_status(device),
-        "shadow_updated_at": device.shadow_updated_at,
-        "reported_updated_at": device.reported_updated_at,
+        "desired": desired,
+        "reported": reported,
+        "delta": compute_delta(desired, reported),
+        "desired_version": source.desired_version,
+        "reported_version": source.reported_version,
+        "version": shadow.version if shadow is not None else device.shadow_version,
+        "metadata": {"desired": source.desired_metadata, "reported": source.reported_metadata},
+        "sync_status": SyncStatus(sync_status(source.desired_version, source.reported_version, device.last_seen,
+                                              stale_after=settings.TWIN_STALE_AFTER)),
+        "shadow_updated_at": source.shadow_updated_at,
+        "reported_updated_at": source.reported_updated_at,
         "last_seen": device.last_seen,
-    }
+    }  # fmt: skip
+    if shadow is None:
+        document["shadows"] = shadow_names(device)
+    else:
+        document["name"] = shadow.name
+    return document
+
+
+def named_shadow_summaries(device: Device) -> list[dict]:
+    """The device's named shadows, each with its versions and sync status (one query)."""
+    rows = (
+        NamedShadow.objects.filter(device=device, deleted=False)
+        .order_by("name")
+        .values("name", "desired_version", "reported_version", "shadow_version", "shadow_updated_at",
+                "reported_updated_at")
+    )  # fmt: skip
+    summaries = []
+    for row in rows:
+        row["version"] = row.pop("shadow_version")
+        row["sync_status"] = sync_status(row["desired_version"], row["reported_version"], device.last_seen,
+                                         stale_after=settings.TWIN_STALE_AFTER)  # fmt: skip
+        summaries.append(row)
+    return summaries
 
 
 def twin_delta(device: Device) -> dict:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from devices.models import Device
 from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.strict_json import JSONError, loads
-from twin.engine import Mode, ShadowChange, check_version, shadow_apply
+from twin.engine import CLASSIC, ChangeResult, Mode, ShadowChange, check_version, shadow_apply
 
-__all__ = ["DesiredMode", "Report", "check_version", "twin_record_reported", "twin_record_reports",
-           "twin_update_desired"]  # fmt: skip
+__all__ = ["DesiredMode", "Report", "check_version", "shadow_apply_one", "shadow_delete", "shadow_write_desired",
+           "twin_record_reported", "twin_record_reports", "twin_update_desired"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,33 @@ def twin_update_desired(
     device.refresh_from_db()
     logger.info("desired %s %s v%d", mode.value, device, device.desired_version)
     return device
+
+
+def shadow_apply_one(change: ShadowChange) -> ChangeResult:
+    """One change; raises the DomainError that refuses it."""
+    (result,) = shadow_apply([change])
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def shadow_write_desired(
+    *,
+    device: Device,
+    shadow_name: str,
+    document: dict,
+    mode: DesiredMode = DesiredMode.MERGE,
+    expected_version: int | None = None,
+) -> ChangeResult:
+    """An operator's desired write to any shadow of a device (a named one is created by its first write)."""
+    return shadow_apply_one(ShadowChange(device.tenant_id, device.device_id, shadow_name, desired=document,
+                                         desired_mode=mode, expected_desired_version=expected_version))  # fmt: skip
+
+
+def shadow_delete(*, device: Device, shadow_name: str = CLASSIC, by_device: bool = False) -> ChangeResult:
+    """Delete a shadow: a named one disappears (its version goes on when it comes back), the classic one empties."""
+    return shadow_apply_one(ShadowChange(device.tenant_id, device.device_id, shadow_name, delete=True,
+                                         by_device=by_device))  # fmt: skip
 
 
 @dataclass(frozen=True)
