@@ -63,6 +63,22 @@ def update_change(device, shadow_name: str, body: dict) -> ShadowChange:
         value = state.get(part, ABSENT)
         if value is not ABSENT and value is not None and not isinstance(value, dict):
             raise InvalidInput(f"{part.capitalize()} node must be an object", code="invalid_state")
+        if isinstance(value, dict):
+            _no_null_in_arrays(value, part)
         parts[part] = value
     return ShadowChange(device.tenant_id, device.device_id, shadow_name or CLASSIC, by_device=True,
                         version=body.get("version"), client_token=client_token(body), **parts)  # fmt: skip
+
+
+def _no_null_in_arrays(document: dict, name: str) -> None:
+    """AWS IoT: arrays can't have null values (null means "delete" in a merge, and arrays are values)."""
+    stack = [document]
+    while stack:  # iterative: the depth limit is checked later (twin.engine), after this walk
+        value = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if item is None and isinstance(value, list):
+                raise InvalidInput(f"{name} holds an array with a null value; arrays can't have null values",
+                                   code="invalid_value")  # fmt: skip
+            if isinstance(item, (dict, list)):
+                stack.append(item)

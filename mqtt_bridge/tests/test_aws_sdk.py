@@ -496,7 +496,6 @@ def test_an_oversize_update_is_rejected_413(start_bridge, sdk_device, settings):
     assert device.reported_state == {} and device.shadow_version == 0
 
 
-@pytest.mark.xfail(strict=True, reason="server: an array holding null is accepted and stored (AWS: rejected)")
 def test_an_array_holding_null_is_rejected_400(start_bridge, sdk_device):
     """AWS IoT: "Arrays can't have null values" (device-shadow-document, Array values): rejected."""
     start_bridge()

@@ -82,6 +82,8 @@ def test_aws_style_update_over_http(device, device_api):
         ({"state": {"reported": {}}, "surprise": 1}, 400, "invalid"),
         ({"state": {"reported": {"x": "y" * 9000}}}, 413, "too_large"),
         ([1, 2], 400, "invalid"),
+        ({"state": {"reported": {"colors": ["RED", None]}}}, 400, "invalid_value"),  # AWS: no null in arrays
+        ({"state": {"desired": {"a": [[1, None]]}}}, 400, "invalid_value"),
     ],
 )
 def test_bad_updates_are_refused_and_change_nothing(device, device_api, body, status, code):
