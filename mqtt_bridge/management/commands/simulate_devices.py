@@ -1,13 +1,18 @@
 """python manage.py simulate_devices — pretend to be devices, over MQTT.
 
-Each simulated device connects with its own credentials (username
-"<tenant>/<device>", password = its provision token), subscribes to its
-retained desired state, "applies" it and reports it back with the version it
-applied, plus a temperature reading now and then. It also runs its jobs: on
-jobs/notify it claims each pending job over HTTP, waits --job-seconds and
-reports SUCCEEDED (FAILED when the job's params say {"fail": true}). Tokens come from
-var/demo.json (written by `manage.py demo`) or, with --count, from devices it
-provisions (or re-keys) itself.
+Each simulated device connects with its own credentials (username "<tenant>/<device>", password =
+its provision token, client id = its username). With --protocol native (the default) it speaks the
+full device protocol on its native topics (tenant/<t>/device/<d>/...):
+- on connect it asks for its shadow (shadow/get) and applies whatever delta the answer holds;
+- on every shadow/update/delta it applies the delta and reports just those keys (a partial report,
+  shadow/update), plus a temperature reading now and then;
+- jobs over MQTT: on jobs/notify-next it takes the next job (jobs/start-next), reports progress
+  (IN_PROGRESS with statusDetails), waits --job-seconds, then SUCCEEDED (FAILED when the job's
+  params say {"fail": true}), each update with expectedVersion.
+With --protocol seed it speaks only the original specification: the retained shadow/desired, whole
+reports on shadow/reported with the desired version applied, and jobs claimed over HTTP on the
+retained jobs/notify. Tokens come from var/demo.json (written by `manage.py demo`) or, with --count,
+from devices it provisions (or re-keys) itself.
 """
 
 import json
@@ -17,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
@@ -27,9 +33,14 @@ from devices.services import device_provision, device_rotate_token
 from mqtt_bridge import topics
 from mqtt_bridge.accounts import acl
 from mqtt_bridge.config import broker_settings
+from twin.shadow import merge_patch
+
+NATIVE, SEED = "native", "seed"
 
 
 class SimulatedDevice:
+    """The seed's protocol: retained desired in, whole reports out, jobs over HTTP."""
+
     def __init__(self, broker, tenant_id: str, device_id: str, token: str, log, api_url: str | None = None,
                  job_seconds: float = 3.0):  # fmt: skip
         self.tenant_id, self.device_id, self.log = tenant_id, device_id, log
@@ -84,7 +95,10 @@ class SimulatedDevice:
         """Claim over HTTP, "work", then succeed (or fail when params say {"fail": true})."""
         url = f"{self.api_url}/device/v1/jobs/{job['job_id']}/execution"
         try:
-            claimed = self._put(url, {"status": "IN_PROGRESS", "execution_number": job["execution_number"]})
+            if job.get("status", "QUEUED") == "QUEUED":
+                claimed = self._put(url, {"status": "IN_PROGRESS", "execution_number": job["execution_number"]})
+            else:  # already ours (a restart mid-job): finish it
+                claimed = job
             self.log(f"{self.device_id}: running job {job['job_id']} ({job['document']['type']})")
             time.sleep(self.job_seconds)
             outcome = "FAILED" if job["document"]["params"].get("fail") else "SUCCEEDED"
@@ -113,6 +127,81 @@ class SimulatedDevice:
         self.client.loop_stop()
 
 
+class NativeDevice(SimulatedDevice):
+    """The full native protocol: shadow get/update/delta and jobs over MQTT."""
+
+    def _topic(self, suffix: str) -> str:
+        return topics.shadow_topic(topics.NATIVE, self.tenant_id, self.device_id, "", suffix)
+
+    def _jobs(self, suffix: str) -> str:
+        return topics.jobs_topic(topics.NATIVE, self.tenant_id, self.device_id, suffix)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.log(f"{self.device_id}: broker refused the connection ({reason_code})")
+            return
+        for suffix in ("get/accepted", "get/rejected", "update/accepted", "update/rejected", "update/delta"):
+            client.subscribe(self._topic(suffix), qos=1)
+        for suffix in ("notify-next", "start-next/accepted", "start-next/rejected", "+/update/rejected"):
+            client.subscribe(self._jobs(suffix), qos=1)
+        self._request(self._topic("get"), {})  # where do I stand? the answer's delta is applied
+
+    def _request(self, topic: str, body: dict) -> None:
+        body.setdefault("clientToken", uuid.uuid4().hex[:16])
+        self.client.publish(topic, json.dumps(body), qos=1)
+
+    def _on_message(self, client, userdata, message):
+        topic, body = message.topic, json.loads(message.payload or b"{}")
+        if topic == self._topic("get/accepted"):
+            self.state = dict(body["state"].get("reported", {}))
+            self.apply(body["state"].get("delta", {}), online=True)
+        elif topic == self._topic("update/delta"):
+            self.apply(body["state"])
+        elif topic == self._jobs("notify-next") and body.get("execution"):
+            self._request(self._jobs("start-next"), {"statusDetails": {"step": "starting"}})
+        elif topic == self._jobs("start-next/accepted") and body.get("execution"):
+            execution = body["execution"]
+            if execution["jobId"] not in self._running_jobs:
+                self._running_jobs.add(execution["jobId"])
+                threading.Thread(target=self._run_mqtt_job, args=(execution,), daemon=True).start()
+        elif topic.endswith("/rejected"):
+            self.log(
+                f"{self.device_id}: {topic.rsplit('/', 2)[-2]} rejected: {message.payload.decode(errors='replace')}"
+            )
+
+    def apply(self, delta: dict, *, online: bool = False) -> None:
+        """Take on what the delta asks and report just that (a partial report); null keys are dropped."""
+        readings = {"temperature_c": round(random.uniform(18, 24), 1)} if online else {}
+        if not delta and not readings:
+            return
+        self.state = merge_patch(self.state, delta)
+        if delta:
+            self.log(f"{self.device_id}: applied delta {json.dumps(delta)}")
+        self.report_partial({**delta, **readings})
+
+    def report_partial(self, changes: dict) -> None:
+        self._request(self._topic("update"), {"state": {"reported": changes}})
+
+    def report(self, **readings):
+        self.report_partial(readings)
+
+    def _run_mqtt_job(self, execution: dict) -> None:
+        job_id, version = execution["jobId"], execution["versionNumber"]
+        document = execution.get("jobDocument") or {}
+        update = self._jobs(f"{job_id}/update")
+        try:
+            self.log(f"{self.device_id}: running job {job_id} ({document.get('type')})")
+            self._request(update, {"status": "IN_PROGRESS", "statusDetails": {"progress": "50%"},
+                                   "expectedVersion": version})  # fmt: skip
+            time.sleep(self.job_seconds)
+            outcome = "FAILED" if (document.get("params") or {}).get("fail") else "SUCCEEDED"
+            self._request(update, {"status": outcome, "statusDetails": {"simulated": "true"},
+                                   "expectedVersion": version + 1})  # fmt: skip
+            self.log(f"{self.device_id}: job {job_id} {outcome}")
+        finally:
+            self._running_jobs.discard(job_id)
+
+
 class Command(BaseCommand):
     help = "Simulate devices over MQTT: apply desired state and report it back."
 
@@ -131,19 +220,23 @@ class Command(BaseCommand):
             help="where devices claim and report jobs over HTTP ('' to ignore jobs)",
         )
         parser.add_argument("--job-seconds", type=float, default=3.0, help="how long a simulated job runs")
+        parser.add_argument(
+            "--protocol", choices=[NATIVE, SEED], default=NATIVE,
+            help="native: shadow get/update/delta and jobs over MQTT; seed: the original topics, jobs over HTTP",
+        )  # fmt: skip
 
-    def handle(self, *args, tenant, count, telemetry_every, duration, api_url, job_seconds, **options):
+    def handle(self, *args, tenant, count, telemetry_every, duration, api_url, job_seconds, protocol, **options):
         credentials = self._credentials(tenant, count)
         broker = broker_settings()
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *a: stop.set())
         signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        kind = NativeDevice if protocol == NATIVE else SimulatedDevice
         devices = [
-            SimulatedDevice(broker, tenant, device_id, token, self._log, api_url=api_url or None,
-                            job_seconds=job_seconds)
+            kind(broker, tenant, device_id, token, self._log, api_url=api_url or None, job_seconds=job_seconds)
             for device_id, token in credentials
         ]  # fmt: skip
-        self._log(f"simulating {len(devices)} device(s) of tenant {tenant} on {broker}")
+        self._log(f"simulating {len(devices)} device(s) of tenant {tenant} on {broker} ({protocol} protocol)")
         started = time.monotonic()
         try:
             while not stop.wait(telemetry_every or 1):
