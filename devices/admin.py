@@ -40,7 +40,7 @@ ADMIN_MEDIA = forms.Media(css={"all": ["iotcloud/admin.css"]}, js=["iotcloud/liv
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdmin):
     tenant_path = "id"
-    list_display = ["id", "name", "created_at"]
+    list_display = ["id", "name", "device_desired_writes", "created_at"]
     search_fields = ["id", "name"]
     change_roles = frozenset({Role.ADMIN})
 
