@@ -664,6 +664,47 @@ def test_the_sdk_v2_request_response_clients_correlate_by_client_token(start_bri
     wait_until(lambda: Job.objects.get(pk=job.pk).status == "COMPLETED", message="the job to complete")
 
 
+def test_the_sdks_mqtt5_client_with_the_v2_clients(start_bridge, provision, mqtt_broker, mqtt_tenant):
+    """The SDK's current samples: an awscrt.mqtt5.Client (metrics off, username/password, plain TCP)."""
+    from awscrt import mqtt5, mqtt_request_response
+
+    if mqtt_broker.embedded:
+        pytest.skip("the embedded broker speaks MQTT 3.1.1 only (README: Bring your AWS IoT devices)")
+    start_bridge()
+    (device,) = provision(1)
+    login, thing = f"{device.tenant_id}/{device.device_id}", thing_of(device)
+    connected, stopped = Future(), Future()
+    client = mqtt5.Client(mqtt5.ClientOptions(
+        host_name=mqtt_broker.host, port=mqtt_broker.port, disable_metrics=True,
+        connect_options=mqtt5.ConnectPacket(client_id=login, username=login, password=device.token,
+                                            keep_alive_interval_sec=30),
+        on_lifecycle_event_connection_success_fn=lambda data: connected.done() or connected.set_result(True),
+        on_lifecycle_event_connection_failure_fn=lambda data: connected.done() or connected.set_exception(
+            AssertionError(f"MQTT 5 connection refused: {data.exception}")),
+        on_lifecycle_event_stopped_fn=lambda data: stopped.set_result(True),
+    ))  # fmt: skip
+    client.start()
+    try:
+        connected.result(TIMEOUT)
+        options = mqtt_request_response.ClientOptions(max_request_response_subscriptions=2,
+                                                      max_streaming_subscriptions=2,
+                                                      operation_timeout_in_seconds=TIMEOUT)  # fmt: skip
+        shadow, jobs = iotshadow.IotShadowClientV2(client, options), iotjobs.IotJobsClientV2(client, options)
+        state = iotshadow.ShadowState(reported={"mqtt": 5})
+        updated = shadow.update_shadow(iotshadow.UpdateShadowRequest(thing_name=thing, state=state)).result(TIMEOUT)
+        assert updated.version == 1
+        got = shadow.get_shadow(iotshadow.GetShadowRequest(thing_name=thing)).result(TIMEOUT)
+        assert got.state.reported == {"mqtt": 5} and got.version == 1
+        job = job_create(tenant=mqtt_tenant, document_type="reboot", device_ids=[device.device_id])
+        started = jobs.start_next_pending_job_execution(
+            iotjobs.StartNextPendingJobExecutionRequest(thing_name=thing)
+        ).result(TIMEOUT)
+        assert started.execution.job_id == job.job_id and started.execution.status == iotjobs.JobStatus.IN_PROGRESS
+    finally:
+        client.stop()
+        stopped.result(TIMEOUT)
+
+
 # --- the example device --------------------------------------------------------------------------
 
 
