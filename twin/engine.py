@@ -176,8 +176,8 @@ Key = tuple[str, str, str]  # (tenant_id, device_id, shadow name)
 def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
     """The shadows of the given keys whose device exists (named ones not created yet: exists=False).
 
-    With lock, rows are locked FOR UPDATE: devices in id order, then named shadows in id order, so
-    concurrent writers cannot deadlock. Every device of a key is loaded with its classic shadow.
+    With lock, rows are locked FOR UPDATE: devices by tenant then id, then named shadows in id
+    order, so concurrent writers cannot deadlock. Every device of a key is loaded with its classic shadow.
     """
     by_tenant: dict[str, set[str]] = {}
     for tenant_id, device_id, _ in keys:
@@ -185,8 +185,9 @@ def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
     shadows: dict[Key, Shadow] = {}
     pks: dict[tuple[str, str], int] = {}
     rows = []
-    for tenant_id, device_ids in by_tenant.items():
-        query = Device.objects.filter(tenant_id=tenant_id, device_id__any_of=sorted(device_ids)).order_by("id")
+    for tenant_id in sorted(by_tenant):  # every writer locks in the same order: tenant, then id
+        query = Device.objects.filter(tenant_id=tenant_id, device_id__any_of=sorted(by_tenant[tenant_id]))
+        query = query.order_by("id")
         if lock:
             query = query.select_for_update()
         rows.extend(query.values_list(*_DEVICE_FIELDS))
