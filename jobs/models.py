@@ -55,6 +55,10 @@ class JobExecution(models.Model):
     # claimed, closed); the MQTT bridge republishes the device's jobs/notify
     # and clears it. Part of the same row write, so a fan-out costs no extra UPDATE.
     notify_pending = models.BooleanField(default=True)
+    # Whether this execution is the one its device's retained notify-next last announced. As AWS,
+    # notify-next is published only when the device's next execution changes; the bridge moves
+    # this mark when it publishes one. Clearing a device's marks has its notify-next published again.
+    notified_next = models.BooleanField(default=False)
     started_at = models.DateTimeField(null=True, blank=True)
     last_updated_at = models.DateTimeField()
     # The device's step timer (AWS stepTimeoutInMinutes): an IN_PROGRESS execution still
@@ -73,8 +77,9 @@ class JobExecution(models.Model):
             ),
             # Per-status counts and filtered lists of one job.
             models.Index(fields=["job", "status"], name="idx_job_exec_job_status"),
-            # The bridge's jobs-notify work queue.
+            # The bridge's jobs-notify work queue, and what each device's notify-next last announced.
             models.Index(fields=["device"], name="idx_job_exec_notify", condition=Q(notify_pending=True)),
+            models.Index(fields=["device"], name="idx_job_exec_notified_next", condition=Q(notified_next=True)),
             # The sweeper's in-progress scan.
             models.Index(
                 fields=["started_at"], name="idx_job_exec_in_progress", condition=Q(status=ExecutionStatus.IN_PROGRESS)

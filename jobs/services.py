@@ -112,10 +112,10 @@ def job_create(
             f"""
             INSERT INTO job_executions
                 (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
-                 last_updated_at, notify_pending)
-            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s FROM ({target_sql}) AS t
+                 last_updated_at, notify_pending, notified_next)
+            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s FROM ({target_sql}) AS t
             """,  # noqa: S608 (target_sql is the ORM's own, parameterized)
-            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, True, *target_params],
+            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, True, False, *target_params],
         )
         count = cursor.rowcount
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count)

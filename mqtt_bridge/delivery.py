@@ -90,9 +90,11 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
 def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
     """Publish the jobs notifications of every device with a flagged execution (same reconciliation as desired).
 
-    Per device: the seed's jobs/notify, and jobs/notify-next and the AWS jobs/notify in the
-    enabled dialects (MQTT_DIALECTS), all retained (mqtt_bridge.jobs_api.notify_replies); cleared
-    for a decommissioned device. The pending executions of the whole batch are one query.
+    Per device: the seed's jobs/notify, and the AWS jobs/notify and jobs/notify-next in the enabled
+    dialects (MQTT_DIALECTS), all retained (mqtt_bridge.jobs_api.notify_replies); cleared for a
+    decommissioned device. notify-next only when the device's next execution is not the one it last
+    announced (JobExecution.notified_next, moved once the broker acknowledged it), as AWS.
+    The pending executions and the marks of the whole batch are one query each.
     Flagged executions are claimed with FOR UPDATE SKIP LOCKED; a device whose execution changes
     meanwhile waits for our commit and flags it again, so the newest lists are always published
     last. A device's flags are cleared only when the broker acknowledged every one of its messages.
@@ -115,18 +117,29 @@ def jobs_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int
         device_pks = sorted({device_pk for _, device_pk in flagged})
         devices = Device.objects.filter(pk__in=device_pks).values_list("id", "tenant_id", "device_id", "status")
         lists = pending_executions_for_devices(device_pks)
-        publications = [
-            Publication(topic=reply.topic, payload=reply.payload, device_pk=pk, version=0)
-            for pk, tenant_id, device_id, status in devices
-            for reply in notify_replies(
-                tenant_id, device_id, lists[pk], active=status == DeviceStatus.ACTIVE, dialects=settings.MQTT_DIALECTS
-            )
-        ]
+        announced = dict(
+            JobExecution.objects.filter(device_id__in=device_pks, notified_next=True).values_list("device_id", "id")
+        )
+        publications, next_of = [], {}
+        for pk, tenant_id, device_id, status in devices:
+            active = status == DeviceStatus.ACTIVE
+            next_pk = lists[pk][0].pk if active and lists[pk] else None
+            if next_pk != announced.get(pk) or not active:
+                next_of[pk] = next_pk
+            replies = notify_replies(
+                tenant_id, device_id, lists[pk], active=active, dialects=settings.MQTT_DIALECTS,
+                next_changed=pk in next_of,
+            )  # fmt: skip
+            publications += [Publication(r.topic, r.payload, device_pk=pk, version=0) for r in replies]
         expected = Counter(p.device_pk for p in publications)
         got = Counter(p.device_pk for p in publish(publications))
         acknowledged = {pk for pk, count in expected.items() if got[pk] == count}
         done = [execution_pk for execution_pk, device_pk in flagged if device_pk in acknowledged]
         JobExecution.objects.filter(pk__in=done).update(notify_pending=False)
+        moved = [pk for pk in next_of if pk in acknowledged]
+        if moved:
+            JobExecution.objects.filter(device_id__in=moved, notified_next=True).update(notified_next=False)
+            JobExecution.objects.filter(pk__in=[next_of[pk] for pk in moved if next_of[pk]]).update(notified_next=True)
     logger.info("jobs notify published for %d device(s)", len(acknowledged))
     return len(acknowledged)
 

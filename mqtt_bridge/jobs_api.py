@@ -27,7 +27,8 @@ How iotcloud's executions map onto AWS's fields:
 Notifications (retained, reconciled from the database by delivery.jobs_deliver_pending):
 - `tenant/{t}/device/{d}/jobs/notify` (the seed's, always on): {"jobs": [pending summaries]};
 - `.../jobs/notify-next` in the enabled dialects: {"execution": JobExecutionData, "timestamp"}, or
-  just {"timestamp"} when nothing is pending;
+  just {"timestamp"} when nothing is pending; published, as AWS's, only when the next execution
+  changes (JobExecution.notified_next remembers which one it announced);
 - `$aws/things/{thing}/jobs/notify` (aws): {"jobs": {"IN_PROGRESS": [...], "QUEUED": [...]}, "timestamp"}.
 """
 
@@ -302,36 +303,31 @@ def execution_data(execution: JobExecution, thing: str, *, include_document: boo
 
 
 def notify_replies(
-    tenant_id: str, device_id: str, executions: Sequence[JobExecution], *, active: bool, dialects
-) -> list[Reply]:
+    tenant_id: str, device_id: str, executions: Sequence[JobExecution], *, active: bool, dialects,
+    next_changed: bool = True,
+) -> list[Reply]:  # fmt: skip
     """The retained jobs notifications of one device, from its pending executions (pending order).
 
-    The seed's `jobs/notify` always; `jobs/notify-next` in each enabled dialect and the AWS
-    `jobs/notify`. A device that is not active gets them all cleared (empty retained payloads).
+    The seed's `jobs/notify` always and the AWS `jobs/notify` in the aws dialect; `jobs/notify-next`
+    in each enabled dialect when `next_changed` (as AWS: only when the next execution changed). A
+    device that is not active gets them all cleared (empty retained payloads).
     """
-    replies = [Reply(topics.jobs_notify(tenant_id, device_id), b"", retain=True)]
-    for dialect in topics.DIALECTS:
-        if dialect in dialects:
-            if dialect == topics.AWS:
-                replies.append(Reply(topics.jobs_topic(dialect, tenant_id, device_id, "notify"), b"", retain=True))
-            replies.append(Reply(topics.jobs_topic(dialect, tenant_id, device_id, "notify-next"), b"", retain=True))
-    if not active:
-        return replies
     timestamp = now_seconds()
-    seed = json.dumps({"jobs": [pending_summary(e) for e in executions]}, separators=(",", ":")).encode()
     by_status: dict[str, list[dict]] = {}
     for execution in executions:
         by_status.setdefault(execution.status, []).append(execution_summary(execution))
-    aws_notify = encode({"jobs": by_status, "timestamp": timestamp})
     next_document = {"timestamp": timestamp}
     if executions:
-        next_document = {
-            "execution": execution_data(executions[0], topics.thing_name(tenant_id, device_id)),
-            "timestamp": timestamp,
-        }
-    notify_next = encode(next_document)
-    payloads = {"notify": aws_notify, "notify-next": notify_next}
-    filled = [Reply(replies[0].topic, seed, retain=True)]
-    for reply in replies[1:]:
-        filled.append(Reply(reply.topic, payloads[reply.topic.rsplit("/", 1)[1]], retain=True))
-    return filled
+        thing = topics.thing_name(tenant_id, device_id)
+        next_document = {"execution": execution_data(executions[0], thing), "timestamp": timestamp}
+    seed = {"jobs": [pending_summary(e) for e in executions]}
+    messages = [(topics.jobs_notify(tenant_id, device_id), json.dumps(seed, separators=(",", ":")).encode())]
+    for dialect in topics.DIALECTS:
+        if dialect not in dialects:
+            continue
+        if dialect == topics.AWS:
+            notify = encode({"jobs": by_status, "timestamp": timestamp})
+            messages.append((topics.jobs_topic(dialect, tenant_id, device_id, "notify"), notify))
+        if next_changed or not active:
+            messages.append((topics.jobs_topic(dialect, tenant_id, device_id, "notify-next"), encode(next_document)))
+    return [Reply(topic, payload if active else b"", retain=True) for topic, payload in messages]

@@ -614,7 +614,6 @@ def test_jobs_notify_next_start_next_progress_succeeded_completes_the_job(start_
     assert described.version_number == version + 2
 
 
-@pytest.mark.xfail(strict=True, reason="server: notify-next is sent again while the next job stays the same")
 def test_notify_next_is_sent_only_when_the_next_job_changes(start_bridge, sdk_device, mqtt_tenant):
     """AWS IoT (NextJobExecutionChanged): "not sent when the next job's execution details change, only
     when the next job ... has changed": a second queued job, or the next one starting, is no news."""

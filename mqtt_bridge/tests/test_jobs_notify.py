@@ -2,8 +2,10 @@
 jobs/notify, follow the jobs; the delivery is set-based."""
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from devices.services import device_decommission
 from jobs.choices import TransitionRules
@@ -106,7 +108,8 @@ def test_notify_next_and_the_aws_notify_follow_the_jobs(start_bridge, provision,
     listed = retained(mqtt_client, aws_notify)["jobs"]
     assert [j["jobId"] for j in listed["IN_PROGRESS"]] == ["first"] and "startedAt" in listed["IN_PROGRESS"][0]
     assert [j["jobId"] for j in listed["QUEUED"]] == ["second"]
-    assert retained(mqtt_client, next_topics[1])["execution"]["status"] == "IN_PROGRESS"
+    # As AWS: notify-next is not sent again when only the next execution's state changed.
+    assert retained(mqtt_client, next_topics[1])["execution"]["status"] == "QUEUED"
 
     execution_update(device=device, job_id=first.job_id, status="SUCCEEDED", rules=TransitionRules.AWS)
     wait_until(lambda: notified(device), message="notifications after the first job")
@@ -156,7 +159,7 @@ def test_the_delivery_costs_the_same_queries_for_5_or_60_devices(tenant, make_de
         job_create(tenant=tenant, document_type="reboot", job_id=job_id, device_ids=[d.device_id for d in devices])
     execution_update(device=devices[0], job_id="b", status="IN_PROGRESS")
     published = []
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         assert jobs_deliver_pending(publish=lambda p: published.extend(p) or p) == count
     assert len(published) == 4 * count  # seed notify, native notify-next, AWS notify and notify-next
     assert not JobExecution.objects.filter(notify_pending=True).exists()
@@ -173,3 +176,33 @@ def test_a_device_stays_flagged_until_every_message_of_it_is_acknowledged(tenant
     assert jobs_deliver_pending(publish=lambda pubs: [p for p in pubs if p.topic != drop]) == 1
     flagged = set(JobExecution.objects.filter(notify_pending=True).values_list("device__device_id", flat=True))
     assert flagged == {"one"}
+
+
+@pytest.mark.django_db
+def test_notify_next_is_published_when_the_next_execution_changes_only(tenant, make_device):
+    device = make_device(tenant, "d")
+    for job_id in ("a", "b"):
+        job_create(tenant=tenant, document_type="reboot", job_id=job_id, device_ids=["d"])
+    JobExecution.objects.filter(job__job_id="b").update(queued_at=timezone.now() + timedelta(seconds=1))
+
+    def deliver():
+        published = []
+        jobs_deliver_pending(publish=lambda p: published.extend(p) or p)
+        return {p.topic.split("/", 1)[0] + "/" + p.topic.rsplit("/", 1)[1]: p.payload for p in published}
+
+    first = deliver()
+    assert set(first) == {"tenant/notify", "tenant/notify-next", "$aws/notify", "$aws/notify-next"}
+    assert json.loads(first["$aws/notify-next"])["execution"]["jobId"] == "a"
+    execution_start_next(device=device)  # a: QUEUED -> IN_PROGRESS, still the next one
+    assert set(deliver()) == {"tenant/notify", "$aws/notify"}
+    execution_update(device=device, job_id="a", status="SUCCEEDED", rules=TransitionRules.AWS)
+    after = deliver()
+    assert json.loads(after["tenant/notify-next"])["execution"]["jobId"] == "b"
+    execution_update(device=device, job_id="b", status="FAILED", rules=TransitionRules.AWS)
+    assert set(json.loads(deliver()["$aws/notify-next"])) == {"timestamp"}
+
+    # Clearing a device's marks (a broker that lost its retained store) has notify-next published again.
+    job_create(tenant=tenant, document_type="reboot", job_id="c", device_ids=["d"])
+    deliver()
+    JobExecution.objects.filter(job__job_id="c").update(notified_next=False, notify_pending=True)
+    assert json.loads(deliver()["tenant/notify-next"])["execution"]["jobId"] == "c"
