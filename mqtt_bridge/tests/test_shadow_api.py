@@ -243,3 +243,14 @@ def test_shadow_events_wait_for_the_bridge(transactional_db, one, start_bridge, 
     start_bridge()
     assert device.next_on("update/delta")["state"] == {"a": 1}
     wait_until(lambda: not ShadowEvent.objects.filter(device=one).exists(), message="the event published")
+
+
+def test_a_dialect_can_be_turned_off(settings, start_bridge, one, mqtt_client):
+    settings.MQTT_DIALECTS = ["native"]
+    start_bridge()
+    aws, native = Device_(mqtt_client, one, AWS), Device_(mqtt_client, one, NATIVE)
+    aws.client.publish(aws.topic("get"), b"")
+    assert native.ask("get")[0] == "accepted"
+    twin_update_desired(device=one, document={"a": 1})
+    assert native.next_on("update/delta")["state"] == {"a": 1}
+    assert [m.topic for m in aws.quiet(1.0) if m.topic != aws.topic("get")] == []  # no answer, no delta
