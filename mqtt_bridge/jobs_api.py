@@ -39,7 +39,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, transaction
 
 from devices.models import Device
 from iotcloud.errors import DomainError, InvalidInput, NotFound, TooManyRequests
@@ -83,7 +83,7 @@ def handle_jobs_requests(items: Iterable[tuple[topics.Request, Device, bytes]]) 
 
     Each request runs in a savepoint of its own (the caller's batch transaction around them), so a
     refusal rolls back that request only. Bad input of any kind is a rejection with a reason;
-    only DatabaseError propagates (the caller retries the batch).
+    only database errors (DatabaseError, InterfaceError) propagate (the caller retries the batch).
     """
     return [_answer(request, device, payload) for request, device, payload in items]
 
@@ -95,7 +95,7 @@ def _answer(request: topics.Request, device: Device, payload: bytes) -> Reply:
             body = parse_body(payload)
             token = client_token(body)
             document = _OPERATIONS[request.operation](request, device, body)
-    except DatabaseError:
+    except (DatabaseError, InterfaceError):  # the caller's: it retries the batch
         raise
     except DomainError as error:
         return _rejected(request, error, token)

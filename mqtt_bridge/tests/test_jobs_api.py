@@ -8,7 +8,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.db import DatabaseError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from jobs.models import Job, JobExecution
@@ -278,6 +278,13 @@ def test_a_database_error_propagates_so_the_batch_is_retried(tenant, make_device
     monkeypatch.setattr(jobs_api, "execution_update", broken)
     with pytest.raises(DatabaseError), transaction.atomic():
         handle_jobs_requests([(request_of(device, AWS, "a/update"), device, b'{"status": "IN_PROGRESS"}')])
+
+    def gone(*args, **kwargs):
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(jobs_api, "pending_executions", gone)
+    with pytest.raises(InterfaceError), transaction.atomic():
+        handle_jobs_requests([(request_of(device, NATIVE, "get"), device, b"")])
 
 
 def test_a_bug_is_an_internal_error_not_a_crash(tenant, make_device, monkeypatch, caplog):
