@@ -91,6 +91,7 @@ class ShadowChange:
     delete: bool = False
     by_device: bool = False
     client_token: str | None = None
+    read: bool = False  # not a change: the shadow as it stands at this point of the sequence (a get)
 
 
 @dataclass
@@ -246,7 +247,8 @@ def no_such_shadow(name: str) -> NotFound:
 
 @transaction.atomic
 def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
-    """Apply changes in order; one result per change (its error, or what was accepted)."""
+    """Apply changes in order; one result per change (its error, or what was accepted; for a read,
+    the full document at that point, with the seed's versions)."""
     results: list[ChangeResult | None] = [None] * len(changes)
     valid: list[tuple[int, ShadowChange]] = []
     for index, change in enumerate(changes):
@@ -259,7 +261,8 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
     if not valid:
         return results  # type: ignore[return-value]
 
-    shadows = load_shadows({(c.tenant_id, c.device_id, c.shadow_name) for _, c in valid}, lock=True)
+    writes = any(not c.read for _, c in valid)  # a batch of gets only reads, without locks
+    shadows = load_shadows({(c.tenant_id, c.device_id, c.shadow_name) for _, c in valid}, lock=writes)
     policies = _desired_policies({c.tenant_id for _, c in valid if c.by_device and c.desired is not ABSENT})
     now = timezone.now()
     events: list[ShadowEvent] = []
@@ -286,6 +289,8 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
 
 def _check(change: ShadowChange) -> None:
     check_shadow_name(change.shadow_name)
+    if change.read:
+        return
     for name in ("version", "expected_desired_version", "report_version"):
         value = getattr(change, name)
         if value is not None:
@@ -311,6 +316,10 @@ def _apply(shadow: Shadow | None, change: ShadowChange, now, policies, events, s
         raise NotFound(f"Device {change.device_id!r} not found in tenant {change.tenant_id!r}", code="device_not_found")
     if shadow.device_status != DeviceStatus.ACTIVE:
         raise Conflict(f"Device {shadow.device_id!r} is decommissioned", code="device_decommissioned")
+    if change.read:  # in sequence: it sees the changes before it, not those after
+        if not shadow.exists:
+            raise no_such_shadow(shadow.name)
+        return _result(shadow, accepted=shadow.full_document(versions=True))
     result = _decide(shadow, change, now, policies, events)
     if change.by_device:  # an accepted change from the device: it was seen
         shadows[(shadow.tenant_id, shadow.device_id, CLASSIC)].seen = True

@@ -254,3 +254,23 @@ def test_a_dialect_can_be_turned_off(settings, start_bridge, one, mqtt_client):
     twin_update_desired(device=one, document={"a": 1})
     assert native.next_on("update/delta")["state"] == {"a": 1}
     assert [m.topic for m in aws.quiet(1.0) if m.topic != aws.topic("get")] == []  # no answer, no delta
+
+
+@pytest.mark.django_db
+def test_requests_of_one_batch_are_answered_in_arrival_order(tenant, make_device):
+    from mqtt_bridge.shadow_api import handle_shadow_requests
+
+    device = make_device(tenant, "d1")
+
+    def request(operation: str, body: dict | None = None):
+        topic = topics.shadow_topic(AWS, tenant.id, "d1", CLASSIC, operation)
+        return topics.parse_request(topic), device, json.dumps(body).encode() if body else b""
+
+    update = {"state": {"reported": {"a": 1}}}
+    replies = handle_shadow_requests([request("get"), request("update", update), request("get"),
+                                      request("update", {**update, "version": 0}), request("get")])  # fmt: skip
+    bodies = [(r.topic.rsplit("/", 1)[1], json.loads(r.payload)) for r in replies]
+    assert [(outcome, body.get("version")) for outcome, body in bodies] == [
+        ("accepted", 0), ("accepted", 1), ("accepted", 1), ("rejected", None), ("accepted", 1)]  # fmt: skip
+    assert bodies[0][1]["state"]["reported"] == {} and bodies[2][1]["state"]["reported"] == {"a": 1}
+    assert bodies[3][1]["code"] == 409 and "desired_version" not in bodies[2][1]
