@@ -210,6 +210,69 @@ def test_edit_desired_then_a_device_report_turns_the_badge_green_without_reload(
     expect(page.locator("#iot-desired-version")).to_have_text("1")
 
 
+def test_named_shadow_picked_created_written_and_deleted_in_the_twin_panel(page, server, fleet):
+    token = fleet["pump-1"]
+    server.device_call("GET", "/device/v1/shadow", token)  # the device is online: not stale
+    page.goto(server.url + "/admin/devices/device/?q=pump-1")
+    page.click("text=pump-1")
+    picker = page.locator("#iot-shadow")
+    expect(picker).to_have_value("")
+    expect(page.locator("#iot-twin [data-live-status]")).to_have_attribute("data-live-status", "live")
+    page.evaluate("window.__noReload = true")
+
+    # A bad name is the service's refusal, shown in the panel; a good one creates the shadow and shows it.
+    page.fill("#iot-shadow-name", "no spaces")
+    page.click("#iot-shadow-create-submit")
+    expect(page.locator("#iot-shadow-status")).to_contain_text("Not created: Invalid shadow name")
+    page.fill("#iot-shadow-name", "config")
+    page.click("#iot-shadow-create-submit")
+    expect(page.locator("#iot-shadow-status")).to_have_text("Created named shadow config.")
+    expect(picker).to_have_value("config")
+    assert page.url.endswith("&shadow=config")  # beside the admin's own parameters
+    expect(page.locator("#iot-version")).to_have_text("1")
+    expect(page.locator("#iot-published")).to_be_hidden()  # the classic shadow's retained message only
+
+    # Save desired to it: its versions move, the classic shadow's do not.
+    page.fill("#iot-document", json.dumps({"mode": "eco", "interval_s": 60}))
+    page.click("#iot-save")
+    expect(page.locator("#iot-editor-status")).to_contain_text("Saved: desired version 2 (document version 2)")
+    expect(page.locator("#iot-version")).to_have_text("2")
+    expect(page.locator("#iot-delta")).to_contain_text('"mode": "eco"')
+    expect(page.locator("#iot-fields tr[data-field='mode'] td").nth(1)).not_to_have_text("\u2014")
+    assert server.device_call("GET", "/device/v1/shadow", token) == {"desired": {}, "version": 0}
+
+    # The device reports to the named shadow over HTTP; the panel follows it live.
+    server.device_call("POST", "/device/v1/shadows/config/reported", token,
+                       {"reported": {"mode": "eco", "interval_s": 60}, "version": 2})  # fmt: skip
+    expect(page.locator("#iot-reported-version")).to_have_text("2")
+    expect(page.locator("#iot-version")).to_have_text("3")
+    expect(page.locator("#iot-delta")).to_have_text("{}")
+    expect(page.locator("#iot-sync")).to_have_text("synced")
+    expect(page.locator("#iot-fields tr[data-field='mode'] td").nth(2)).not_to_have_text("\u2014")
+    assert page.evaluate("window.__noReload") is True
+    shot(page, "twin-panel-named-shadow", page.locator("#iot-twin"))
+
+    # The selection survives a reload; the picker switches back and forth without one.
+    page.reload()
+    expect(picker).to_have_value("config")
+    expect(page.locator("#iot-version")).to_have_text("3")
+    page.evaluate("window.__noReload = true")
+    picker.select_option("")
+    expect(page.locator("#iot-editor-shadow")).to_have_text("of the classic shadow")
+    expect(page.locator("#iot-desired-version")).to_have_text("0")
+    assert "shadow=" not in page.url
+    picker.select_option("config")
+    expect(page.locator("#iot-desired-version")).to_have_text("2")
+
+    # Delete it, after the confirmation: the panel is back on the classic shadow, the picker without it.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#iot-shadow-delete")
+    expect(page.locator("#iot-shadow-status")).to_have_text("Deleted named shadow config (at version 4).")
+    expect(picker).to_have_value("")
+    expect(picker.locator("option")).to_have_count(1)
+    assert page.evaluate("window.__noReload") is True
+
+
 def test_device_list_badges_follow_reports_live(page, server, fleet):
     for device_id in ("pump-1", "pump-2"):
         server.device_call("GET", "/device/v1/shadow", fleet[device_id])
