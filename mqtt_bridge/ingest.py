@@ -22,6 +22,7 @@ from devices.models import Device
 from devices.throttling import MQTT_REPORT_BUCKETS, mqtt_report_rate
 from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
 from mqtt_bridge import topics
+from mqtt_bridge.jobs_api import aws_code as jobs_aws_code
 from mqtt_bridge.jobs_api import handle_jobs_requests
 from mqtt_bridge.requests import Reply, rejection, token_of
 from mqtt_bridge.shadow_api import handle_shadow_requests
@@ -113,7 +114,8 @@ def _answer_requests(messages, requests, admitted, verdicts) -> None:
             continue
         refusal = _retained_or_over_rate(message, admitted[index])
         if refusal is not None:
-            reply = rejection(request, refusal, token_of(message.payload))
+            code = jobs_aws_code(refusal) if request.service == topics.JOBS else None  # AWS Jobs codes are names
+            reply = rejection(request, refusal, token_of(message.payload), aws_code=code)
             verdicts[index] = Verdict(message, refusal, replies=(reply,))
             continue
         routed[request.service].append((index, request, device))

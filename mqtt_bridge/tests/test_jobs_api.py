@@ -364,3 +364,25 @@ def test_notify_respects_the_dialects_the_seed_notify_is_always_on(tenant, make_
     device = make_device(tenant)
     replies = notify_replies(tenant.id, device.device_id, [], active=True, dialects=dialects)
     assert {f"{r.topic.split('/', 1)[0]}/{r.topic.rsplit('/', 1)[1]}" for r in replies} == suffixes
+
+
+@pytest.mark.django_db
+def test_retained_and_throttled_jobs_requests_get_aws_jobs_codes(tenant, make_device, settings):
+    """Refused before the handler (ingest), an AWS jobs request still gets AWS IoT Jobs' error names."""
+    import json as json_
+
+    from mqtt_bridge.ingest import Incoming, ingest_batch, request_replies
+
+    make_device(tenant, "d1")
+    settings.MQTT_REPORT_RATE_LIMIT = "1/m"
+    settings.MQTT_REPORT_RATE_BURST = 1
+    topic = topics.jobs_topic(topics.AWS, tenant.id, "d1", "get")
+    verdicts = ingest_batch([
+        Incoming(topic, b'{"clientToken": "r"}', retained=True),
+        Incoming(topic, b'{"clientToken": "a"}'),
+        Incoming(topic, b'{"clientToken": "b"}'),
+    ])  # fmt: skip
+    answers = [json_.loads(payload) for _, payload in request_replies(verdicts)]
+    assert [(a.get("code"), a["clientToken"]) for a in answers] == [
+        ("InvalidRequest", "r"), (None, "a"), ("RequestThrottled", "b")]  # fmt: skip
+    assert "inProgressJobs" in answers[1]  # the one within the rate was answered
