@@ -113,7 +113,14 @@ def _rejected(request: topics.Request, error: DomainError, token: str | None) ->
         extra["executionState"] = execution_state(
             current["status"], current["status_details"], current["execution_number"]
         )
-    return rejection_reply(request, error, token, aws_code=aws_code(error), aws_extra=extra)
+    code = aws_code(error)
+    if code == VERSION_MISMATCH and request.dialect == topics.AWS:
+        # Say it in the AWS request's own words (the native message names execution_number).
+        error = type(error)(
+            f"expectedVersion does not match the execution's current versionNumber "
+            f"{current['execution_number']}", code=error.code, **error.extra,
+        )  # fmt: skip
+    return rejection_reply(request, error, token, aws_code=code, aws_extra=extra)
 
 
 def aws_code(error: DomainError) -> str:

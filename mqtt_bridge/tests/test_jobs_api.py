@@ -219,6 +219,7 @@ def test_a_stale_expected_version_is_a_version_mismatch_with_the_state(tenant, m
     if dialect == AWS:
         assert answer["code"] == "VersionMismatch"
         assert answer["executionState"] == {"status": "IN_PROGRESS", "versionNumber": 2}
+        assert "expectedVersion" in answer["message"] and "versionNumber 2" in answer["message"]
     else:
         assert (answer["code"], answer["status"], answer["execution_number"]) == ("stale_execution_number", 409, 2)
     assert snapshot() == before
