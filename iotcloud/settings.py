@@ -226,6 +226,16 @@ MQTT_DELIVERY_BATCH = env.int("MQTT_DELIVERY_BATCH", default=500)
 MQTT_POLL_SECONDS = env.float(
     "MQTT_POLL_SECONDS", default=5.0 if DATABASES["default"]["ENGINE"].endswith("postgresql") else 0.5
 )
+# A broker that lost its retained messages gets every device's desired state and jobs lists back from
+# the database (mqtt_bridge/recovery.py): when the bridge connects without a session, and when the
+# canary each bridge keeps retained on the broker is missing or went back, read on every connect and
+# every MQTT_CANARY_CHECK_SECONDS (0: no canary). As a second net, every MQTT_ANTI_ENTROPY_SECONDS
+# each bridge re-sends the retained state of the next MQTT_ANTI_ENTROPY_DEVICES devices, rolling
+# through the fleet by id: anything lost is back within fleet size / devices x seconds (100,000
+# devices: 200 passes, 3 h 20 min at the defaults), at 500 messages a minute. 0 turns it off.
+MQTT_CANARY_CHECK_SECONDS = env.float("MQTT_CANARY_CHECK_SECONDS", default=60.0)
+MQTT_ANTI_ENTROPY_SECONDS = env.float("MQTT_ANTI_ENTROPY_SECONDS", default=60.0)
+MQTT_ANTI_ENTROPY_DEVICES = env.int("MQTT_ANTI_ENTROPY_DEVICES", default=500)
 # Per-device broker accounts. "dynsec": the bridge keeps Mosquitto's dynamic security plugin in
 # step with provisioning, rotation and decommission (its MQTT_URL account needs the plugin's admin
 # role). "" : the broker authenticates devices some other way (the embedded broker asks the

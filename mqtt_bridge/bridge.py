@@ -9,6 +9,9 @@ Threads, each with its own database connection:
   woken (PostgreSQL NOTIFY, a (re)connect) or every MQTT_POLL_SECONDS;
 - sweep: times out stuck job executions and closes expired jobs;
 - heartbeat: upserts this bridge's bridge_heartbeats row (liveness, counters);
+- recovery: judges the broker on every connect and periodically (its session, the retained
+  canaries) and marks every device's retained state for republishing when the broker lost it;
+  deliver also re-sends a slice of the fleet now and then (mqtt_bridge.recovery);
 - listen (PostgreSQL only): LISTEN for desired changes and wake deliver;
 - accounts (MQTT_DEVICE_AUTH=dynsec): keeps per-device broker accounts in step.
 stop() lets the batch in flight finish, then disconnects.
@@ -51,6 +54,7 @@ from mqtt_bridge.ingest import (
     retained_topics,
 )
 from mqtt_bridge.listener import NotificationListener
+from mqtt_bridge.recovery import Recovery
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,7 @@ class Bridge:
         self._listener: NotificationListener | None = None
         self.client: mqtt.Client | None = None
         self.accounts: AccountsLoop | None = None  # per-device broker accounts (MQTT_DEVICE_AUTH=dynsec)
+        self.recovery = Recovery(self)  # the broker's retained state back after it lost it
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class Bridge:
         self._spawn("deliver", self._deliver_loop)
         self._spawn("sweep", self._sweep_loop)
         self._spawn("heartbeat", Heartbeat(self).run)  # bridge_heartbeats row for /readyz and /metrics
+        self._spawn("recovery", self.recovery.run)
         if settings.MQTT_DEVICE_AUTH == "dynsec":
             self.accounts = AccountsLoop(
                 self.broker, client_id=f"{self.client_id}-accounts", stopping=self.stopping,
@@ -126,6 +132,7 @@ class Bridge:
         """Finish the batch in flight, disconnect, close database connections."""
         self.stopping.set()
         self.wake.set()
+        self.recovery.wake.set()
         if self.accounts is not None:
             self.accounts.wake.set()
         deadline = time.monotonic() + timeout
@@ -183,6 +190,7 @@ class Bridge:
             client.subscribe([(f, options) for f in filters])
         else:
             client.subscribe([(f, 1) for f in filters])
+        self.recovery.connected(flags.session_present)  # before anything is published on this connection
         self.connected.set()
         self.wake.set()  # catch up on anything written while we were away
 
@@ -282,6 +290,8 @@ class Bridge:
                     events = shadow_events_deliver_pending(publish=self._publish_all)
                     if not desired and not jobs and not events:
                         break
+                if self.connected.is_set():
+                    self.recovery.anti_entropy(publish=self._publish_all)
             except (DatabaseError, InterfaceError):
                 logger.exception("desired delivery failed; retrying")
                 connection.close()
@@ -300,13 +310,19 @@ class Bridge:
     def _publish_all(self, publications: Sequence[Publication]) -> list[Publication]:
         """Publish at QoS 1 (retained unless said otherwise); return those the broker acknowledged in time."""
         infos = [(p, self.client.publish(p.topic, p.payload, qos=1, retain=p.retain)) for p in publications]
+        # The canary behind the batch: once acknowledged, a broker that lost the batch shows it (recovery.py).
+        canary = self.recovery.batch_canary(publications)
+        canary_info = self.client.publish(canary.topic, canary.payload, qos=1, retain=True) if canary else None
         deadline = time.monotonic() + settings.MQTT_PUBLISH_TIMEOUT_SECONDS
         acknowledged = []
         for publication, info in infos:
-            with contextlib.suppress(RuntimeError, ValueError):  # not queued: counts as not acknowledged
+            # Not queued (not connected: the broker went away): counts as not acknowledged.
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            if info.is_published():
-                acknowledged.append(publication)
+                if info.is_published():  # raises too when the publish failed
+                    acknowledged.append(publication)
+        if canary_info is not None and not self.recovery.batch_covered(canary, canary_info, deadline):
+            acknowledged = []  # not covered by a canary: all stay pending
         if len(acknowledged) < len(publications):
             logger.warning(
                 "broker acknowledged %d of %d desired publications; the rest stay pending",

@@ -47,6 +47,24 @@ def desired_payload(desired: dict, version: int, updated_at) -> bytes:
     return json.dumps({"desired": desired, "version": version, "timestamp": timestamp}, separators=(",", ":")).encode()
 
 
+# The device_state columns a retained desired message is built from (desired_publications).
+DESIRED_FIELDS = ("id", "tenant_id", "device_id", "status", "desired_state", "desired_version", "shadow_updated_at")
+
+
+def desired_publications(rows: Sequence[tuple]) -> list[Publication]:
+    """The retained desired message of each row (DESIRED_FIELDS): the latest state, or the clearing
+    empty message for a decommissioned device."""
+    return [
+        Publication(
+            topic=topics.desired(tenant_id, device_id),
+            payload=b"" if status != DeviceStatus.ACTIVE else desired_payload(desired, version, updated_at),
+            device_pk=pk,
+            version=version,
+        )
+        for pk, tenant_id, device_id, status, desired, version, updated_at in rows
+    ]
+
+
 def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
     """Publish one batch of pending desired states; returns how many were acknowledged.
 
@@ -54,21 +72,10 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
     retried on the next pass, so a broker outage loses nothing.
     """
     with transaction.atomic():
-        rows = _claim(
-            "desired_version", "desired_published_version", limit,
-            ("id", "tenant_id", "device_id", "status", "desired_state", "desired_version", "shadow_updated_at"),
-        )  # fmt: skip
+        rows = _claim("desired_version", "desired_published_version", limit, DESIRED_FIELDS)
         if not rows:
             return 0
-        publications = [
-            Publication(
-                topic=topics.desired(tenant_id, device_id),
-                payload=b"" if status != DeviceStatus.ACTIVE else desired_payload(desired, version, updated_at),
-                device_pk=pk,
-                version=version,
-            )
-            for pk, tenant_id, device_id, status, desired, version, updated_at in rows
-        ]
+        publications = desired_publications(rows)
         acknowledged = publish(publications)
         _record_published(acknowledged)
         # Operator screens show the published version ("delivered to the broker").
