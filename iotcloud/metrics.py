@@ -210,6 +210,15 @@ BRIDGE_COUNTERS = {
         "iotcloud_bridge_reports_retained",
         "Retained reports refused and cleared from the broker (in rejected).",
     ),
+    "full_republishes": (
+        "iotcloud_bridge_full_republishes",
+        "Times the broker had lost state (no session, canary missing or gone back) and every device's "
+        "retained state was marked for republishing.",
+    ),
+    "anti_entropy": (
+        "iotcloud_bridge_anti_entropy_resent",
+        "Retained desired messages re-sent by the periodic anti-entropy pass.",
+    ),
 }
 
 

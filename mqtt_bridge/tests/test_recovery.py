@@ -637,3 +637,18 @@ def test_an_unacknowledged_batch_canary_leaves_the_batch_pending(fake_bridge):
     assert f.rec.own_seq < canary.seq
     assert f.rec.batch_covered(canary, FakeInfo(True), time.monotonic())
     assert f.rec.own_seq == canary.seq
+
+
+def test_the_counters_reach_metrics(client, settings, db):
+    from django.utils import timezone
+
+    from mqtt_bridge.heartbeat import write_beat
+    from mqtt_bridge.models import BridgeHeartbeat
+
+    settings.METRICS_TOKEN = "metrics-token"
+    now = timezone.now()
+    stats = {"published": 9, "full_republishes": 2, "anti_entropy": 500}
+    write_beat(BridgeHeartbeat(client_id="bridge-1", started_at=now, last_beat_at=now, stats=stats))
+    body = client.get("/metrics", headers={"Authorization": "Bearer metrics-token"}).content.decode()
+    assert 'iotcloud_bridge_full_republishes_total{client_id="bridge-1"} 2.0' in body
+    assert 'iotcloud_bridge_anti_entropy_resent_total{client_id="bridge-1"} 500.0' in body
