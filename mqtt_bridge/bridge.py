@@ -41,6 +41,7 @@ from mqtt_bridge.delivery import (
     Publication,
     desired_deliver_pending,
     jobs_deliver_pending,
+    named_desired_deliver_pending,
     shadow_events_deliver_pending,
 )
 from mqtt_bridge.heartbeat import Heartbeat
@@ -287,6 +288,7 @@ class Bridge:
                 while not self.stopping.is_set() and self.connected.is_set():
                     desired = desired_deliver_pending(publish=self._publish_all)
                     jobs = jobs_deliver_pending(publish=self._publish_all)
+                    desired += named_desired_deliver_pending(publish=self._publish_all)
                     events = shadow_events_deliver_pending(publish=self._publish_all)
                     if not desired and not jobs and not events:
                         break

@@ -35,7 +35,7 @@ class Publication:
     device_pk: int
     version: int
     retain: bool = True
-    event_pk: int = 0  # a twin.models.ShadowEvent's (shadow_events_deliver_pending)
+    row_pk: int = 0  # its row when that is not the device's: a ShadowEvent's, a NamedShadow's
 
 
 # publish(publications) -> the subset the broker acknowledged
@@ -63,6 +63,48 @@ def desired_publications(rows: Sequence[tuple]) -> list[Publication]:
         )
         for pk, tenant_id, device_id, status, desired, version, updated_at in rows
     ]
+
+
+# The twin_named_shadows columns a named shadow's retained desired message is built from.
+NAMED_DESIRED_FIELDS = ("id", "device_id", "device__tenant_id", "device__device_id", "device__status", "name",
+                        "deleted", "desired_state", "desired_version", "shadow_updated_at")  # fmt: skip
+
+
+def named_desired_publications(rows: Sequence[tuple]) -> list[Publication]:
+    """The retained `.../shadow/name/<name>/desired` of each named shadow (NAMED_DESIRED_FIELDS), the
+    seed's payload; the clearing empty message for a deleted shadow or a decommissioned device."""
+    return [
+        Publication(
+            topic=topics.named_desired(tenant_id, device_id, name),
+            payload=b"" if deleted or status != DeviceStatus.ACTIVE else desired_payload(desired, version, updated_at),
+            device_pk=device_pk,
+            version=version,
+            row_pk=pk,
+        )
+        for pk, device_pk, tenant_id, device_id, status, name, deleted, desired, version, updated_at in rows
+    ]
+
+
+def named_desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
+    """desired_deliver_pending for named shadows: the same reconciliation on twin_named_shadows."""
+    from twin.models import NamedShadow
+
+    with transaction.atomic():
+        rows = list(
+            NamedShadow.objects.filter(desired_version__gt=F("desired_published_version"))
+            .order_by("id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list(*NAMED_DESIRED_FIELDS)[: limit or settings.MQTT_DELIVERY_BATCH]
+        )
+        if not rows:
+            return 0
+        acknowledged = publish(named_desired_publications(rows))
+        for publication in acknowledged:
+            NamedShadow.objects.filter(pk=publication.row_pk, desired_published_version__lt=publication.version).update(
+                desired_published_version=publication.version
+            )
+    logger.info("named shadows' desired published: %d of %d", len(acknowledged), len(rows))
+    return len(acknowledged)
 
 
 def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> int:
@@ -225,13 +267,13 @@ def shadow_events_deliver_pending(*, publish: Publisher, limit: int | None = Non
                         Publication(
                             topic=topics.shadow_topic(dialect, tenant_id, device_id, name, suffix),
                             payload=json.dumps(body, separators=(",", ":")).encode(),
-                            device_pk=device_pk, version=0, retain=False, event_pk=pk,
+                            device_pk=device_pk, version=0, retain=False, row_pk=pk,
                         )
                     )  # fmt: skip
-            expected[pk] = sum(1 for p in publications if p.event_pk == pk)
+            expected[pk] = sum(1 for p in publications if p.row_pk == pk)
         acknowledged: dict[int, int] = {}
         for publication in publish(publications) if publications else []:
-            acknowledged[publication.event_pk] = acknowledged.get(publication.event_pk, 0) + 1
+            acknowledged[publication.row_pk] = acknowledged.get(publication.row_pk, 0) + 1
         done = [pk for pk, *_ in events if acknowledged.get(pk, 0) >= expected.get(pk, 0)]
         ShadowEvent.objects.filter(pk__in=done).delete()
     if done:

@@ -51,6 +51,7 @@ from mqtt_bridge import delivery, topics
 from mqtt_bridge.client import V311, make_client
 from mqtt_bridge.config import BrokerSettings
 from mqtt_bridge.delivery import Publication, Publisher
+from twin.models import NamedShadow
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +83,13 @@ class RetainedDesired:
     published: str = "desired_published_version"
 
 
-# Every retained desired message comes from one of these tables. twin.NamedShadow (table
-# twin_named_shadows, the same two columns) joins here once the bridge publishes named shadows'
-# retained desired state, with the builder its delivery uses:
-#     RetainedDesired(NamedShadow, "device_id", NAMED_DESIRED_FIELDS, delivery.named_desired_publications),
-# The jobs lists (jobs/notify, notify-next, the AWS notify) need nothing here: they are
-# republished by flagging an execution of the device (JobExecution.notify_pending, see _mark_jobs).
+# Every retained desired message comes from one of these tables: the classic shadow's (the seed's
+# shadow/desired) and the named shadows' (.../shadow/name/<name>/desired). The jobs lists
+# (jobs/notify, notify-next, the AWS notify) need nothing here: they are republished by flagging an
+# execution of the device (JobExecution.notify_pending, see _mark_jobs).
 RETAINED_DESIRED: tuple[RetainedDesired, ...] = (
     RetainedDesired(Device, "id", delivery.DESIRED_FIELDS, delivery.desired_publications),
+    RetainedDesired(NamedShadow, "device_id", delivery.NAMED_DESIRED_FIELDS, delivery.named_desired_publications),
 )
 
 DeviceSpan = tuple[int, int]  # device_state ids lo < id <= hi

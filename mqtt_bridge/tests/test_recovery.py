@@ -652,3 +652,30 @@ def test_the_counters_reach_metrics(client, settings, db):
     body = client.get("/metrics", headers={"Authorization": "Bearer metrics-token"}).content.decode()
     assert 'iotcloud_bridge_full_republishes_total{client_id="bridge-1"} 2.0' in body
     assert 'iotcloud_bridge_anti_entropy_resent_total{client_id="bridge-1"} 500.0' in body
+
+
+def test_named_shadows_retained_desired_comes_back_too(tenant):
+    """A named shadow's retained desired (and a deleted one's clearing message) is marked with the rest."""
+    from mqtt_bridge.delivery import named_desired_deliver_pending
+    from twin.models import NamedShadow
+    from twin.services import shadow_delete, shadow_write_desired
+
+    device = device_provision(tenant=tenant, device_id="n1")[0]
+    shadow_write_desired(device=device, shadow_name="cfg", document={"rate": 5})
+    shadow_write_desired(device=device, shadow_name="old", document={"x": 1})
+    shadow_delete(device=device, shadow_name="old")
+    sent = []
+
+    def publish(publications):
+        sent.extend(publications)
+        return publications
+
+    assert named_desired_deliver_pending(publish=publish) == 2
+    assert not NamedShadow.objects.filter(desired_published_version=0).exists()
+    sent.clear()
+    mark_for_republish()
+    assert named_desired_deliver_pending(publish=publish) == 2  # no new write: both again from the database
+    by_topic = {p.topic: p.payload for p in sent}
+    assert json.loads(by_topic[topics.named_desired(tenant.id, "n1", "cfg")])["desired"] == {"rate": 5}
+    assert by_topic[topics.named_desired(tenant.id, "n1", "old")] == b""  # deleted: cleared, never resurrected
+    assert NamedShadow.objects.get(name="cfg").desired_version == 1
