@@ -190,6 +190,11 @@ def test_named_shadow_end_to_end(bridge, one, mqtt_client):
     (result,) = shadow_apply([ShadowChange(one.tenant_id, one.device_id, "firmware", desired={"version": "2.0"})])
     assert result.error is None
     assert aws.next_on("update/delta")["state"] == {"version": "2.0"}
+    # Beside the seed's shadow/desired, a named shadow's desired state is retained on the native tree.
+    retained = topics.named_desired(one.tenant_id, one.device_id, "firmware")
+    late = mqtt_client().subscribe(retained)
+    (message,) = late.collect(count=1)
+    assert json.loads(message.payload)["desired"] == {"version": "2.0"} and message.retain
     outcome, got = aws.ask("get")
     assert outcome == "accepted" and got["state"]["delta"] == {"version": "2.0"} and got["version"] == 2
 
@@ -197,6 +202,9 @@ def test_named_shadow_end_to_end(bridge, one, mqtt_client):
     assert outcome == "accepted" and got["version"] == 3 and got["clientToken"] == "d"
     outcome, got = aws.ask("get")
     assert outcome == "rejected" and got["code"] == 404
+    wait_until(lambda: NamedShadow.objects.get(device=one, name="firmware").desired_published_version == 2,
+               message="the deleted shadow's retained desired cleared")  # fmt: skip
+    assert [m for m in mqtt_client().subscribe(retained).collect(timeout=1, quiet=1) if m.payload] == []
     outcome, got = aws.ask("update", {"state": {"reported": {"version": "2.0"}}})
     assert outcome == "accepted" and got["version"] == 4  # AWS IoT: a deleted shadow's version goes on
 
