@@ -24,6 +24,7 @@
   var picker = document.getElementById("iot-shadow");
   var createForm = document.getElementById("iot-shadow-create");
   var deleteLink = document.getElementById("iot-shadow-delete");
+  var deleting = null; // the named shadow this page is deleting (its live "gone" event is ours)
   var shadowStatus = document.getElementById("iot-shadow-status");
   var dirty = false;
   var current = JSON.parse(document.getElementById("iot-twin-data").textContent);
@@ -250,6 +251,8 @@
         if (asked !== shadow) return; // another shadow was picked meanwhile
         if (result.ok) {
           render(result.body);
+        } else if (result.body.code === "shadow_not_found" && asked === deleting) {
+          return; // our own delete, answered below: not news from elsewhere
         } else if (result.body.code === "shadow_not_found" && asked) {
           // Deleted elsewhere: back to the classic shadow.
           dirty = false;
@@ -335,18 +338,22 @@
         "Written again, it comes back empty and its version goes on.";
       if (!window.confirm(question)) return;
       sayShadow("Deleting\u2026", "");
+      deleting = name;
       call("POST", withShadow(urls.remove, name)).then(
         function (result) {
           if (!result.ok) {
+            deleting = null;
             sayShadow(refusal("Not deleted: ", result.body), "error");
             return;
           }
           dirty = false;
           select("", "push").then(function () {
+            deleting = null;
             sayShadow("Deleted named shadow " + name + " (at version " + result.body.version + ").", "ok");
           });
         },
         function (err) {
+          deleting = null;
           sayShadow("Not deleted: " + err.message, "error");
         }
       );
