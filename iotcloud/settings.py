@@ -208,7 +208,7 @@ MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="") or "iotcloud-bridge-{}-{}
 MQTT_SESSION_EXPIRY_SECONDS = env.int("MQTT_SESSION_EXPIRY_SECONDS", default=7 * 24 * 3600)
 MQTT_KEEPALIVE_SECONDS = env.int("MQTT_KEEPALIVE_SECONDS", default=30)
 MQTT_BATCH_MAX = env.int("MQTT_BATCH_MAX", default=2000)
-MQTT_BATCH_WAIT_MS = env.int("MQTT_BATCH_WAIT_MS", default=20)
+MQTT_BATCH_WAIT_MS = env.int("MQTT_BATCH_WAIT_MS", default=0)  # 0: a batch takes what is queued, never waits
 MQTT_MAX_PAYLOAD_BYTES = env.int("MQTT_MAX_PAYLOAD_BYTES", default=64 * 1024)
 # Reports per device over MQTT (as DEVICE_RATE_LIMIT for HTTP; same syntax): over it, a report is
 # dropped and answered on .../shadow/reported/rejected. Counted in each bridge process's memory.
@@ -296,6 +296,10 @@ TWIN_MAX_KEY_LENGTH = env.int("TWIN_MAX_KEY_LENGTH", default=128)
 # refused with 413 before it is parsed.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 TWIN_STALE_AFTER = timedelta(seconds=env.int("TWIN_STALE_AFTER_SECONDS", default=30 * 60))
+# Every accepted shadow change publishes update/documents (and update/delta when due). The seed's
+# whole reports (shadow/reported, POST /device/v1/shadow/reported) can be left out: a fleet that
+# reports that way at a high rate and has nobody watching documents saves an outbox row per report.
+TWIN_EVENTS_FOR_SEED_REPORTS = env.bool("TWIN_EVENTS_FOR_SEED_REPORTS", default=True)
 # last_seen is refreshed at most this often by reads, so a polling fleet
 # does not turn every GET into a write.
 DEVICE_LAST_SEEN_RESOLUTION = timedelta(seconds=env.int("DEVICE_LAST_SEEN_RESOLUTION_SECONDS", default=60))

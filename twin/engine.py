@@ -92,6 +92,7 @@ class ShadowChange:
     by_device: bool = False
     client_token: str | None = None
     read: bool = False  # not a change: the shadow as it stands at this point of the sequence (a get)
+    events: bool = True  # leave update/documents (and update/delta) for the bridge
 
 
 @dataclass
@@ -265,7 +266,7 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
     shadows = load_shadows({(c.tenant_id, c.device_id, c.shadow_name) for _, c in valid}, lock=writes)
     policies = _desired_policies({c.tenant_id for _, c in valid if c.by_device and c.desired is not ABSENT})
     now = timezone.now()
-    events: list[ShadowEvent] = []
+    events: list[dict] = []  # ShadowEvent rows (as dicts: a model instance each costs more than the row)
     for index, change in valid:
         shadow = shadows.get((change.tenant_id, change.device_id, change.shadow_name))
         try:
@@ -275,7 +276,7 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
 
     _write(shadows.values(), now)
     if events and settings.MQTT_DIALECTS:
-        ShadowEvent.objects.bulk_create(events)
+        _insert_events(events, now)
     changed = [s for s in shadows.values() if s.dirty]
     if changed or events:
         outbox.wake_delivery()
@@ -398,13 +399,20 @@ def _decide(shadow: Shadow, change: ShadowChange, now, policies, events) -> Chan
         shadow.reported_updated_at = now
     shadow.exists = shadow.dirty = True
     delta = shadow.delta_message()
-    publish_delta = delta is not None and (desired_changed or delta["state"] != previous_delta)
+    # As AWS IoT: a delta when desired changed, or when a report touched a field that still differs
+    # (the device is told again); a report of fields nobody desires sends none.
+    touched = set(change.reported) if isinstance(change.reported, dict) else set()
+    if change.reported_mode == Mode.REPLACE or change.reported is None:
+        touched |= set(previous["state"]["reported"])  # a whole report also removes fields
+    publish_delta = delta is not None and (
+        desired_changed or delta["state"] != previous_delta or bool(touched & delta["state"].keys())
+    )
+    if not change.events:
+        return _result(shadow, accepted={"state": accepted_state, "metadata": accepted_md, "version": shadow.version})
     events.append(
-        ShadowEvent(
-            device_id=shadow.device_pk, shadow_name=shadow.name, created_at=now,
-            documents={"previous": previous, "current": shadow.document()},
-            delta=delta if publish_delta else None, client_token=change.client_token or "",
-        )
+        {"device_id": shadow.device_pk, "shadow_name": shadow.name, "documents": {"previous": previous,
+         "current": shadow.document()}, "delta": delta if publish_delta else None,
+         "client_token": change.client_token or ""}
     )  # fmt: skip
     return _result(shadow, accepted={"state": accepted_state, "metadata": accepted_md, "version": shadow.version})
 
@@ -491,35 +499,66 @@ def _named_row(shadow: Shadow) -> NamedShadow:
     )  # fmt: skip
 
 
+def _insert_events(events: list[dict], now) -> None:
+    if connection.vendor != "postgresql":
+        ShadowEvent.objects.bulk_create([ShadowEvent(**event, created_at=now) for event in events])
+        return
+    with connection.cursor() as cursor:  # as _write_classic: the batch as one JSON document
+        cursor.execute(
+            """
+            INSERT INTO twin_shadow_events (device_id, shadow_name, documents, delta, client_token, created_at)
+            SELECT device_id, shadow_name, documents, delta, client_token, %s
+            FROM jsonb_to_recordset(%s::jsonb) AS v(device_id bigint, shadow_name text, documents jsonb,
+                                                   delta jsonb, client_token text)
+            """,
+            [now, json.dumps(events, separators=(",", ":"))],
+        )
+
+
 def _write_classic(shadows: list[Shadow], now) -> None:
-    """One UPDATE for the batch (PostgreSQL), or one per device (SQLite, the dev default)."""
-    stamp = connection.ops.adapt_datetimefield_value
-    rows = [
-        (s.device_pk, json.dumps(s.desired), json.dumps(s.reported), json.dumps(s.desired_metadata),
-         json.dumps(s.reported_metadata), s.desired_version, s.reported_version, s.version,
-         stamp(s.shadow_updated_at), stamp(s.reported_updated_at), s.seen)
-        for s in shadows
-    ]  # fmt: skip
+    """One UPDATE for the batch (PostgreSQL), or one per device (SQLite, the dev default).
+
+    PostgreSQL gets the whole batch as one JSON document (jsonb_to_recordset): one json.dumps in C,
+    where arrays of text parameters cost psycopg a regex quoting pass per element (5x slower).
+    """
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            columns = list(zip(*rows, strict=True))
+            now_iso = now.isoformat()  # most timestamps of a batch are its `now`: formatted once
+
+            def _iso(moment: datetime | None) -> str | None:
+                return now_iso if moment is now else (moment.isoformat() if moment is not None else None)
+
+            batch = [
+                {"id": s.device_pk, "desired": s.desired, "reported": s.reported, "desired_md": s.desired_metadata,
+                 "reported_md": s.reported_metadata, "desired_version": s.desired_version,
+                 "reported_version": s.reported_version, "version": s.version, "desired_at": _iso(s.shadow_updated_at),
+                 "reported_at": _iso(s.reported_updated_at), "seen": s.seen}
+                for s in shadows
+            ]  # fmt: skip
             cursor.execute(
                 """
                 UPDATE device_state AS d SET
-                    desired_state = v.desired::jsonb, reported_state = v.reported::jsonb,
-                    desired_metadata = v.desired_md::jsonb, reported_metadata = v.reported_md::jsonb,
+                    desired_state = v.desired, reported_state = v.reported,
+                    desired_metadata = v.desired_md, reported_metadata = v.reported_md,
                     desired_version = v.desired_version, reported_version = v.reported_version,
                     shadow_version = v.version, shadow_updated_at = v.desired_at, reported_updated_at = v.reported_at,
                     last_seen = CASE WHEN v.seen THEN %s ELSE d.last_seen END
-                FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[],
-                            %s::integer[], %s::integer[], %s::timestamptz[], %s::timestamptz[], %s::boolean[])
-                     AS v(id, desired, reported, desired_md, reported_md, desired_version, reported_version,
-                          version, desired_at, reported_at, seen)
+                FROM jsonb_to_recordset(%s::jsonb)
+                     AS v(id bigint, desired jsonb, reported jsonb, desired_md jsonb, reported_md jsonb,
+                          desired_version integer, reported_version integer, version integer,
+                          desired_at timestamptz, reported_at timestamptz, seen boolean)
                 WHERE d.id = v.id
                 """,
-                [stamp(now), *[list(column) for column in columns]],
+                [now, json.dumps(batch, separators=(",", ":"))],
             )
             return
+        stamp = connection.ops.adapt_datetimefield_value
+        rows = [
+            (s.device_pk, json.dumps(s.desired), json.dumps(s.reported), json.dumps(s.desired_metadata),
+             json.dumps(s.reported_metadata), s.desired_version, s.reported_version, s.version,
+             stamp(s.shadow_updated_at), stamp(s.reported_updated_at), s.seen)
+            for s in shadows
+        ]  # fmt: skip
         for pk, d, r, dm, rm, dv, rv, v, d_at, r_at, seen in rows:
             cursor.execute(
                 """

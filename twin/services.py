@@ -11,6 +11,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from devices.models import Device
 from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.strict_json import JSONError, loads
@@ -102,13 +104,14 @@ def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
     """
     errors: list[DomainError | None] = [None] * len(reports)
     changes, positions = [], []
+    events = settings.TWIN_EVENTS_FOR_SEED_REPORTS
     for index, report in enumerate(reports):
         if report.reported is None:  # null would mean "clear" to the engine; the seed wants an object
             errors[index] = InvalidInput("reported must be a JSON object, got null", code="not_an_object")
             continue
         changes.append(
             ShadowChange(report.tenant_id, report.device_id, reported=report.reported, reported_mode=Mode.REPLACE,
-                         report_version=report.version, by_device=True)
+                         report_version=report.version, by_device=True, events=events)
         )  # fmt: skip
         positions.append(index)
     for index, result in zip(positions, shadow_apply(changes) if changes else [], strict=True):

@@ -135,3 +135,18 @@ def test_operators_read_write_and_delete_named_shadows(device, operator, other_o
     other_operator.patch(f"{url}/desired", {"desired": {"rate": 1}}, expect=404)
     assert operator.call("delete", url, expect=200).json()["version"] == 3
     operator.get(url, expect=404)
+
+
+def test_every_accepted_change_leaves_its_documents_event(device, device_api, settings):
+    twin_update_desired(device=device, document={"a": 1})
+    device_api.post("/device/v1/shadow/reported", {"reported": {"a": 2}, "version": 1}, expect=200)
+    device_api.patch("/device/v1/shadow/reported", {"reported": {"b": 1}}, expect=200)
+    events = list(ShadowEvent.objects.order_by("id").values_list("documents", "delta"))
+    assert [d["current"]["version"] for d, _ in events] == [1, 2, 3]
+    assert [d["previous"]["version"] for d, _ in events] == [0, 1, 2]
+    assert events[0][1]["state"] == {"a": 1}  # desired changed and differs: a delta
+    assert events[1][1]["state"] == {"a": 1}  # a report of a field that still differs: told again
+    assert events[2][1] is None  # a report of a field nobody desires: no delta
+    settings.TWIN_EVENTS_FOR_SEED_REPORTS = False  # the seed's whole reports may be left out
+    device_api.post("/device/v1/shadow/reported", {"reported": {"a": 1}, "version": 1}, expect=200)
+    assert ShadowEvent.objects.count() == 3 and row(device).shadow_version == 4
