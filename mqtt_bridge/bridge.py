@@ -101,7 +101,11 @@ class Bridge:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        connect_async(self.client, self.broker, protocol=self.protocol, persistent=True)
+        # Messages are acknowledged once their batch is committed: let the broker send a full batch
+        # while the previous one is written (MQTT 5; a 3.1.1 session gets the broker's in-flight limit).
+        connect_async(
+            self.client, self.broker, protocol=self.protocol, persistent=True, receive_maximum=2 * self.batch_max
+        )
         self.client.loop_start()
         self._spawn("ingest", self._ingest_loop)
         self._spawn("deliver", self._deliver_loop)
@@ -223,6 +227,10 @@ class Bridge:
             self._ingest(batch)
 
     def _next_batch(self) -> list[mqtt.MQTTMessage]:
+        """The first message (waiting up to 0.2 s for one), then whatever is queued behind it, up to
+        batch_max, waiting up to batch_wait (MQTT_BATCH_WAIT_MS, 0 by default) for more. Without a wait
+        a dry queue ends the batch at once: under load batches fill by themselves while the previous one
+        is written, and at low load a wait would only delay every request."""
         try:
             first = self.inbox.get(timeout=0.2)
         except queue.Empty:
@@ -262,7 +270,7 @@ class Bridge:
             self.client.publish(topic, payload, qos=1)
         for topic in retained_topics(verdicts):
             self.client.publish(topic, b"", qos=1, retain=True)  # clear the broker's copy
-        if any(v.replies for v in verdicts):
+        if any(_may_write(v) for v in verdicts):
             self.wake.set()  # shadow changes leave events (update/delta, update/documents) to publish
         log_verdicts(verdicts)
         accepted = sum(v.accepted for v in verdicts)
@@ -344,6 +352,17 @@ class Bridge:
         with client._out_message_mutex:  # paho internals, pinned version (see requirements.txt)
             client._out_messages.clear()
             client._inflight_messages = 0
+
+
+READS = frozenset({topics.GET, topics.GET_PENDING, topics.DESCRIBE})
+
+
+def _may_write(verdict) -> bool:
+    """Did this request possibly change something to publish? (Not a get, nor refused: no delivery pass.)"""
+    if not verdict.replies or not verdict.accepted:
+        return False
+    request = topics.parse_request(verdict.message.topic)
+    return request is None or request.operation not in READS
 
 
 def _topic(message: mqtt.MQTTMessage) -> str:

@@ -39,12 +39,19 @@ def make_client(
     return client
 
 
-def connect_async(client: mqtt.Client, broker: BrokerSettings, *, protocol: int, persistent: bool) -> None:
+def connect_async(
+    client: mqtt.Client, broker: BrokerSettings, *, protocol: int, persistent: bool, receive_maximum: int = 0
+) -> None:
+    """`receive_maximum` (MQTT 5): how many QoS 1 messages the broker may send before we acknowledge
+    one. Without it Mosquitto allows its max_inflight_messages, 20 by default: too few for a client that
+    acknowledges a batch only once it is committed (the bridge)."""
     kwargs = {}
     if protocol == V5:
         properties = Properties(PacketTypes.CONNECT)
         if persistent:
             properties.SessionExpiryInterval = settings.MQTT_SESSION_EXPIRY_SECONDS
+        if receive_maximum:
+            properties.ReceiveMaximum = min(receive_maximum, 65535)
         kwargs = {"clean_start": not persistent, "properties": properties}
     client.connect_async(broker.host, broker.port, keepalive=settings.MQTT_KEEPALIVE_SECONDS, **kwargs)
 

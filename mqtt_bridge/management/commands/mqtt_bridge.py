@@ -3,6 +3,7 @@
 Wiring only: build the bridge, stop it on SIGTERM/SIGINT, exit 0.
 """
 
+import gc
 import signal
 
 from django.core.management.base import BaseCommand
@@ -19,6 +20,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, client_id=None, shared_group=None, **options):
         bridge = Bridge(client_id=client_id, shared_group=shared_group)
+        # Django, the apps and their modules live as long as the process: out of the collector's way, so
+        # that a full collection walks only what the bridge made since (without this, one took 100-180 ms,
+        # every request in flight waiting for it; bench/mqtt_shadow_rtt).
+        gc.collect()
+        gc.freeze()
 
         def request_stop(signum, frame):
             bridge.stopping.set()
