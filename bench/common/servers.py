@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import REPO, BenchError, Unavailable, app, cpu, log
@@ -153,19 +154,37 @@ set_tcp_nodelay true
 log_dest stderr
 log_type error
 """
+PROJECT_CONF = REPO / "mqtt_bridge" / "mosquitto.conf"
+# What a private broker replaces in the project's file: where it listens, persists and logs.
+_PRIVATE_KEYS = {"listener", "port", "persistence", "persistence_location", "log_dest", "log_type"}
+
+
+def project_conf(port: int) -> str:
+    """mqtt_bridge/mosquitto.conf (the broker iotcloud documents) as a private broker: every setting as
+    in the file, except its listener (127.0.0.1:`port`), no persistence and errors on stderr."""
+    kept = [
+        line
+        for line in PROJECT_CONF.read_text().splitlines()
+        if not line.strip() or line.lstrip().startswith("#") or line.split()[0] not in _PRIVATE_KEYS
+    ]
+    private = [f"listener {port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error"]
+    header = f"# {PROJECT_CONF.relative_to(REPO)}, made private by bench/common/servers.py"
+    return "\n".join([header, *private, *kept]) + "\n"
 
 
 class Mosquitto(Child):
+    """A private Mosquitto on a free port: MOSQUITTO_CONF, or `config(port)` (e.g. project_conf)."""
+
     name = "mosquitto"
 
-    def __init__(self):
+    def __init__(self, config: Callable[[int], str] | None = None):
         super().__init__()
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
         if binary is None:
             raise Unavailable("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
         self.port = free_port()
         self.conf = self.log_path.with_suffix(".conf")
-        self.conf.write_text(MOSQUITTO_CONF.format(port=self.port))
+        self.conf.write_text(config(self.port) if config else MOSQUITTO_CONF.format(port=self.port))
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.spawn([binary, "-c", str(self.conf)])
         self.starting(self._wait)
