@@ -348,10 +348,16 @@ class Bridge:
         # paho would resend these after a reconnect, possibly after another
         # bridge has published a newer version: drop them, the reconciliation
         # republishes the latest state instead.
+        # Only the retained ones (desired, jobs lists, the canary): request answers and shadow events
+        # stay queued, or a slow broker would cost devices their answers.
         client = self.client
         with client._out_message_mutex:  # paho internals, pinned version (see requirements.txt)
-            client._out_messages.clear()
-            client._inflight_messages = 0
+            stale = [mid for mid, message in client._out_messages.items() if message.retain]
+            for mid in stale:
+                message = client._out_messages.pop(mid)
+                if message.state != mqtt.mqtt_ms_queued:  # it held an in-flight slot
+                    client._inflight_messages = max(0, client._inflight_messages - 1)
+            client._update_inflight()  # send what waited behind them
 
 
 READS = frozenset({topics.GET, topics.GET_PENDING, topics.DESCRIBE})
