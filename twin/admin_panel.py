@@ -33,12 +33,12 @@ from devices.admin_scope import may_write
 from devices.choices import DeviceStatus
 from devices.models import Device
 from iotcloud.api.parsers import parse_json_bytes
-from iotcloud.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge
+from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.strict_json import JSONError
 from twin.choices import SYNC_STATUSES, SyncStatus
 from twin.engine import CLASSIC, shadow_get, shadow_names
 from twin.selectors import sync_status_q, twin_document
-from twin.services import DesiredMode, shadow_delete, shadow_write_desired, twin_update_desired
+from twin.services import DesiredMode, shadow_create, shadow_delete, shadow_write_desired, twin_update_desired
 
 # --- the device list: sync badge and filter ----------------------------------------------------------
 
@@ -255,16 +255,8 @@ class TwinPanelAdmin:
 
 
 def _create_named_shadow(device: Device, shadow_name: str) -> None:
-    """A named shadow is created by its first write (twin.engine); creating one that exists is refused
-    here, so that "create" never writes into a shadow someone is using."""
-    try:
-        shadow_get(device=device, shadow_name=shadow_name)  # the service checks the name
-    except NotFound as exc:
-        if exc.code != "shadow_not_found":
-            raise
-        shadow_write_desired(device=device, shadow_name=shadow_name, document={})
-        return
-    raise Conflict(f"A shadow named {shadow_name!r} already exists: pick it to edit it", code="shadow_exists")
+    """Create never writes into a shadow someone is using: the service refuses an existing one (409)."""
+    shadow_create(device=device, shadow_name=shadow_name)
 
 
 def _name_from_json(request):

@@ -93,6 +93,7 @@ class ShadowChange:
     client_token: str | None = None
     read: bool = False  # not a change: the shadow as it stands at this point of the sequence (a get)
     events: bool = True  # leave update/documents (and update/delta) for the bridge
+    create: bool = False  # refused (409) if the shadow exists: decided under the row lock
 
 
 @dataclass
@@ -330,6 +331,8 @@ def _apply(shadow: Shadow | None, change: ShadowChange, now, policies, events, s
 def _decide(shadow: Shadow, change: ShadowChange, now, policies, events) -> ChangeResult:
     if change.delete:
         return _delete(shadow, change, now)
+    if change.create and shadow.exists:
+        raise Conflict(f"A shadow named {shadow.name!r} already exists", code="shadow_exists")
     if not shadow.exists and change.reported is ABSENT and change.desired is None:
         raise no_such_shadow(shadow.name)  # clearing the desired of a shadow that is not there
     if change.version is not None and change.version != shadow.version:

@@ -18,8 +18,8 @@ from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.strict_json import JSONError, loads
 from twin.engine import CLASSIC, ChangeResult, Mode, ShadowChange, check_version, shadow_apply
 
-__all__ = ["DesiredMode", "Report", "check_version", "shadow_apply_one", "shadow_delete", "shadow_write_desired",
-           "twin_record_reported", "twin_record_reports", "twin_update_desired"]  # fmt: skip
+__all__ = ["DesiredMode", "Report", "check_version", "shadow_apply_one", "shadow_create", "shadow_delete",
+           "shadow_write_desired", "twin_record_reported", "twin_record_reports", "twin_update_desired"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ def shadow_write_desired(
     """An operator's desired write to any shadow of a device (a named one is created by its first write)."""
     return shadow_apply_one(ShadowChange(device.tenant_id, device.device_id, shadow_name, desired=document,
                                          desired_mode=mode, expected_desired_version=expected_version))  # fmt: skip
+
+
+def shadow_create(*, device: Device, shadow_name: str) -> ChangeResult:
+    """Create an empty named shadow; 409 shadow_exists if it is there (checked and written under one lock)."""
+    return shadow_apply_one(ShadowChange(device.tenant_id, device.device_id, shadow_name, desired={}, create=True))
 
 
 def shadow_delete(*, device: Device, shadow_name: str = CLASSIC, by_device: bool = False) -> ChangeResult:

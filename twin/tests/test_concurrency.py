@@ -120,3 +120,21 @@ def test_parallel_versioned_updates_exactly_one_wins(postgres_only, tenant, make
     assert sorted(outcomes) == ["ok"] + ["version_conflict"] * (THREADS - 1)
     device.refresh_from_db()
     assert device.shadow_version == 1 and device.reported_state == {"winner": outcomes.index("ok")}
+
+
+@pytest.mark.postgres
+def test_parallel_creates_of_one_named_shadow_exactly_one_wins(postgres_only, tenant, make_device):
+    from iotcloud.errors import Conflict
+    from twin.services import shadow_create
+
+    device = make_device(tenant)
+
+    def create(n):
+        try:
+            shadow_create(device=device, shadow_name="cfg")
+        except Conflict as exc:
+            return exc.code
+        return "created"
+
+    outcomes = run_in_threads(create, THREADS)
+    assert sorted(outcomes) == ["created"] + ["shadow_exists"] * (THREADS - 1)
