@@ -221,6 +221,10 @@ MQTT_DIALECTS = env.list("MQTT_DIALECTS", default=["native", "aws"])
 if not set(MQTT_DIALECTS) <= {"native", "aws"}:
     raise ImproperlyConfigured(f'MQTT_DIALECTS takes "native" and/or "aws", not {",".join(MQTT_DIALECTS)!r}')
 MQTT_PUBLISH_TIMEOUT_SECONDS = env.float("MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0)
+# The shadow events (update/documents, update/delta) of the bridge's own batches are published by it
+# right after the commit; if the broker has not acknowledged them within this lease (the bridge died,
+# the broker went away), the delivery loop of any bridge publishes them from the outbox.
+MQTT_EVENT_LEASE_SECONDS = env.float("MQTT_EVENT_LEASE_SECONDS", default=30.0)
 MQTT_DELIVERY_BATCH = env.int("MQTT_DELIVERY_BATCH", default=500)
 # Safety-net poll for desired delivery; PostgreSQL also wakes the bridge at once (LISTEN/NOTIFY).
 MQTT_POLL_SECONDS = env.float(

@@ -42,6 +42,7 @@ from mqtt_bridge.delivery import (
     desired_deliver_pending,
     jobs_deliver_pending,
     named_desired_deliver_pending,
+    shadow_event_publications,
     shadow_events_deliver_pending,
 )
 from mqtt_bridge.heartbeat import Heartbeat
@@ -56,6 +57,7 @@ from mqtt_bridge.ingest import (
 )
 from mqtt_bridge.listener import NotificationListener
 from mqtt_bridge.recovery import Recovery
+from twin.engine import leased_events, shadow_events_delete
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,12 @@ class Bridge:
         self.client: mqtt.Client | None = None
         self.accounts: AccountsLoop | None = None  # per-device broker accounts (MQTT_DEVICE_AUTH=dynsec)
         self.recovery = Recovery(self)  # the broker's retained state back after it lost it
+        # Shadow events of our own batches, published right after their commit (ingest thread only):
+        # (event id, its messages' infos, when) until the broker acknowledged them all, then their ids
+        # until the next batch's transaction deletes them.
+        self._unconfirmed: list[tuple[int, list[mqtt.MQTTMessageInfo], float]] = []
+        self._confirmed: list[int] = []
+        self._recycled_at = 0.0
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -221,6 +229,7 @@ class Bridge:
         while True:
             batch = self._next_batch()
             if not batch:
+                self._forget_published_events()  # idle: no batch to delete them in
                 if self.stopping.is_set():
                     return
                 continue
@@ -248,10 +257,13 @@ class Bridge:
     def _ingest(self, batch: Sequence[mqtt.MQTTMessage]) -> None:
         incoming = [Incoming(_topic(m), m.payload, m.mid, m.qos, bool(m.retain)) for m in batch]
         attempt = 0
+        self._collect_confirmed_events()
         while True:
-            close_old_connections()
+            self._recycle_connection()
             try:
-                verdicts = ingest_batch(incoming)
+                with leased_events(settings.MQTT_EVENT_LEASE_SECONDS) as events:
+                    verdicts = ingest_batch(incoming, published_events=self._confirmed)
+                self._confirmed = []
                 replies = rejection_replies(verdicts) + request_replies(verdicts)
                 break
             except (DatabaseError, InterfaceError):
@@ -260,6 +272,7 @@ class Bridge:
                 attempt += 1
                 logger.exception("batch of %d failed (attempt %d); retrying", len(batch), attempt)
                 connection.close()
+                self._recycled_at = 0.0
                 if self.stopping.wait(min(30, 0.5 * 2**attempt)):
                     return
         # Committed: now, and only now, acknowledge, in arrival order.
@@ -270,8 +283,9 @@ class Bridge:
             self.client.publish(topic, payload, qos=1)
         for topic in retained_topics(verdicts):
             self.client.publish(topic, b"", qos=1, retain=True)  # clear the broker's copy
-        if any(_may_write(v) for v in verdicts):
-            self.wake.set()  # shadow changes leave events (update/delta, update/documents) to publish
+        self._publish_events(events)
+        if connection.vendor != "postgresql" and any(_may_write(v) for v in verdicts):
+            self.wake.set()  # no NOTIFY on SQLite: a device's desired write or a job's lists to publish
         log_verdicts(verdicts)
         accepted = sum(v.accepted for v in verdicts)
         codes = [v.error.code for v in verdicts if v.error is not None]
@@ -280,6 +294,51 @@ class Bridge:
         self.stats["rejected"] += len(batch) - accepted
         self.stats["rate_limited"] += codes.count("rate_limited")
         self.stats["retained"] += codes.count(RETAINED)
+
+    def _recycle_connection(self) -> None:
+        """close_old_connections (CONN_MAX_AGE, the health check) at most once a second, not per batch:
+        the health check costs a round trip."""
+        now = time.monotonic()
+        if now - self._recycled_at >= 1:
+            self._recycled_at = now
+            close_old_connections()
+
+    def _publish_events(self, events) -> None:
+        """Our batch's shadow events, right behind its answers (leased to us: the delivery loop waits)."""
+        now = time.monotonic()
+        for event in events:
+            infos = [self.client.publish(p.topic, p.payload, qos=1) for p in shadow_event_publications(event)]
+            self._unconfirmed.append((event.pk, infos, now))
+            self.stats["events"] += len(infos)
+
+    def _collect_confirmed_events(self) -> None:
+        """Move the events whose every message the broker acknowledged to _confirmed (to delete); give
+        up on those it has not acknowledged within the lease: the delivery loop publishes them again."""
+        lease = settings.MQTT_EVENT_LEASE_SECONDS
+        now = time.monotonic()
+        waiting = []
+        for pk, infos, since in self._unconfirmed:
+            try:
+                published = all(info.is_published() for info in infos)
+            except (RuntimeError, ValueError):  # never queued (no connection): the lease runs out
+                continue
+            if published:
+                self._confirmed.append(pk)
+            elif now - since < lease:
+                waiting.append((pk, infos, since))
+        self._unconfirmed = waiting
+
+    def _forget_published_events(self) -> None:
+        self._collect_confirmed_events()
+        if not self._confirmed:
+            return
+        self._recycle_connection()
+        try:
+            shadow_events_delete(self._confirmed)
+            self._confirmed = []
+        except (DatabaseError, InterfaceError):
+            logger.exception("could not delete %d published shadow events; retrying", len(self._confirmed))
+            connection.close()
 
     # --- desired delivery ------------------------------------------------------
 
@@ -293,13 +352,11 @@ class Bridge:
                 continue
             close_old_connections()
             try:
-                while not self.stopping.is_set() and self.connected.is_set():
-                    desired = desired_deliver_pending(publish=self._publish_all)
-                    jobs = jobs_deliver_pending(publish=self._publish_all)
-                    desired += named_desired_deliver_pending(publish=self._publish_all)
-                    events = shadow_events_deliver_pending(publish=self._publish_all)
-                    if not desired and not jobs and not events:
-                        break
+                # Each kind until it has nothing left; one found empty is not asked again in this pass
+                # (what is written meanwhile wakes us again: NOTIFY, or the next poll).
+                kinds = list(DELIVERIES)
+                while kinds and not self.stopping.is_set() and self.connected.is_set():
+                    kinds = [deliver for deliver in kinds if deliver(publish=self._publish_all)]
                 if self.connected.is_set():
                     self.recovery.anti_entropy(publish=self._publish_all)
             except (DatabaseError, InterfaceError):
@@ -360,6 +417,8 @@ class Bridge:
             client._update_inflight()  # send what waited behind them
 
 
+DELIVERIES = (desired_deliver_pending, jobs_deliver_pending, named_desired_deliver_pending,
+              shadow_events_deliver_pending)  # fmt: skip
 READS = frozenset({topics.GET, topics.GET_PENDING, topics.DESCRIBE})
 
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
+from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.models import Device
 from iotcloud import outbox
 from mqtt_bridge import topics
+from twin.engine import LeasedEvent
 
 logger = logging.getLogger(__name__)
 
@@ -228,54 +230,60 @@ def shadow_events_deliver_pending(*, publish: Publisher, limit: int | None = Non
     """Publish one batch of shadow events (update/documents, update/delta) in both dialects; returns how many.
 
     Claimed oldest first with FOR UPDATE SKIP LOCKED and deleted once every message of the event was
-    acknowledged (the rest stay for the next pass). Not retained: they are news, not state. Events of
-    devices decommissioned meanwhile are dropped. With several bridges two events of one shadow can
-    be published out of order; their `version` tells which is newer (as AWS IoT says of its own).
+    acknowledged (the rest stay for the next pass). Events a bridge leased to publish itself (those
+    of its own batches, twin.engine.leased_events) are left to it until the lease ends. Not retained:
+    they are news, not state. Events of devices decommissioned meanwhile are dropped. With several
+    bridges two events of one shadow can be published out of order; their `version` tells which is
+    newer (as AWS IoT says of its own).
     """
     from twin.models import ShadowEvent
 
     with transaction.atomic():
-        events = list(
-            ShadowEvent.objects.order_by("id")
+        rows = list(
+            ShadowEvent.objects.filter(Q(leased_until__isnull=True) | Q(leased_until__lt=timezone.now()))
+            .order_by("id")
             .select_for_update(skip_locked=True)
             .values_list("id", "device_id", "shadow_name", "documents", "delta", "client_token", "created_at")[
                 : limit or settings.MQTT_DELIVERY_BATCH
             ]
         )
-        if not events:
+        if not rows:
             return 0
         devices = {
             pk: (tenant_id, device_id)
             for pk, tenant_id, device_id in Device.objects.filter(
-                pk__in={e[1] for e in events}, status=DeviceStatus.ACTIVE
+                pk__in={row[1] for row in rows}, status=DeviceStatus.ACTIVE
             ).values_list("id", "tenant_id", "device_id")
         }
         publications, expected = [], {}
-        for pk, device_pk, name, documents, delta, token, created_at in events:
-            if device_pk not in devices:
-                continue
-            tenant_id, device_id = devices[device_pk]
-            extra = {"timestamp": int(created_at.timestamp()), **({"clientToken": token} if token else {})}
-            messages = [("update/documents", {**documents, **extra})]
-            if delta is not None:
-                messages.append(("update/delta", {**delta, **extra}))
-            for dialect in topics.DIALECTS:
-                if dialect not in settings.MQTT_DIALECTS:
-                    continue
-                for suffix, body in messages:
-                    publications.append(
-                        Publication(
-                            topic=topics.shadow_topic(dialect, tenant_id, device_id, name, suffix),
-                            payload=json.dumps(body, separators=(",", ":")).encode(),
-                            device_pk=device_pk, version=0, retain=False, row_pk=pk,
-                        )
-                    )  # fmt: skip
-            expected[pk] = sum(1 for p in publications if p.row_pk == pk)
+        for pk, device_pk, name, documents, delta, token, created_at in rows:
+            if device_pk in devices:
+                event = LeasedEvent(pk, *devices[device_pk], device_pk, name, documents, delta, token, created_at)
+                mine = shadow_event_publications(event)
+                publications += mine
+                expected[pk] = len(mine)
         acknowledged: dict[int, int] = {}
         for publication in publish(publications) if publications else []:
             acknowledged[publication.row_pk] = acknowledged.get(publication.row_pk, 0) + 1
-        done = [pk for pk, *_ in events if acknowledged.get(pk, 0) >= expected.get(pk, 0)]
+        done = [pk for pk, *_ in rows if acknowledged.get(pk, 0) >= expected.get(pk, 0)]
         ShadowEvent.objects.filter(pk__in=done).delete()
     if done:
         logger.debug("shadow events published: %d", len(done))
     return len(done)
+
+
+def shadow_event_publications(event: LeasedEvent) -> list[Publication]:
+    """An event's messages: update/documents, and update/delta when due, in every enabled dialect."""
+    extra = {"timestamp": int(event.created_at.timestamp()), **({"clientToken": event.client_token}
+             if event.client_token else {})}  # fmt: skip
+    messages = [("update/documents", {**event.documents, **extra})]
+    if event.delta is not None:
+        messages.append(("update/delta", {**event.delta, **extra}))
+    encoded = [(suffix, json.dumps(body, separators=(",", ":")).encode()) for suffix, body in messages]
+    publications = []
+    for dialect in topics.DIALECTS:
+        if dialect in settings.MQTT_DIALECTS:
+            for suffix, payload in encoded:
+                topic = topics.shadow_topic(dialect, event.tenant_id, event.device_id, event.shadow_name, suffix)
+                publications.append(Publication(topic, payload, event.device_pk, 0, retain=False, row_pk=event.pk))
+    return publications

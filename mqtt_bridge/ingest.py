@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from devices.choices import DeviceStatus
 from devices.models import Device
@@ -26,6 +26,7 @@ from mqtt_bridge.jobs_api import aws_code as jobs_aws_code
 from mqtt_bridge.jobs_api import handle_jobs_requests
 from mqtt_bridge.requests import Reply, rejection, token_of
 from mqtt_bridge.shadow_api import handle_shadow_requests
+from twin.engine import shadow_events_delete
 from twin.services import Report, parse_report_payload, twin_record_reports
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ class Verdict:
 
 
 @transaction.atomic
-def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
+def ingest_batch(messages: Sequence[Incoming], *, published_events: Sequence[int] = ()) -> list[Verdict]:
+    """The batch's verdicts, in one transaction; `published_events`: leased shadow events of earlier
+    batches the broker acknowledged, deleted in the same transaction (no commit of their own)."""
+    shadow_events_delete(published_events)
     verdicts: list[Verdict | None] = [None] * len(messages)
     reports: list[Report] = []
     positions: list[int] = []
@@ -97,22 +101,27 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
 
 
 def _answer_requests(messages, requests, admitted, verdicts) -> None:
-    """Refuse what must be refused (retained, over the rate, unknown devices), hand the rest to the handlers."""
-    active = _active_devices({(r.tenant_id, r.device_id) for _, r in requests if r.tenant_id is not None})
-    routed: dict[str, list[tuple[int, topics.Request, Device]]] = {topics.SHADOW: [], topics.JOBS: []}
+    """Refuse what must be refused (retained, over the rate, unknown devices), hand the rest to the handlers.
+
+    Shadow requests go to their handler without a lookup: the engine finds their devices under its
+    row locks anyway and the handler leaves those that name no active device unanswered. Jobs
+    requests and refusals need the device first (one query, only when there are any)."""
+    refusals = {index: _retained_or_over_rate(messages[index], admitted[index]) for index, _ in requests}
+    looked_up = {(r.tenant_id, r.device_id) for i, r in requests
+                 if r.tenant_id is not None and (r.service == topics.JOBS or refusals[i] is not None)}  # fmt: skip
+    active = _active_devices(looked_up) if looked_up else {}
+    routed: dict[str, list[tuple[int, topics.Request, object]]] = {topics.SHADOW: [], topics.JOBS: []}
     for index, request in requests:
         message = messages[index]
         if not message.payload and message.retained:
             verdicts[index] = Verdict(message, InvalidInput("Empty message: not a request", code=EMPTY))
             continue
-        device = active.get((request.tenant_id, request.device_id))
-        if device is None:  # nobody to tell: no such active device (or a thing name that names none)
-            verdicts[index] = Verdict(
-                message,
-                InvalidInput(f"No active device for thing {request.thing_name!r}", code="device_not_found"),
-            )
+        device = request if request.service == topics.SHADOW and refusals[index] is None else None
+        device = device or active.get((request.tenant_id, request.device_id))
+        if device is None or request.tenant_id is None:
+            verdicts[index] = _no_device(message, request)
             continue
-        refusal = _retained_or_over_rate(message, admitted[index])
+        refusal = refusals[index]
         if refusal is not None:
             code = jobs_aws_code(refusal) if request.service == topics.JOBS else None  # AWS Jobs codes are names
             reply = rejection(request, refusal, token_of(message.payload), aws_code=code)
@@ -122,20 +131,44 @@ def _answer_requests(messages, requests, admitted, verdicts) -> None:
     for service, items in routed.items():
         if items:
             answers = HANDLERS[service]([(request, device, messages[i].payload) for i, request, device in items])
-            for (index, _, _), reply in zip(items, answers, strict=True):
-                verdicts[index] = Verdict(messages[index], replies=(reply,))
+            for (index, request, _), reply in zip(items, answers, strict=True):
+                verdicts[index] = (
+                    Verdict(messages[index], replies=(reply,)) if reply else _no_device(messages[index], request)
+                )
+
+
+def _no_device(message: Incoming, request: topics.Request) -> Verdict:
+    """Nobody to tell: no such active device (or a thing name that names none)."""
+    return Verdict(message, InvalidInput(f"No active device for thing {request.thing_name!r}", code="device_not_found"))
+
+
+_ACTIVE_FIELDS = ("id", "tenant_id", "device_id", "status")
 
 
 def _active_devices(keys: set[tuple[str, str]]) -> dict[tuple[str, str], Device]:
-    found: dict[tuple[str, str], Device] = {}
-    by_tenant: dict[str, list[str]] = {}
-    for tenant_id, device_id in keys:
-        by_tenant.setdefault(tenant_id, []).append(device_id)
-    for tenant_id, device_ids in by_tenant.items():
-        for device in Device.objects.filter(
-            tenant_id=tenant_id, device_id__any_of=sorted(device_ids), status=DeviceStatus.ACTIVE
-        ).only("id", "tenant_id", "device_id", "status"):
-            found[(device.tenant_id, device.device_id)] = device
+    """The active devices among the keys, in one query (on every batch: plain SQL, no ORM compile)."""
+    if not keys:
+        return {}
+    tenants, devices = zip(*sorted(keys), strict=True)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT d.id, d.tenant_id, d.device_id, d.status FROM device_state d"
+                " JOIN unnest(%s::text[], %s::text[]) AS k(tenant_id, device_id)"
+                " ON d.tenant_id = k.tenant_id AND d.device_id = k.device_id WHERE d.status = %s",
+                [list(tenants), list(devices), DeviceStatus.ACTIVE],
+            )
+            rows = cursor.fetchall()
+        else:
+            rows = list(
+                Device.objects.filter(device_id__in=set(devices), status=DeviceStatus.ACTIVE).values_list(
+                    *_ACTIVE_FIELDS
+                )
+            )
+    found = {}
+    for row in rows:
+        if (row[1], row[2]) in keys:
+            found[(row[1], row[2])] = Device.from_db(connection.alias, _ACTIVE_FIELDS, row)
     return found
 
 

@@ -1,17 +1,17 @@
 """The shadow service over MQTT, both dialects: get, update and delete of classic and named shadows.
 
-The bridge's ingest hands over the shadow requests of one batch (devices that exist and are
-active, messages that were neither retained nor over the rate limit). Gets, updates and deletes
-go through twin.engine.shadow_apply in one call, in arrival order: a get answers the shadow as it
-stands after the requests before it. update/delta and update/documents are
-not answers: the engine leaves them in the events outbox and the delivery loop publishes them.
+The bridge's ingest hands over the shadow requests of one batch (messages that were neither
+retained nor over the rate limit). Gets, updates and deletes go through twin.engine.shadow_apply
+in one call, in arrival order: a get answers the shadow as it stands after the requests before it.
+update/delta and update/documents are not answers: the engine leaves them in the events outbox,
+leased to the bridge that made them, which publishes them behind the answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from devices.models import Device
 from iotcloud.errors import DomainError, InvalidInput
 from mqtt_bridge import topics
 from mqtt_bridge.requests import Reply, accepted, client_token, parse_body, rejection, token_of
@@ -19,7 +19,20 @@ from twin.engine import ShadowChange, shadow_apply
 from twin.protocol import delete_change, update_change
 
 
-def handle_shadow_requests(items: Sequence[tuple[topics.Request, Device, bytes]]) -> list[Reply]:
+class DeviceKey(Protocol):
+    """Names a device (a Device, or the Request whose topic names it)."""
+
+    tenant_id: str
+    device_id: str
+
+
+# The engine's answers for a device that does not exist or is not active: nobody to answer.
+NO_DEVICE = frozenset({"device_not_found", "device_decommissioned"})
+
+
+def handle_shadow_requests(items: Sequence[tuple[topics.Request, DeviceKey, bytes]]) -> list[Reply | None]:
+    """One answer per request, in order; None for a request whose device is not an active device
+    (the engine decides that under its row locks: the caller does not look devices up first)."""
     replies: list[Reply | None] = [None] * len(items)
     operations: list[tuple[int, str | None, ShadowChange]] = []
     for index, (request, device, payload) in enumerate(items):
@@ -35,17 +48,18 @@ def handle_shadow_requests(items: Sequence[tuple[topics.Request, Device, bytes]]
     for (index, token, _), result in zip(operations, results, strict=True):
         request = items[index][0]
         if result.error is not None:
-            replies[index] = rejection(request, result.error, token)
+            if result.error.code not in NO_DEVICE:
+                replies[index] = rejection(request, result.error, token)
             continue
         document = dict(result.accepted)
         if request.operation == topics.GET and request.dialect == topics.AWS:
             document.pop("desired_version", None)  # native answers carry the seed's versions, AWS's do not
             document.pop("reported_version", None)
         replies[index] = accepted(request, document, token)
-    return replies  # type: ignore[return-value]
+    return replies
 
 
-def _change(request: topics.Request, device: Device, body: dict) -> ShadowChange:
+def _change(request: topics.Request, device: DeviceKey, body: dict) -> ShadowChange:
     if request.operation == topics.GET:
         unknown = sorted(body.keys() - {"clientToken"})
         if unknown:

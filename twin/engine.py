@@ -17,11 +17,13 @@ twin_named_shadows, so `Shadow` below reads and writes either.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -118,6 +120,7 @@ class Shadow:
     reported_updated_at: datetime | None = None
     dirty: bool = False
     seen: bool = False  # the device spoke: last_seen moves (classic row only)
+    desired_moved: bool = False  # desired_version advanced: its retained message is due
 
     def document(self) -> dict:
         """State, metadata and version (the documents message's previous/current)."""
@@ -189,11 +192,7 @@ def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
     pks: dict[tuple[str, str], int] = {}
     rows = []
     for tenant_id in sorted(by_tenant):  # every writer locks in the same order: tenant, then id
-        query = Device.objects.filter(tenant_id=tenant_id, device_id__any_of=sorted(by_tenant[tenant_id]))
-        query = query.order_by("id")
-        if lock:
-            query = query.select_for_update()
-        rows.extend(query.values_list(*_DEVICE_FIELDS))
+        rows.extend(_device_rows(tenant_id, sorted(by_tenant[tenant_id]), lock=lock))
     for pk, tenant_id, device_id, status, d, r, dm, rm, dv, rv, v, d_at, r_at in sorted(rows):
         pks[(tenant_id, device_id)] = pk
         shadows[(tenant_id, device_id, CLASSIC)] = Shadow(
@@ -220,6 +219,27 @@ def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
     return shadows
 
 
+def _device_rows(tenant_id: str, device_ids: list[str], *, lock: bool) -> list[tuple]:
+    """_DEVICE_FIELDS of the tenant's devices among device_ids, in id order (locked FOR UPDATE with lock).
+
+    PostgreSQL (every bridge batch and device request comes here): plain SQL with the ids as one
+    JSON parameter, no ORM compile and no per-element array quoting."""
+    if connection.vendor != "postgresql":
+        query = Device.objects.filter(tenant_id=tenant_id, device_id__any_of=device_ids).order_by("id")
+        return list((query.select_for_update() if lock else query).values_list(*_DEVICE_FIELDS))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(_DEVICE_FIELDS)} FROM device_state WHERE tenant_id = %s"  # noqa: S608 (constants)
+            " AND device_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%s::jsonb))) ORDER BY id"
+            + (" FOR UPDATE" if lock else ""),
+            [tenant_id, json.dumps(device_ids)],
+        )
+        rows = cursor.fetchall()
+    loads = json.loads  # jsonb arrives as text (Django's loader; the ORM would decode it the same way)
+    return [(pk, t, d, status, loads(ds), loads(rs), loads(dm), loads(rm), *rest)
+            for pk, t, d, status, ds, rs, dm, rm, *rest in rows]  # fmt: skip
+
+
 def shadow_get(*, device: Device, shadow_name: str = CLASSIC) -> Shadow:
     """One shadow of a device; NotFound for a named shadow that does not exist (or was deleted)."""
     check_shadow_name(shadow_name)
@@ -244,10 +264,57 @@ def no_such_shadow(name: str) -> NotFound:
     return NotFound(f"No shadow exists with name {name!r}", code="shadow_not_found")
 
 
+# --- events the caller publishes itself -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeasedEvent:
+    """A ShadowEvent row its writer publishes itself once the transaction committed (the bridge, for
+    the changes its own batch made), then deletes (shadow_events_delete); until `leased_until` the
+    delivery loop leaves it alone, after it (the writer died, the broker never acknowledged) the
+    delivery loop publishes it as any other."""
+
+    pk: int
+    tenant_id: str
+    device_id: str
+    device_pk: int
+    shadow_name: str
+    documents: dict
+    delta: dict | None
+    client_token: str
+    created_at: datetime
+
+
+_leases: contextvars.ContextVar[tuple[float, list[LeasedEvent]] | None] = contextvars.ContextVar(
+    "shadow_event_leases", default=None
+)
+
+
+@contextlib.contextmanager
+def leased_events(seconds: float) -> Iterator[list[LeasedEvent]]:
+    """Within the block, the events shadow_apply records are leased to the caller for `seconds` and
+    listed in the yielded list (valid once the caller's transaction committed)."""
+    leased: list[LeasedEvent] = []
+    token = _leases.set((seconds, leased))
+    try:
+        yield leased
+    finally:
+        _leases.reset(token)
+
+
+def shadow_events_delete(pks: Sequence[int]) -> None:
+    """Forget events that were published (their broker acknowledged every message)."""
+    if pks:
+        ShadowEvent.objects.filter(pk__in=list(pks)).delete()
+
+
 # --- writing --------------------------------------------------------------------------------------
 
 
-@transaction.atomic
+# No savepoint: a DomainError is a result, never raised out of here; a database error fails the
+# caller's transaction as a whole (the bridge retries its batch), so a savepoint would only cost two
+# round trips per call.
+@transaction.atomic(savepoint=False)
 def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
     """Apply changes in order; one result per change (its error, or what was accepted; for a read,
     the full document at that point, with the seed's versions)."""
@@ -276,11 +343,12 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
             results[index] = ChangeResult(error=exc)
 
     _write(shadows.values(), now)
+    leased = False
     if events and settings.MQTT_DIALECTS:
-        _insert_events(events, now)
+        leased = _insert_events(events, now, shadows)
     changed = [s for s in shadows.values() if s.dirty]
-    if changed or events:
-        outbox.wake_delivery()
+    if any(s.desired_moved for s in changed) or (events and not leased):
+        outbox.wake_delivery()  # a retained desired message, or events nobody publishes yet
     by_tenant: dict[str, set[str]] = {}
     for shadow in changed:
         by_tenant.setdefault(shadow.tenant_id, set()).add(shadow.device_id)
@@ -393,6 +461,7 @@ def _decide(shadow: Shadow, change: ShadowChange, now, policies, events) -> Chan
     if not (desired_changed or reported_changed):  # an older seed report: accepted, nothing to store
         return _result(shadow, accepted={"state": accepted_state, "metadata": {}, "version": shadow.version})
 
+    shadow.desired_moved |= desired_changed
     shadow.desired, shadow.desired_metadata, shadow.desired_version = desired, desired_md, desired_version
     shadow.reported, shadow.reported_metadata, shadow.reported_version = reported, reported_md, reported_version
     shadow.version += 1
@@ -456,6 +525,7 @@ def _delete(shadow: Shadow, change: ShadowChange, now) -> ChangeResult:
     # retained desired state is republished empty, and an empty report is in step with it.
     shadow.desired, shadow.reported, shadow.desired_metadata, shadow.reported_metadata = {}, {}, {}, {}
     shadow.desired_version += 1
+    shadow.desired_moved = True
     shadow.reported_version = shadow.desired_version
     shadow.version += 1
     shadow.shadow_updated_at = shadow.reported_updated_at = now
@@ -502,20 +572,40 @@ def _named_row(shadow: Shadow) -> NamedShadow:
     )  # fmt: skip
 
 
-def _insert_events(events: list[dict], now) -> None:
+def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow]) -> bool:
+    """Record the events; True when they are leased to the caller (leased_events)."""
+    lease = _leases.get()
+    leased_until = now + timedelta(seconds=lease[0]) if lease is not None else None
     if connection.vendor != "postgresql":
-        ShadowEvent.objects.bulk_create([ShadowEvent(**event, created_at=now) for event in events])
-        return
-    with connection.cursor() as cursor:  # as _write_classic: the batch as one JSON document
-        cursor.execute(
-            """
-            INSERT INTO twin_shadow_events (device_id, shadow_name, documents, delta, client_token, created_at)
-            SELECT device_id, shadow_name, documents, delta, client_token, %s
-            FROM jsonb_to_recordset(%s::jsonb) AS v(device_id bigint, shadow_name text, documents jsonb,
-                                                   delta jsonb, client_token text)
-            """,
-            [now, json.dumps(events, separators=(",", ":"))],
+        rows = ShadowEvent.objects.bulk_create(
+            [ShadowEvent(**event, created_at=now, leased_until=leased_until) for event in events]
         )
+        pks = [row.pk for row in rows]
+    else:
+        with connection.cursor() as cursor:  # as _write_classic: the batch as one JSON document
+            cursor.execute(
+                """
+                INSERT INTO twin_shadow_events
+                    (device_id, shadow_name, documents, delta, client_token, created_at, leased_until)
+                SELECT device_id, shadow_name, documents, delta, client_token, %s, %s
+                FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (device_id bigint, shadow_name text,
+                     documents jsonb, delta jsonb, client_token text)) WITH ORDINALITY
+                     AS v(device_id, shadow_name, documents, delta, client_token, n)
+                ORDER BY n
+                RETURNING id
+                """,
+                [now, leased_until, json.dumps(events, separators=(",", ":"))],
+            )
+            pks = sorted(pk for (pk,) in cursor.fetchall())  # ids follow the insertion order
+    if lease is None:
+        return False
+    names = {s.device_pk: (s.tenant_id, s.device_id) for s in shadows.values()}
+    lease[1].extend(
+        LeasedEvent(pk, *names[e["device_id"]], e["device_id"], e["shadow_name"], e["documents"], e["delta"],
+                    e["client_token"], now)
+        for pk, e in zip(pks, events, strict=True)
+    )  # fmt: skip
+    return True
 
 
 def _write_classic(shadows: list[Shadow], now) -> None:

@@ -62,6 +62,8 @@ class ShadowEvent(models.Model):
     delta = models.JSONField(null=True, blank=True)  # {"state": ..., "metadata": ..., "version": n}
     client_token = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField()
+    # Its writer publishes it itself until then (twin.engine.leased_events); the delivery loop after.
+    leased_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "twin_shadow_events"

@@ -7,14 +7,18 @@ against the database, and every refusal leaves the database as it was.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from devices.choices import DesiredWrites
 from devices.models import Device
+from mqtt_bridge import bridge as bridge_module
 from mqtt_bridge import topics
+from mqtt_bridge.delivery import shadow_events_deliver_pending
 from mqtt_bridge.tests.conftest import wait_until
-from twin.engine import CLASSIC
+from twin.engine import CLASSIC, ShadowChange, leased_events, shadow_apply
 from twin.models import NamedShadow, ShadowEvent
 from twin.services import twin_update_desired
 
@@ -253,6 +257,55 @@ def test_shadow_events_wait_for_the_bridge(transactional_db, one, start_bridge, 
     start_bridge()
     assert device.next_on("update/delta")["state"] == {"a": 1}
     wait_until(lambda: not ShadowEvent.objects.filter(device=one).exists(), message="the event published")
+
+
+def test_a_batch_publishes_its_own_events_without_the_delivery_loop(monkeypatch, start_bridge, one, mqtt_client):
+    """The events of the bridge's own batch go out right behind the answer (leased to it: the delivery
+    loop is not involved), and leave the outbox once acknowledged."""
+    by_delivery_loop = []
+
+    def counted(**kwargs):
+        by_delivery_loop.append(shadow_events_deliver_pending(**kwargs))
+        return by_delivery_loop[-1]
+
+    monkeypatch.setattr(bridge_module, "DELIVERIES", (*bridge_module.DELIVERIES[:-1], counted))
+    start_bridge()
+    native, aws = Device_(mqtt_client, one, NATIVE), Device_(mqtt_client, one, AWS)
+    twin_update_desired(device=one, document={"led": "on"})
+    native.next_on("update/delta")  # the operator's event: the delivery loop's (woken by the write)
+    outcome, _ = native.ask("update", {"state": {"reported": {"led": "off"}}, "clientToken": "own"})
+    assert outcome == "accepted"
+    for device in (native, aws):  # both dialects (past the operator's events)
+        while (documents := device.next_on("update/documents")).get("clientToken") != "own":
+            pass
+        assert documents["current"]["state"]["reported"] == {"led": "off"}
+        while (delta := device.next_on("update/delta")).get("clientToken") != "own":
+            pass
+        assert delta["state"] == {"led": "on"}  # the report touched a field that still differs
+    wait_until(lambda: not ShadowEvent.objects.filter(device=one).exists(), message="the events forgotten")
+    assert [m.topic for m in native.quiet() if m.topic.endswith("update/documents")] == []  # no second copy
+    assert sum(by_delivery_loop) == 1  # the operator's event only
+
+
+def test_leased_events_wait_for_their_lease_to_end(db, one):
+    """An event leased to the bridge that made it is not the delivery loop's until the lease ends
+    (the bridge died, or the broker never acknowledged it): then any bridge publishes it."""
+    published = []
+
+    def publish(publications):
+        published.extend(publications)
+        return publications
+
+    with leased_events(30) as leased:
+        results = shadow_apply([ShadowChange(one.tenant_id, one.device_id, reported={"a": 1}, by_device=True)])
+    assert results[0].error is None and [e.device_id for e in leased] == [one.device_id]
+    (event,) = ShadowEvent.objects.filter(device=one)
+    assert event.pk == leased[0].pk and event.leased_until is not None
+    assert shadow_events_deliver_pending(publish=publish) == 0 and published == []
+    ShadowEvent.objects.filter(pk=event.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
+    assert shadow_events_deliver_pending(publish=publish) == 1
+    assert {p.topic.rsplit("/", 1)[1] for p in published} == {"documents"} and len(published) == 2  # 2 dialects
+    assert not ShadowEvent.objects.exists()
 
 
 def test_a_dialect_can_be_turned_off(settings, start_bridge, one, mqtt_client):
