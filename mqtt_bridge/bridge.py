@@ -93,9 +93,10 @@ class Bridge:
         self.recovery = Recovery(self)  # the broker's retained state back after it lost it
         # Shadow events of our own batches, published right after their commit (ingest thread only):
         # (event id, its messages' infos, when) until the broker acknowledged them all, then their ids
-        # until the next batch's transaction deletes them.
+        # until they are deleted (about once a second: one statement for all, off the batches' path).
         self._unconfirmed: list[tuple[int, list[mqtt.MQTTMessageInfo], float]] = []
         self._confirmed: list[int] = []
+        self._forgotten_at = 0.0
         self._recycled_at = 0.0
 
     # --- lifecycle ------------------------------------------------------------
@@ -229,11 +230,13 @@ class Bridge:
         while True:
             batch = self._next_batch()
             if not batch:
-                self._forget_published_events()  # idle: no batch to delete them in
+                self._forget_published_events()
                 if self.stopping.is_set():
                     return
                 continue
             self._ingest(batch)
+            if time.monotonic() - self._forgotten_at >= 1:
+                self._forget_published_events()
 
     def _next_batch(self) -> list[mqtt.MQTTMessage]:
         """The first message (waiting up to 0.2 s for one), then whatever is queued behind it, up to
@@ -257,13 +260,11 @@ class Bridge:
     def _ingest(self, batch: Sequence[mqtt.MQTTMessage]) -> None:
         incoming = [Incoming(_topic(m), m.payload, m.mid, m.qos, bool(m.retain)) for m in batch]
         attempt = 0
-        self._collect_confirmed_events()
         while True:
             self._recycle_connection()
             try:
                 with leased_events(settings.MQTT_EVENT_LEASE_SECONDS) as events:
-                    verdicts = ingest_batch(incoming, published_events=self._confirmed)
-                self._confirmed = []
+                    verdicts = ingest_batch(incoming)
                 replies = rejection_replies(verdicts) + request_replies(verdicts)
                 break
             except (DatabaseError, InterfaceError):
@@ -329,6 +330,7 @@ class Bridge:
         self._unconfirmed = waiting
 
     def _forget_published_events(self) -> None:
+        self._forgotten_at = time.monotonic()
         self._collect_confirmed_events()
         if not self._confirmed:
             return

@@ -26,7 +26,6 @@ from mqtt_bridge.jobs_api import aws_code as jobs_aws_code
 from mqtt_bridge.jobs_api import handle_jobs_requests
 from mqtt_bridge.requests import Reply, rejection, token_of
 from mqtt_bridge.shadow_api import handle_shadow_requests
-from twin.engine import shadow_events_delete
 from twin.services import Report, parse_report_payload, twin_record_reports
 
 logger = logging.getLogger(__name__)
@@ -60,10 +59,7 @@ class Verdict:
 
 
 @transaction.atomic
-def ingest_batch(messages: Sequence[Incoming], *, published_events: Sequence[int] = ()) -> list[Verdict]:
-    """The batch's verdicts, in one transaction; `published_events`: leased shadow events of earlier
-    batches the broker acknowledged, deleted in the same transaction (no commit of their own)."""
-    shadow_events_delete(published_events)
+def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
     verdicts: list[Verdict | None] = [None] * len(messages)
     reports: list[Report] = []
     positions: list[int] = []

@@ -342,10 +342,13 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
         except DomainError as exc:
             results[index] = ChangeResult(error=exc)
 
-    _write(shadows.values(), now)
+    deferred: list[tuple[str, list]] = []  # PostgreSQL: the writes, sent in one round trip with the events
+    _write(shadows.values(), now, deferred)
     leased = False
     if events and settings.MQTT_DIALECTS:
-        leased = _insert_events(events, now, shadows)
+        leased = _insert_events(events, now, shadows, deferred)
+    if deferred:
+        _execute_together(deferred)
     changed = [s for s in shadows.values() if s.dirty]
     if any(s.desired_moved for s in changed) or (events and not leased):
         outbox.wake_delivery()  # a retained desired message, or events nobody publishes yet
@@ -542,11 +545,11 @@ def _result(shadow: Shadow, *, accepted: dict) -> ChangeResult:
     )  # fmt: skip
 
 
-def _write(shadows, now) -> None:
+def _write(shadows, now, deferred: list[tuple[str, list]]) -> None:
     classic = [s for s in shadows if s.name == CLASSIC and (s.dirty or s.seen)]
     named = [s for s in shadows if s.name != CLASSIC and s.dirty]
     if classic:
-        _write_classic(classic, now)
+        _write_classic(classic, now, deferred)
     created = [s for s in named if s.pk is None]
     existing = [s for s in named if s.pk is not None]
     if created:
@@ -572,8 +575,9 @@ def _named_row(shadow: Shadow) -> NamedShadow:
     )  # fmt: skip
 
 
-def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow]) -> bool:
-    """Record the events; True when they are leased to the caller (leased_events)."""
+def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred: list[tuple[str, list]]) -> bool:
+    """Record the events (PostgreSQL: in one round trip with the deferred writes, which it empties);
+    True when they are leased to the caller (leased_events)."""
     lease = _leases.get()
     leased_until = now + timedelta(seconds=lease[0]) if lease is not None else None
     if connection.vendor != "postgresql":
@@ -582,9 +586,8 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow]) -> bool:
         )
         pks = [row.pk for row in rows]
     else:
-        with connection.cursor() as cursor:  # as _write_classic: the batch as one JSON document
-            cursor.execute(
-                """
+        insert = (  # as _write_classic: the batch as one JSON document
+            """
                 INSERT INTO twin_shadow_events
                     (device_id, shadow_name, documents, delta, client_token, created_at, leased_until)
                 SELECT device_id, shadow_name, documents, delta, client_token, %s, %s
@@ -594,9 +597,10 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow]) -> bool:
                 ORDER BY n
                 RETURNING id
                 """,
-                [now, leased_until, json.dumps(events, separators=(",", ":"))],
-            )
-            pks = sorted(pk for (pk,) in cursor.fetchall())  # ids follow the insertion order
+            [now, leased_until, json.dumps(events, separators=(",", ":"))],
+        )
+        pks = sorted(pk for (pk,) in _execute_together([*deferred, insert]))  # ids follow the insertion order
+        deferred.clear()
     if lease is None:
         return False
     names = {s.device_pk: (s.tenant_id, s.device_id) for s in shadows.values()}
@@ -608,43 +612,53 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow]) -> bool:
     return True
 
 
-def _write_classic(shadows: list[Shadow], now) -> None:
-    """One UPDATE for the batch (PostgreSQL), or one per device (SQLite, the dev default).
+def _execute_together(statements: list[tuple[str, list]]) -> list[tuple]:
+    """Several statements in one round trip (Django's psycopg cursor binds parameters client-side and
+    sends them as one simple query); the rows of the last one."""
+    with connection.cursor() as cursor:
+        cursor.execute(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+        while cursor.nextset():
+            pass
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+def _write_classic(shadows: list[Shadow], now, deferred: list[tuple[str, list]]) -> None:
+    """One UPDATE for the batch (PostgreSQL: added to `deferred`), or one per device (SQLite, the dev default).
 
     PostgreSQL gets the whole batch as one JSON document (jsonb_to_recordset): one json.dumps in C,
     where arrays of text parameters cost psycopg a regex quoting pass per element (5x slower).
     """
+    if connection.vendor == "postgresql":
+        now_iso = now.isoformat()  # most timestamps of a batch are its `now`: formatted once
+
+        def _iso(moment: datetime | None) -> str | None:
+            return now_iso if moment is now else (moment.isoformat() if moment is not None else None)
+
+        batch = [
+            {"id": s.device_pk, "desired": s.desired, "reported": s.reported, "desired_md": s.desired_metadata,
+             "reported_md": s.reported_metadata, "desired_version": s.desired_version,
+             "reported_version": s.reported_version, "version": s.version, "desired_at": _iso(s.shadow_updated_at),
+             "reported_at": _iso(s.reported_updated_at), "seen": s.seen}
+            for s in shadows
+        ]  # fmt: skip
+        deferred.append((
+            """
+            UPDATE device_state AS d SET
+                desired_state = v.desired, reported_state = v.reported,
+                desired_metadata = v.desired_md, reported_metadata = v.reported_md,
+                desired_version = v.desired_version, reported_version = v.reported_version,
+                shadow_version = v.version, shadow_updated_at = v.desired_at, reported_updated_at = v.reported_at,
+                last_seen = CASE WHEN v.seen THEN %s ELSE d.last_seen END
+            FROM jsonb_to_recordset(%s::jsonb)
+                 AS v(id bigint, desired jsonb, reported jsonb, desired_md jsonb, reported_md jsonb,
+                      desired_version integer, reported_version integer, version integer,
+                      desired_at timestamptz, reported_at timestamptz, seen boolean)
+            WHERE d.id = v.id
+            """,
+            [now, json.dumps(batch, separators=(",", ":"))],
+        ))  # fmt: skip
+        return
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            now_iso = now.isoformat()  # most timestamps of a batch are its `now`: formatted once
-
-            def _iso(moment: datetime | None) -> str | None:
-                return now_iso if moment is now else (moment.isoformat() if moment is not None else None)
-
-            batch = [
-                {"id": s.device_pk, "desired": s.desired, "reported": s.reported, "desired_md": s.desired_metadata,
-                 "reported_md": s.reported_metadata, "desired_version": s.desired_version,
-                 "reported_version": s.reported_version, "version": s.version, "desired_at": _iso(s.shadow_updated_at),
-                 "reported_at": _iso(s.reported_updated_at), "seen": s.seen}
-                for s in shadows
-            ]  # fmt: skip
-            cursor.execute(
-                """
-                UPDATE device_state AS d SET
-                    desired_state = v.desired, reported_state = v.reported,
-                    desired_metadata = v.desired_md, reported_metadata = v.reported_md,
-                    desired_version = v.desired_version, reported_version = v.reported_version,
-                    shadow_version = v.version, shadow_updated_at = v.desired_at, reported_updated_at = v.reported_at,
-                    last_seen = CASE WHEN v.seen THEN %s ELSE d.last_seen END
-                FROM jsonb_to_recordset(%s::jsonb)
-                     AS v(id bigint, desired jsonb, reported jsonb, desired_md jsonb, reported_md jsonb,
-                          desired_version integer, reported_version integer, version integer,
-                          desired_at timestamptz, reported_at timestamptz, seen boolean)
-                WHERE d.id = v.id
-                """,
-                [now, json.dumps(batch, separators=(",", ":"))],
-            )
-            return
         stamp = connection.ops.adapt_datetimefield_value
         rows = [
             (s.device_pk, json.dumps(s.desired), json.dumps(s.reported), json.dumps(s.desired_metadata),
