@@ -223,6 +223,6 @@ if __name__ == "__main__":
             options,
             bench,
             check=check,
-            smoke={"devices": 20, "duration": 1, "warmup": 0, "settle": 0.2, "connections": 4, "workers": 2},
+            smoke={"devices": 200, "duration": 1, "warmup": 0, "settle": 0.2, "connections": 4, "workers": 2},
         )
     )
