@@ -315,6 +315,9 @@ JOB_MAX_STATUS_DETAILS_BYTES = env.int("JOB_MAX_STATUS_DETAILS_BYTES", default=4
 JOBS_PENDING_LIMIT = env.int("JOBS_PENDING_LIMIT", default=10)
 # How often the bridge runs the timeout/expiry sweep (also: manage.py sweep_jobs).
 JOBS_SWEEP_SECONDS = env.float("JOBS_SWEEP_SECONDS", default=5.0)
+# How often each bridge's rollout scheduler releases executions of jobs with a rollout and checks
+# abort criteria (jobs.release); the pace itself is the job's, this only sets its granularity.
+JOBS_ROLLOUT_TICK_SECONDS = env.float("JOBS_ROLLOUT_TICK_SECONDS", default=1.0)
 
 # --- Health and metrics ---------------------------------------------------------
 # Bridges upsert a row in bridge_heartbeats this often; /readyz fails when none beat within the stale window.

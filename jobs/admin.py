@@ -133,6 +133,7 @@ class JobAdmin(TenantScopedAdmin):
         (None, {"fields": ["tenant", "job_id", "status_label", "document_type", "document", "description"]}),
         ("Progress", {"fields": ["progress_wide", "executions_link"]}),
         ("Targets and timing", {"fields": ["target_summary", "expires_at", "in_progress_timeout_seconds"]}),
+        ("Rollout and abort", {"fields": ["rollout_summary", "abort_summary"]}),
         ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
     ]
 
@@ -207,6 +208,22 @@ class JobAdmin(TenantScopedAdmin):
     @admin.display(description="document")
     def document(self, obj):
         return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.document_params, indent=2))
+
+    @admin.display(description="rollout")
+    def rollout_summary(self, obj):
+        if not obj.rollout:
+            return "none: every execution released at creation"
+        unreleased = JobExecution.objects.filter(job_id=obj.pk, released_at__isnull=True, status="QUEUED").count()
+        return format_html(
+            '<pre class="iot-json">{}</pre>{} of {} released, {} waiting for release',
+            json.dumps(obj.rollout, indent=2), obj.released, obj.total, unreleased,
+        )  # fmt: skip
+
+    @admin.display(description="abort criteria")
+    def abort_summary(self, obj):
+        if not obj.abort_config:
+            return "none"
+        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.abort_config, indent=2))
 
     @admin.display(description="targets")
     def target_summary(self, obj):
@@ -283,7 +300,9 @@ class JobAdmin(TenantScopedAdmin):
             (None, {"fields": first}),
             ("Targets", {"fields": ["devices", "tags"], "description": "Devices picked, tag matches, or both."}),
             ("Timing", {"fields": ["expires_at", "in_progress_timeout_seconds"]}),
-        ]
+            ("Rollout and abort", {"fields": ["rollout", "abort_config"],
+                                   "description": "How fast devices get the job, and when to stop it."}),
+        ]  # fmt: skip
 
     # --- JSON endpoints --------------------------------------------------------------------
 
@@ -337,7 +356,8 @@ class JobAdmin(TenantScopedAdmin):
 
 @admin.register(JobExecution)
 class JobExecutionAdmin(TenantScopedAdmin):
-    list_display = ["job", "device", "status", "execution_number", "queued_at", "started_at", "last_updated_at"]
+    list_display = ["job", "device", "status", "execution_number", "queued_at", "released_at", "started_at",
+                    "last_updated_at"]  # fmt: skip
     list_filter = ["status", ScopedJobFilter, "tenant"]
     list_select_related = ["job", "device"]
     search_fields = ["device__device_id", "job__job_id"]

@@ -16,7 +16,8 @@ class JobFilter(django_filters.FilterSet):
 class ExecutionFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=ExecutionStatus.choices)
     device_id = django_filters.CharFilter(field_name="device__device_id")
+    released = django_filters.BooleanFilter(field_name="released_at", lookup_expr="isnull", exclude=True)
 
     class Meta:
         model = JobExecution
-        fields = ["status", "device_id"]
+        fields = ["status", "device_id", "released"]

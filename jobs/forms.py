@@ -18,6 +18,7 @@ from iotcloud.form_fields import parse_json_text
 from iotcloud.rules import JOB_ID
 from jobs import services
 from jobs.models import Job, JobExecution
+from jobs.rollout import parse_abort, parse_rollout
 
 # Service error code -> the form field it is about (anything else is a non-field error).
 ERROR_FIELDS = {
@@ -28,6 +29,8 @@ ERROR_FIELDS = {
     "invalid_timeout": "in_progress_timeout_seconds",
     "unknown_targets": "devices",
     "invalid_targets": "tags",
+    "invalid_rollout": "rollout",
+    "invalid_abort": "abort_config",
 }
 
 
@@ -103,6 +106,22 @@ class JobCreateForm(forms.ModelForm):
         help_text="Optional. An execution in progress for longer ends TIMED_OUT.",
     )
 
+    rollout = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+        help_text='Optional: release executions at a pace. {"maximum_per_minute": 100}, or {"exponential": '
+        '{"base_rate_per_minute": 50, "increment_factor": 2, "rate_increase_criteria": '
+        '{"number_of_notified_things": 1000}}}. Blank: every device at once.',
+    )
+    abort_config = forms.CharField(
+        required=False,
+        label="Abort criteria",
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+        help_text='Optional: {"criteria": [{"failure_type": "FAILED", "threshold_percentage": 10, '
+        '"min_executed": 50}], "force": false}. failure_type: FAILED, REJECTED, TIMED_OUT or ALL; the job is '
+        "canceled once that share of its released executions failed so (force: running ones too).",
+    )
+
     class Meta:
         model = Job
         fields = []
@@ -140,6 +159,24 @@ class JobCreateForm(forms.ModelForm):
     def clean_tags(self):
         return parse_tags(self.cleaned_data["tags"])
 
+    def clean_rollout(self):
+        return self._config("rollout", parse_rollout, "the rollout")
+
+    def clean_abort_config(self):
+        return self._config("abort_config", parse_abort, "the abort criteria")
+
+    def _config(self, name: str, rule, what: str) -> dict:
+        """A JSON object checked by its jobs.rollout rule, the service's own (shown on the field)."""
+        text = self.cleaned_data[name].strip()
+        if not text:
+            return {}
+        config = parse_json_text(text, what=what)
+        try:
+            rule(config)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return config
+
     def clean(self):
         data = super().clean()
         if "devices" in data and "tags" in data and not data["devices"] and not data["tags"]:
@@ -168,6 +205,8 @@ class JobCreateForm(forms.ModelForm):
                 tags=data["tags"],
                 expires_at=data["expires_at"],
                 in_progress_timeout_seconds=data["in_progress_timeout_seconds"],
+                rollout=data["rollout"],
+                abort_config=data["abort_config"],
             )
         except DomainError as exc:
             field = ERROR_FIELDS.get(exc.code)

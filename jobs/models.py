@@ -32,6 +32,15 @@ class Job(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     canceled_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=256, blank=True, default="")
+    # Rollout (jobs.rollout): {} releases every execution at creation; else the bridge's scheduler
+    # releases them at the configured pace. `released` counts released executions (the exponential
+    # criterion's "notified", the abort criteria's denominator); the allowance is the scheduler's
+    # token bucket, accrued up to rollout_ticked_at.
+    rollout = models.JSONField(default=dict, blank=True)
+    abort_config = models.JSONField(default=dict, blank=True)
+    released = models.PositiveIntegerField(default=0)
+    rollout_allowance = models.FloatField(default=0.0)
+    rollout_ticked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "jobs"
@@ -59,6 +68,9 @@ class JobExecution(models.Model):
     # notify-next is published only when the device's next execution changes; the bridge moves
     # this mark when it publishes one. Clearing a device's marks has its notify-next published again.
     notified_next = models.BooleanField(default=False)
+    # When it was made visible to its device (pending lists, notify); None: its job's rollout has not
+    # got to it yet (jobs.rollout). Devices never see an unreleased execution.
+    released_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     last_updated_at = models.DateTimeField()
     # The device's step timer (AWS stepTimeoutInMinutes): an IN_PROGRESS execution still
@@ -69,12 +81,16 @@ class JobExecution(models.Model):
         db_table = "job_executions"
         constraints = [models.UniqueConstraint(fields=["job", "device"], name="uniq_job_executions_job_device")]
         indexes = [
-            # A device's pending list (IN_PROGRESS and QUEUED executions), oldest first.
+            # A device's pending list (released IN_PROGRESS and QUEUED executions), oldest first.
             models.Index(
                 fields=["device", "queued_at"],
-                name="idx_job_exec_pending",
-                condition=Q(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS]),
+                name="idx_job_exec_pending_released",
+                condition=Q(
+                    status__in=[ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS], released_at__isnull=False
+                ),
             ),
+            # The rollout scheduler's work: a job's executions still to release, in id order.
+            models.Index(fields=["job", "id"], name="idx_job_exec_unreleased", condition=Q(released_at__isnull=True)),
             # Per-status counts and filtered lists of one job.
             models.Index(fields=["job", "status"], name="idx_job_exec_job_status"),
             # The bridge's jobs-notify work queue, and what each device's notify-next last announced.

@@ -50,7 +50,8 @@ class JobViewSet(TenantScopedViewSet):
         operation_id="jobs_create",
         request=JobCreateSerializer,
         responses={201: JobSerializer, **ERRORS},
-        description="Create a job: one QUEUED execution per target device (device ids and/or a tag selector).",
+        description="Create a job: one QUEUED execution per target device (device ids and/or a tag selector), "
+        "released to the devices at once, or at the pace of its rollout.",
     )
     def create(self, request):
         body = JobCreateSerializer(data=request.data)
@@ -67,6 +68,8 @@ class JobViewSet(TenantScopedViewSet):
             tags=data["targets"].get("tags"),
             expires_at=data.get("expires_at"),
             in_progress_timeout_seconds=data.get("in_progress_timeout_seconds"),
+            rollout=data.get("rollout"),
+            abort_config=data.get("abort_config"),
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -92,6 +95,7 @@ class JobViewSet(TenantScopedViewSet):
             TENANT_PARAM,
             OpenApiParameter("status", str, enum=ExecutionStatus.values),
             OpenApiParameter("device_id", str),
+            OpenApiParameter("released", bool, description="false: the executions its rollout has not released yet"),
         ],
     )
     @action(

@@ -47,13 +47,14 @@ PENDING_ORDER = (_IN_PROGRESS_FIRST, F("queued_at"), F("id"))
 
 
 def _pending(executions, now: datetime):
-    """Executions a device has yet to finish: IN_PROGRESS ones, and QUEUED ones of unexpired jobs.
+    """Executions a device has yet to finish: IN_PROGRESS ones, and QUEUED ones of unexpired jobs,
+    released ones only (a rollout has not shown it the others yet).
 
     (An expired job's QUEUED executions may no longer start; an IN_PROGRESS one may still finish.)
-    `status__in` repeats what the OR implies, so PostgreSQL matches idx_job_exec_pending's predicate.
+    `status__in` repeats what the OR implies, so PostgreSQL matches idx_job_exec_pending_released's predicate.
     """
     unexpired = Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now)
-    return executions.filter(status__in=ACTIVE).filter(
+    return executions.filter(status__in=ACTIVE, released_at__isnull=False).filter(
         Q(status=ExecutionStatus.IN_PROGRESS) | (Q(status=ExecutionStatus.QUEUED) & unexpired)
     )
 
@@ -144,7 +145,7 @@ def device_execution(device: Device, job_id: str) -> JobExecution:
     execution = (
         JobExecution.objects.select_related("job", "device")
         .defer("job__targets", "job__description")
-        .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id)
+        .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id, released_at__isnull=False)
         .first()
     )
     if execution is None:
@@ -189,8 +190,15 @@ def _status_counts(job_pks: list[int]) -> dict[int, dict[str, int]]:
 
 
 def job_progress(job: Job) -> dict:
-    """Executions per status and the share that reached a terminal status."""
-    return _summarize(_status_counts([job.pk])[job.pk])
+    """Executions per status and the share that reached a terminal status; with a rollout, how many
+    were released to their devices and how many still wait for it (QUEUED, not released)."""
+    progress = _summarize(_status_counts([job.pk])[job.pk])
+    if job.rollout:
+        progress["released"] = job.released
+        progress["unreleased"] = JobExecution.objects.filter(
+            job_id=job.pk, released_at__isnull=True, status=ExecutionStatus.QUEUED
+        ).count()
+    return progress
 
 
 def jobs_progress(job_pks) -> dict[int, dict]:

@@ -22,6 +22,19 @@ class JobCreateSerializer(StrictSerializer):
     targets = TargetsSerializer()
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     in_progress_timeout_seconds = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=604800)
+    rollout = JSONObjectField(
+        required=False,
+        help_text='How fast executions are released to devices (as AWS IoT Jobs): {"maximum_per_minute": n}, or '
+        '{"exponential": {"base_rate_per_minute": n, "increment_factor": 1.1-5, "rate_increase_criteria": '
+        '{"number_of_notified_things" | "number_of_succeeded_things": k}}} (with an optional "maximum_per_minute" '
+        "cap). Absent: every execution at once.",
+    )
+    abort_config = JSONObjectField(
+        required=False,
+        help_text='{"criteria": [{"failure_type": "FAILED" | "REJECTED" | "TIMED_OUT" | "ALL", '
+        '"threshold_percentage": 0-100, "min_executed": n}], "force": false}: the job is canceled once at least '
+        "n executions were released and that share of them failed that way (force: in-progress ones too).",
+    )
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create the job in.")
 
 
@@ -44,8 +57,8 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = [
             "job_id", "tenant", "status", "document", "description", "targets", "expires_at",
-            "in_progress_timeout_seconds", "created_at", "updated_at", "completed_at", "canceled_at",
-            "cancel_reason", "progress",
+            "in_progress_timeout_seconds", "rollout", "abort_config", "created_at", "updated_at", "completed_at",
+            "canceled_at", "cancel_reason", "progress",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -64,7 +77,9 @@ class JobSerializer(serializers.ModelSerializer):
 class JobListSerializer(JobSerializer):
     class Meta(JobSerializer.Meta):
         # No targets in lists: a job's targets may name 100,000 devices.
-        fields = [f for f in JobSerializer.Meta.fields if f not in ("progress", "targets")] + ["total", "remaining"]
+        fields = [f for f in JobSerializer.Meta.fields if f not in ("progress", "targets")] + [
+            "total", "remaining", "released",
+        ]  # fmt: skip
         read_only_fields = fields
 
 
@@ -75,7 +90,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobExecution
         fields = ["job_id", "device_id", "status", "status_details", "execution_number", "queued_at",
-                  "started_at", "last_updated_at"]  # fmt: skip
+                  "released_at", "started_at", "last_updated_at"]  # fmt: skip
         read_only_fields = fields
 
 

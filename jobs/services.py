@@ -44,6 +44,7 @@ from iotcloud.limits import check_document
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
 from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
 from jobs.models import Job, JobExecution
+from jobs.rollout import parse_abort, parse_rollout
 from jobs.selectors import device_execution, next_execution
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,13 @@ def job_create(
     tags: dict[str, str] | None = None,
     expires_at: datetime | None = None,
     in_progress_timeout_seconds: int | None = None,
+    rollout: dict | None = None,
+    abort_config: dict | None = None,
 ) -> Job:
-    """Create a job and one QUEUED execution per target device, set-based."""
+    """Create a job and one QUEUED execution per target device, set-based.
+
+    Without a rollout every execution is released (visible to its device) at once; with one
+    (jobs.rollout) they wait, unreleased, for the bridge's scheduler (jobs.release)."""
     job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
     if not JOB_ID.matches(job_id):
         raise InvalidInput(f"Invalid job id {job_id!r}: use {JOB_ID.text}", code="invalid_job_id")
@@ -93,6 +99,8 @@ def job_create(
         raise InvalidInput(
             f"in_progress_timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}", code="invalid_timeout"
         )
+    paced = parse_rollout(rollout) is not None
+    parse_abort(abort_config)
     targets = _resolve_targets(tenant, device_ids or [], tags or {})
 
     try:
@@ -101,6 +109,8 @@ def job_create(
                 tenant=tenant, job_id=job_id, document_type=document_type, document_params=document_params,
                 description=description, targets={"device_ids": device_ids or [], "tags": tags or {}},
                 expires_at=expires_at, in_progress_timeout_seconds=in_progress_timeout_seconds,
+                rollout=rollout or {}, abort_config=abort_config or {},
+                rollout_allowance=1.0, rollout_ticked_at=now,  # the first release on the scheduler's next tick
             )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"Job {job_id!r} already exists in tenant {tenant.id!r}", code="job_exists") from None
@@ -112,17 +122,21 @@ def job_create(
             f"""
             INSERT INTO job_executions
                 (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
-                 last_updated_at, notify_pending, notified_next)
-            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s FROM ({target_sql}) AS t
+                 last_updated_at, notify_pending, notified_next, released_at)
+            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s FROM ({target_sql}) AS t
             """,  # noqa: S608 (target_sql is the ORM's own, parameterized)
-            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, True, False, *target_params],
-        )
+            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, not paced, False, None if paced else now,
+             *target_params],
+        )  # fmt: skip
         count = cursor.rowcount
-    Job.objects.filter(pk=job.pk).update(total=count, remaining=count)
+    released = 0 if paced else count
+    Job.objects.filter(pk=job.pk).update(total=count, remaining=count, released=released)
     job.total = job.remaining = count
-    outbox.wake_delivery()
+    job.released = released
+    if not paced:
+        outbox.wake_delivery()
     outbox.jobs_changed(tenant.id, [job_id])
-    logger.info("job created %s type=%s executions=%d", job, document_type, count)
+    logger.info("job created %s type=%s executions=%d%s", job, document_type, count, " (rollout)" if paced else "")
     return job
 
 
@@ -432,7 +446,8 @@ def _close_executions(queryset, status: str, details: dict, now, *, job_pk: int 
     """
     count = queryset.update(
         status=status, status_details=details, execution_number=F("execution_number") + 1, last_updated_at=now,
-        notify_pending=True,
+        # A device's list changes only if it could see the execution (not one its rollout held back).
+        notify_pending=Case(When(released_at__isnull=False, then=Value(True)), default=F("notify_pending")),
     )  # fmt: skip
     if job_pk is not None:
         _count_terminal(job_pk, count)

@@ -8,6 +8,8 @@ Threads, each with its own database connection:
 - deliver: publishes pending desired states and jobs-notify lists whenever
   woken (PostgreSQL NOTIFY, a (re)connect) or every MQTT_POLL_SECONDS;
 - sweep: times out stuck job executions and closes expired jobs;
+- rollout: releases executions of jobs with a rollout at their pace, aborts jobs past an abort
+  criterion (jobs.release), every JOBS_ROLLOUT_TICK_SECONDS;
 - heartbeat: upserts this bridge's bridge_heartbeats row (liveness, counters);
 - recovery: judges the broker on every connect and periodically (its session, the retained
   canaries) and marks every device's retained state for republishing when the broker lost it;
@@ -32,6 +34,7 @@ from django.db import close_old_connections, connection
 from django.db.utils import DatabaseError, InterfaceError
 
 from iotcloud import outbox
+from jobs.release import rollout_tick
 from jobs.services import job_sweep
 from mqtt_bridge import topics
 from mqtt_bridge.accounts.sync import AccountsLoop
@@ -119,6 +122,7 @@ class Bridge:
         self._spawn("ingest", self._ingest_loop)
         self._spawn("deliver", self._deliver_loop)
         self._spawn("sweep", self._sweep_loop)
+        self._spawn("rollout", self._rollout_loop)
         self._spawn("heartbeat", Heartbeat(self).run)  # bridge_heartbeats row for /readyz and /metrics
         self._spawn("recovery", self.recovery.run)
         if settings.MQTT_DEVICE_AUTH == "dynsec":
@@ -374,6 +378,16 @@ class Bridge:
                 job_sweep()
             except (DatabaseError, InterfaceError):
                 logger.exception("job sweep failed; retrying")
+                connection.close()
+
+    def _rollout_loop(self) -> None:
+        """Rollout pacing and abort criteria; safe in every bridge at once (each job under its row lock)."""
+        while not self.stopping.wait(settings.JOBS_ROLLOUT_TICK_SECONDS):
+            close_old_connections()
+            try:
+                rollout_tick()
+            except (DatabaseError, InterfaceError):
+                logger.exception("rollout tick failed; retrying")
                 connection.close()
 
     def _publish_all(self, publications: Sequence[Publication]) -> list[Publication]:

@@ -177,6 +177,16 @@ def test_add_by_tag_selector(alice, fleet, selector):
         ({"tags": "site=berlin", "job_id": "bad/id"}, "Invalid job id"),
         ({"tags": "site=berlin", "expires_at_0": "2001-01-01", "expires_at_1": "00:00:00"}, "must be in the future"),
         ({"tags": "site=berlin", "in_progress_timeout_seconds": "0"}, "greater than or equal to 1"),
+        ({"tags": "site=berlin", "rollout": '{"maximum_per_minute": -3}'}, "rollout.maximum_per_minute must be"),
+        ({"tags": "site=berlin", "rollout": '{"maximum_per_minute": '}, "Not valid JSON in the rollout"),
+        (
+            {
+                "tags": "site=berlin",
+                "abort_config": '{"criteria": [{"failure_type": "FAILED", '
+                '"threshold_percentage": 120, "min_executed": 1}]}',
+            },
+            "threshold_percentage must be above 0",
+        ),
     ],
 )
 def test_add_invalid_input_shows_error_and_creates_nothing(alice, fleet, overrides, message):
@@ -185,6 +195,18 @@ def test_add_invalid_input_shows_error_and_creates_nothing(alice, fleet, overrid
     assert response.status_code == 200
     assert message in response.content.decode()
     assert (Job.objects.count(), JobExecution.objects.count()) == before
+
+
+def test_add_with_a_rollout_holds_executions_back_and_the_job_page_shows_it(alice, fleet):
+    response = alice.post(ADD, add_form(job_id="paced", tags="site=berlin", rollout='{"maximum_per_minute": 10}',
+                                        abort_config='{"criteria": [{"failure_type": "ALL", '
+                                        '"threshold_percentage": 25, "min_executed": 4}]}'))  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[:3000]
+    job = Job.objects.get(job_id="paced")
+    assert job.rollout == {"maximum_per_minute": 10} and job.abort_config["criteria"][0]["min_executed"] == 4
+    assert not job.executions.filter(released_at__isnull=False).exists()
+    page = alice.get(reverse("admin:jobs_job_change", args=[job.pk])).content.decode()
+    assert "0 of 2 released, 2 waiting for release" in page and "threshold_percentage" in page
 
 
 def test_add_with_forged_foreign_device_is_refused(alice, fleet):

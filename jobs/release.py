@@ -1,0 +1,104 @@
+"""The rollout scheduler: releases jobs' executions at their configured pace and aborts jobs whose
+failures cross an abort criterion (the rules: jobs.rollout).
+
+`rollout_tick()` runs in every bridge (its rollout thread, every JOBS_ROLLOUT_TICK_SECONDS) and is
+safe to run in several at once: each job is handled under its row lock, taken with SKIP LOCKED, so
+a job is ticked by one bridge at a time and its allowance is spent once. `now` is a parameter so
+that tests drive the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from iotcloud import outbox
+from jobs.choices import ExecutionStatus, JobStatus
+from jobs.models import Job, JobExecution
+from jobs.rollout import parse_abort, parse_rollout
+from jobs.services import job_cancel
+
+logger = logging.getLogger(__name__)
+
+FAILURES = (ExecutionStatus.FAILED, ExecutionStatus.REJECTED, ExecutionStatus.TIMED_OUT)
+
+
+def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
+    """One pass over the jobs in progress that have a rollout or abort configuration; returns how many
+    executions were released and how many jobs were aborted."""
+    now = now or timezone.now()
+    released = aborted = 0
+    paced = Job.objects.filter(status=JobStatus.IN_PROGRESS).filter(~Q(rollout={}) | ~Q(abort_config={}))
+    for pk in paced.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status=JobStatus.IN_PROGRESS).first()
+            if job is None:  # another bridge has it, or it finished meanwhile
+                continue
+            if _abort_if_tripped(job):
+                aborted += 1
+                continue
+            released += _release_due(job, now)
+    if released or aborted:
+        logger.info("rollout tick: released=%d aborted=%d", released, aborted)
+    return {"released": released, "aborted": aborted}
+
+
+def _release_due(job: Job, now: datetime) -> int:
+    rollout = parse_rollout(job.rollout)
+    if rollout is None:
+        return 0
+    elapsed = (now - job.rollout_ticked_at).total_seconds() if job.rollout_ticked_at else 0.0
+    succeeded = 0
+    if rollout.criterion == "number_of_succeeded_things":
+        succeeded = JobExecution.objects.filter(job=job, status=ExecutionStatus.SUCCEEDED).count()
+    allowance = rollout.accrue(job.rollout_allowance, elapsed, notified=job.released, succeeded=succeeded)
+    count = _release(job, math.floor(allowance), now) if allowance >= 1 else 0
+    Job.objects.filter(pk=job.pk).update(
+        rollout_allowance=allowance - count, rollout_ticked_at=now, released=job.released + count
+    )
+    if count:
+        outbox.wake_delivery()  # their devices' pending lists and notify messages
+        outbox.jobs_changed(job.tenant_id, [job.job_id])
+        logger.info("job %s released %d execution(s) (%d of %d)", job, count, job.released + count, job.total)
+    return count
+
+
+def _release(job: Job, limit: int, now: datetime) -> int:
+    """Release up to `limit` of the job's unreleased QUEUED executions, in id order (targets' order)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE job_executions SET released_at = %s, notify_pending = %s
+            WHERE id IN (
+                SELECT id FROM job_executions
+                WHERE job_id = %s AND released_at IS NULL AND status = %s
+                ORDER BY id LIMIT %s
+            )
+            """,
+            [now, True, job.pk, ExecutionStatus.QUEUED, limit],
+        )
+        return cursor.rowcount
+
+
+def _abort_if_tripped(job: Job) -> bool:
+    abort = parse_abort(job.abort_config)
+    if abort is None or not job.released:
+        return False
+    counts = dict(
+        JobExecution.objects.filter(job=job, status__in=FAILURES, released_at__isnull=False)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    criterion = abort.tripped(released=job.released, failures=counts)
+    if criterion is None:
+        return False
+    reason = criterion.describe(released=job.released, failures=counts)
+    job_cancel(job=job, force=abort.force, reason=reason)
+    logger.warning("job %s aborted: %s", job, reason)
+    return True
