@@ -133,7 +133,7 @@ class JobAdmin(TenantScopedAdmin):
         (None, {"fields": ["tenant", "job_id", "status_label", "document_type", "document", "description"]}),
         ("Progress", {"fields": ["progress_wide", "executions_link"]}),
         ("Targets and timing", {"fields": ["target_summary", "expires_at", "in_progress_timeout_seconds"]}),
-        ("Rollout and abort", {"fields": ["rollout_summary", "abort_summary"]}),
+        ("Rollout, schedule and abort", {"fields": ["rollout_summary", "schedule_summary", "abort_summary"]}),
         ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
     ]
 
@@ -219,6 +219,12 @@ class JobAdmin(TenantScopedAdmin):
             json.dumps(obj.rollout, indent=2), obj.released, obj.total, unreleased,
         )  # fmt: skip
 
+    @admin.display(description="schedule")
+    def schedule_summary(self, obj):
+        if not obj.scheduling:
+            return "none"
+        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.scheduling, indent=2))
+
     @admin.display(description="abort criteria")
     def abort_summary(self, obj):
         if not obj.abort_config:
@@ -300,8 +306,10 @@ class JobAdmin(TenantScopedAdmin):
             (None, {"fields": first}),
             ("Targets", {"fields": ["devices", "tags"], "description": "Devices picked, tag matches, or both."}),
             ("Timing", {"fields": ["expires_at", "in_progress_timeout_seconds"]}),
-            ("Rollout and abort", {"fields": ["rollout", "abort_config"],
-                                   "description": "How fast devices get the job, and when to stop it."}),
+            ("Rollout, schedule and abort", {
+                "fields": ["rollout", "scheduling", "abort_config"],
+                "description": "How fast and when devices get the job, and when to stop it.",
+            }),
         ]  # fmt: skip
 
     # --- JSON endpoints --------------------------------------------------------------------

@@ -2,6 +2,7 @@ from django.db import models
 
 
 class JobStatus(models.TextChoices):
+    SCHEDULED = "SCHEDULED"  # waiting for its scheduling.start_time (jobs.schedule)
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"  # every execution reached a terminal status
     CANCELED = "CANCELED"

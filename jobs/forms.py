@@ -19,6 +19,7 @@ from iotcloud.rules import JOB_ID
 from jobs import services
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
+from jobs.schedule import parse_schedule
 
 # Service error code -> the form field it is about (anything else is a non-field error).
 ERROR_FIELDS = {
@@ -31,6 +32,7 @@ ERROR_FIELDS = {
     "invalid_targets": "tags",
     "invalid_rollout": "rollout",
     "invalid_abort": "abort_config",
+    "invalid_scheduling": "scheduling",
 }
 
 
@@ -122,6 +124,16 @@ class JobCreateForm(forms.ModelForm):
         "canceled once that share of its released executions failed so (force: running ones too).",
     )
 
+    scheduling = forms.CharField(
+        required=False,
+        label="Schedule",
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+        help_text='Optional: {"start_time": "2030-01-01T02:00:00Z", "end_time": "2030-01-08T02:00:00Z", '
+        '"end_behavior": "STOP_ROLLOUT", "maintenance_windows": [{"cron": "0 2 * * *", "duration_minutes": 120}], '
+        '"timezone": "Europe/Paris"}. Executions are released only after the start, before the end and inside a '
+        "window.",
+    )
+
     class Meta:
         model = Job
         fields = []
@@ -165,6 +177,9 @@ class JobCreateForm(forms.ModelForm):
     def clean_abort_config(self):
         return self._config("abort_config", parse_abort, "the abort criteria")
 
+    def clean_scheduling(self):
+        return self._config("scheduling", parse_schedule, "the schedule")
+
     def _config(self, name: str, rule, what: str) -> dict:
         """A JSON object checked by its jobs.rollout rule, the service's own (shown on the field)."""
         text = self.cleaned_data[name].strip()
@@ -207,6 +222,7 @@ class JobCreateForm(forms.ModelForm):
                 in_progress_timeout_seconds=data["in_progress_timeout_seconds"],
                 rollout=data["rollout"],
                 abort_config=data["abort_config"],
+                scheduling=data["scheduling"],
             )
         except DomainError as exc:
             field = ERROR_FIELDS.get(exc.code)

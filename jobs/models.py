@@ -38,6 +38,7 @@ class Job(models.Model):
     # token bucket, accrued up to rollout_ticked_at.
     rollout = models.JSONField(default=dict, blank=True)
     abort_config = models.JSONField(default=dict, blank=True)
+    scheduling = models.JSONField(default=dict, blank=True)  # start/end time, maintenance windows (jobs.schedule)
     released = models.PositiveIntegerField(default=0)
     rollout_allowance = models.FloatField(default=0.0)
     rollout_ticked_at = models.DateTimeField(null=True, blank=True)

@@ -70,6 +70,7 @@ class JobViewSet(TenantScopedViewSet):
             in_progress_timeout_seconds=data.get("in_progress_timeout_seconds"),
             rollout=data.get("rollout"),
             abort_config=data.get("abort_config"),
+            scheduling=data.get("scheduling"),
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 

@@ -1,5 +1,6 @@
-"""The rollout scheduler: releases jobs' executions at their configured pace and aborts jobs whose
-failures cross an abort criterion (the rules: jobs.rollout).
+"""The rollout scheduler: starts scheduled jobs, releases jobs' executions at their configured pace
+(inside their maintenance windows), ends them at their end time, and aborts jobs whose failures
+cross an abort criterion (the rules: jobs.rollout, jobs.schedule).
 
 `rollout_tick()` runs in every bridge (its rollout thread, every JOBS_ROLLOUT_TICK_SECONDS) and is
 safe to run in several at once: each job is handled under its row lock, taken with SKIP LOCKED, so
@@ -21,11 +22,13 @@ from iotcloud import outbox
 from jobs.choices import ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
-from jobs.services import job_cancel
+from jobs.schedule import parse_schedule
+from jobs.services import close_executions, job_cancel
 
 logger = logging.getLogger(__name__)
 
 FAILURES = (ExecutionStatus.FAILED, ExecutionStatus.REJECTED, ExecutionStatus.TIMED_OUT)
+RELEASE_ALL = 10_000_000  # a job without a pace releases everything at once (jobs hold at most this many)
 
 
 def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
@@ -33,14 +36,26 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
     executions were released and how many jobs were aborted."""
     now = now or timezone.now()
     released = aborted = 0
-    paced = Job.objects.filter(status=JobStatus.IN_PROGRESS).filter(~Q(rollout={}) | ~Q(abort_config={}))
+    live = (JobStatus.SCHEDULED, JobStatus.IN_PROGRESS)
+    paced = Job.objects.filter(status__in=live).filter(~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}))
     for pk in paced.order_by("pk").values_list("pk", flat=True):
         with transaction.atomic():
-            job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status=JobStatus.IN_PROGRESS).first()
+            job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status__in=live).first()
             if job is None:  # another bridge has it, or it finished meanwhile
+                continue
+            schedule = parse_schedule(job.scheduling)
+            if job.status == JobStatus.SCHEDULED:
+                if schedule is not None and not schedule.started(now):
+                    continue
+                _start(job, now)
+            if schedule is not None and schedule.ended(now):
+                _end(job, schedule.end_behavior)
                 continue
             if _abort_if_tripped(job):
                 aborted += 1
+                continue
+            if schedule is not None and not schedule.open(now):  # outside its maintenance windows
+                Job.objects.filter(pk=job.pk).update(rollout_ticked_at=now)  # nothing accrues meanwhile
                 continue
             released += _release_due(job, now)
     if released or aborted:
@@ -48,19 +63,44 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
     return {"released": released, "aborted": aborted}
 
 
+def _start(job: Job, now: datetime) -> None:
+    """A scheduled job's start time came: IN_PROGRESS, its rollout starting from now."""
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.IN_PROGRESS, rollout_allowance=1.0, rollout_ticked_at=now)
+    job.status, job.rollout_allowance, job.rollout_ticked_at = JobStatus.IN_PROGRESS, 1.0, now
+    outbox.jobs_changed(job.tenant_id, [job.job_id])
+    logger.info("job %s started (scheduled)", job)
+
+
+def _end(job: Job, behavior: str) -> None:
+    """Its end time came: STOP_ROLLOUT cancels what was not released; CANCEL / FORCE_CANCEL the job."""
+    reason = f"end time reached ({behavior})"
+    if behavior != "STOP_ROLLOUT":
+        job_cancel(job=job, force=behavior == "FORCE_CANCEL", reason=reason)
+        return
+    held_back = JobExecution.objects.filter(job=job, released_at__isnull=True, status=ExecutionStatus.QUEUED)
+    if held_back.exists():
+        canceled = close_executions(held_back, ExecutionStatus.CANCELED, {"reason": reason}, timezone.now(),
+                                    job_pk=job.pk)  # fmt: skip
+        outbox.jobs_changed(job.tenant_id, [job.job_id])
+        logger.info("job %s: rollout stopped at its end time, %d execution(s) never released", job, canceled)
+
+
 def _release_due(job: Job, now: datetime) -> int:
     rollout = parse_rollout(job.rollout)
-    if rollout is None:
-        return 0
+    if rollout is None:  # scheduled or windowed, no pace: everything at the first open moment
+        return _released(job, _release(job, RELEASE_ALL, now), now, allowance=0.0)
     elapsed = (now - job.rollout_ticked_at).total_seconds() if job.rollout_ticked_at else 0.0
     succeeded = 0
     if rollout.criterion == "number_of_succeeded_things":
         succeeded = JobExecution.objects.filter(job=job, status=ExecutionStatus.SUCCEEDED).count()
     allowance = rollout.accrue(job.rollout_allowance, elapsed, notified=job.released, succeeded=succeeded)
     count = _release(job, math.floor(allowance), now) if allowance >= 1 else 0
-    Job.objects.filter(pk=job.pk).update(
-        rollout_allowance=allowance - count, rollout_ticked_at=now, released=job.released + count
-    )
+    return _released(job, count, now, allowance=allowance - count)
+
+
+def _released(job: Job, count: int, now: datetime, *, allowance: float) -> int:
+    Job.objects.filter(pk=job.pk).update(rollout_allowance=allowance, rollout_ticked_at=now,
+                                         released=job.released + count)  # fmt: skip
     if count:
         outbox.wake_delivery()  # their devices' pending lists and notify messages
         outbox.jobs_changed(job.tenant_id, [job.job_id])

@@ -35,6 +35,12 @@ class JobCreateSerializer(StrictSerializer):
         '"threshold_percentage": 0-100, "min_executed": n}], "force": false}: the job is canceled once at least '
         "n executions were released and that share of them failed that way (force: in-progress ones too).",
     )
+    scheduling = JSONObjectField(
+        required=False,
+        help_text='When executions may be released: {"start_time": ISO 8601 (the job waits as SCHEDULED), '
+        '"end_time": ISO 8601, "end_behavior": "STOP_ROLLOUT" | "CANCEL" | "FORCE_CANCEL", "maintenance_windows": '
+        '[{"cron": "0 2 * * *", "duration_minutes": 120}], "timezone": "Europe/Paris"}, every field optional.',
+    )
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create the job in.")
 
 
@@ -57,8 +63,8 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = [
             "job_id", "tenant", "status", "document", "description", "targets", "expires_at",
-            "in_progress_timeout_seconds", "rollout", "abort_config", "created_at", "updated_at", "completed_at",
-            "canceled_at", "cancel_reason", "progress",
+            "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "created_at", "updated_at",
+            "completed_at", "canceled_at", "cancel_reason", "progress",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -45,6 +45,7 @@ from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
 from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
+from jobs.schedule import parse_schedule
 from jobs.selectors import device_execution, next_execution
 
 logger = logging.getLogger(__name__)
@@ -81,11 +82,13 @@ def job_create(
     in_progress_timeout_seconds: int | None = None,
     rollout: dict | None = None,
     abort_config: dict | None = None,
+    scheduling: dict | None = None,
 ) -> Job:
     """Create a job and one QUEUED execution per target device, set-based.
 
-    Without a rollout every execution is released (visible to its device) at once; with one
-    (jobs.rollout) they wait, unreleased, for the bridge's scheduler (jobs.release)."""
+    Without a rollout or a schedule every execution is released (visible to its device) at once;
+    with one (jobs.rollout, jobs.schedule) they wait, unreleased, for the bridge's scheduler
+    (jobs.release); a job whose start time is ahead is SCHEDULED until then."""
     job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
     if not JOB_ID.matches(job_id):
         raise InvalidInput(f"Invalid job id {job_id!r}: use {JOB_ID.text}", code="invalid_job_id")
@@ -99,7 +102,8 @@ def job_create(
         raise InvalidInput(
             f"in_progress_timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}", code="invalid_timeout"
         )
-    paced = parse_rollout(rollout) is not None
+    schedule = parse_schedule(scheduling, now=now)
+    paced = parse_rollout(rollout) is not None or schedule is not None
     parse_abort(abort_config)
     targets = _resolve_targets(tenant, device_ids or [], tags or {})
 
@@ -109,7 +113,8 @@ def job_create(
                 tenant=tenant, job_id=job_id, document_type=document_type, document_params=document_params,
                 description=description, targets={"device_ids": device_ids or [], "tags": tags or {}},
                 expires_at=expires_at, in_progress_timeout_seconds=in_progress_timeout_seconds,
-                rollout=rollout or {}, abort_config=abort_config or {},
+                rollout=rollout or {}, abort_config=abort_config or {}, scheduling=scheduling or {},
+                status=JobStatus.IN_PROGRESS if schedule is None or schedule.started(now) else JobStatus.SCHEDULED,
                 rollout_allowance=1.0, rollout_ticked_at=now,  # the first release on the scheduler's next tick
             )  # fmt: skip
     except IntegrityError:
@@ -186,7 +191,7 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
     now = timezone.now()
     statuses = [ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS] if force else [ExecutionStatus.QUEUED]
     details = {"reason": reason or ("job force-canceled" if force else "job canceled")}
-    canceled = _close_executions(
+    canceled = close_executions(
         JobExecution.objects.filter(job=locked, status__in=statuses), ExecutionStatus.CANCELED, details, now
     )
     Job.objects.filter(pk=locked.pk).update(
@@ -380,7 +385,7 @@ def executions_cancel_for_device(*, device: Device, reason: str) -> int:
     active = JobExecution.objects.filter(device=device, status__in=ACTIVE)
     jobs = list(active.order_by("job_id").values_list("job_id", "job__job_id").distinct())
     for job_pk, _ in jobs:
-        closed += _close_executions(
+        closed += close_executions(
             active.filter(job_id=job_pk), ExecutionStatus.CANCELED, {"reason": reason}, now, job_pk=job_pk
         )
     outbox.jobs_changed(device.tenant_id, [job_id for _, job_id in jobs])
@@ -402,7 +407,7 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
     touched: set[int] = set()
 
     def close(queryset, job_pk: int, reason: str) -> int:
-        closed = _close_executions(queryset, ExecutionStatus.TIMED_OUT, {"reason": reason}, now, job_pk=job_pk)
+        closed = close_executions(queryset, ExecutionStatus.TIMED_OUT, {"reason": reason}, now, job_pk=job_pk)
         if closed:
             touched.add(job_pk)
         return closed
@@ -438,7 +443,7 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
 # --- shared steps -------------------------------------------------------------------------------
 
 
-def _close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None) -> int:
+def close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None) -> int:
     """Move executions to a terminal status; counts them against their job (when job_pk is given).
 
     One set-based UPDATE, no id lists; a concurrent sweeper's UPDATE
