@@ -20,7 +20,7 @@ from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus
@@ -247,7 +247,8 @@ class JobAdmin(TenantScopedAdmin):
         canceled = []
         for job in queryset:
             try:
-                services.job_cancel(job=job, force=force, reason=f"canceled in admin by {request.user}")
+                services.job_cancel(job=job, force=force, reason=f"canceled in admin by {request.user}",
+                                    actor=services.operator_actor(request.user))  # fmt: skip
             except DomainError as exc:
                 self.message_user(request, f"Not canceled: {exc.message}", messages.WARNING)  # it names the job
             else:
@@ -375,7 +376,21 @@ class JobExecutionAdmin(TenantScopedAdmin):
     actions = []
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in JobExecution._meta.fields]
+        return [f.name for f in JobExecution._meta.fields] + ["history_table"]
+
+    @admin.display(description="history")
+    def history_table(self, obj):
+        rows = obj.history.order_by("at", "id")[:200]
+        if not rows:
+            return "no change since it was queued"
+        return format_html(
+            "<table><tr><th>at</th><th>status</th><th>number</th><th>by</th><th>details</th></tr>{}</table>",
+            format_html_join(
+                "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                ((r.at.strftime("%Y-%m-%d %H:%M:%S"), r.status, r.execution_number, r.actor,
+                  json.dumps(r.status_details)) for r in rows),
+            ),
+        )  # fmt: skip
 
     def get_queryset(self, request):
         jobs_columns = ("job__targets", "job__document_params", "job__description")  # a list shows the job's id only

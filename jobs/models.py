@@ -111,3 +111,25 @@ class JobExecution(models.Model):
 
     def __str__(self):
         return f"{self.job_id}:{self.device_id}"
+
+
+class ExecutionHistory(models.Model):
+    """One change of an execution (its status, details or number): when, to what, by whom.
+
+    Written by jobs.services with the change, in its transaction: the device's updates and
+    start-next, and the platform's closes (timeouts, expiry, cancel, abort, end time, decommission).
+    The creation itself is the execution's queued_at; its release, released_at."""
+
+    execution = models.ForeignKey(JobExecution, on_delete=models.CASCADE, related_name="history")
+    at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=ExecutionStatus.choices)
+    status_details = models.JSONField(default=dict, blank=True)
+    execution_number = models.PositiveIntegerField()
+    actor = models.CharField(max_length=160)  # "device", "platform", "operator:<username>"
+
+    class Meta:
+        db_table = "job_execution_history"
+        indexes = [models.Index(fields=["execution", "at"], name="idx_job_exec_history")]
+
+    def __str__(self):
+        return f"{self.execution_id} {self.status} at {self.at:%Y-%m-%d %H:%M:%S}"

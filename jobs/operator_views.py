@@ -14,8 +14,9 @@ from jobs import services
 from jobs.choices import ExecutionStatus
 from jobs.filters import ExecutionFilter, JobFilter
 from jobs.models import Job, JobExecution
-from jobs.selectors import job_for_operator, jobs_for_operator
+from jobs.selectors import job_execution, job_for_operator, jobs_for_operator
 from jobs.serializers import (
+    ExecutionDetailSerializer,
     ExecutionSerializer,
     JobCancelSerializer,
     JobCreateSerializer,
@@ -86,8 +87,33 @@ class JobViewSet(TenantScopedViewSet):
         body = JobCancelSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         job = services.job_cancel(job=self.get_object(), force=body.validated_data["force"],
-                                  reason=body.validated_data.get("reason", ""))  # fmt: skip
+                                  reason=body.validated_data.get("reason", ""),
+                                  actor=services.operator_actor(request.user))  # fmt: skip
         return Response(JobSerializer(job).data)
+
+    @extend_schema(
+        operation_id="jobs_execution", responses={200: ExecutionDetailSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        description="One device's execution of the job, with its history (every change: when, status, details, "
+        "execution number, by whom).",
+    )  # fmt: skip
+    @action(detail=True, methods=["get"], url_path=r"executions/(?P<device_id>[^/]+)")
+    def execution(self, request, job_id=None, device_id=None):
+        return Response(ExecutionDetailSerializer(job_execution(self.get_object(), device_id)).data)
+
+    @extend_schema(
+        operation_id="jobs_execution_cancel", request=JobCancelSerializer,
+        responses={200: ExecutionDetailSerializer, **ERRORS}, parameters=[TENANT_PARAM],
+        description="Cancel one device's execution: a QUEUED one, or an IN_PROGRESS one with force (409 otherwise).",
+    )  # fmt: skip
+    @action(detail=True, methods=["post"], url_path=r"executions/(?P<device_id>[^/]+)/cancel")
+    def execution_cancel(self, request, job_id=None, device_id=None):
+        body = JobCancelSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        execution = services.execution_cancel(
+            job=self.get_object(), device_id=device_id, force=body.validated_data["force"],
+            reason=body.validated_data.get("reason", ""), actor=services.operator_actor(request.user),
+        )  # fmt: skip
+        return Response(ExecutionDetailSerializer(execution).data)
 
     @extend_schema(
         operation_id="jobs_executions",

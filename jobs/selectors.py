@@ -153,6 +153,18 @@ def device_execution(device: Device, job_id: str) -> JobExecution:
     return execution
 
 
+def job_execution(job: Job, device_id: str) -> JobExecution:
+    """One device's execution of a job (operators); NotFound when the job has none for it."""
+    execution = (
+        JobExecution.objects.select_related("job", "device").filter(job=job, device__device_id=device_id).first()
+    )
+    if execution is None:
+        raise NotFound(
+            f"Job {job.job_id!r} has no execution for device {device_id[:200]!r}", code="execution_not_found"
+        )
+    return execution
+
+
 def jobs_for_operator(user, *, tenant_id: str | None = None):
     qs = Job.objects.defer("targets")
     if user.is_superuser:

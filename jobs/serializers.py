@@ -100,6 +100,27 @@ class ExecutionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ExecutionHistorySerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    status = serializers.ChoiceField(choices=ExecutionStatus.choices)
+    status_details = serializers.JSONField()
+    execution_number = serializers.IntegerField()
+    actor = serializers.CharField(help_text='"device", "platform" or "operator:<username>".')
+
+
+class ExecutionDetailSerializer(ExecutionSerializer):
+    history = serializers.SerializerMethodField()
+
+    class Meta(ExecutionSerializer.Meta):
+        fields = [*ExecutionSerializer.Meta.fields, "history"]
+        read_only_fields = fields
+
+    @extend_schema_field(ExecutionHistorySerializer(many=True))
+    def get_history(self, execution):
+        rows = execution.history.order_by("at", "id")
+        return ExecutionHistorySerializer(rows, many=True).data
+
+
 class ExecutionUpdateSerializer(StrictSerializer):
     status = StrictCharField(help_text="IN_PROGRESS (claim), then SUCCEEDED, FAILED or REJECTED.")
     status_details = JSONObjectField(required=False, allow_null=True)

@@ -20,6 +20,7 @@ The rules, once:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
@@ -43,10 +44,10 @@ from iotcloud.errors import Conflict, InvalidInput
 from iotcloud.limits import check_document
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
 from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
-from jobs.models import Job, JobExecution
+from jobs.models import ExecutionHistory, Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
-from jobs.selectors import device_execution, next_execution
+from jobs.selectors import device_execution, job_execution, next_execution
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ CANCEL_STEP_TIMER = -1  # stepTimeoutInMinutes -1 on an update: drop the current
 # characters and no control (Unicode "C*") characters.
 STATUS_DETAILS_KEY = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 STATUS_DETAILS_VALUE_MAX = 1024
+# Who changed an execution, in its history (an operator: operator_actor(user)).
+DEVICE, PLATFORM = "device", "platform"
 
 
 def check_document_params(document_params) -> dict:
@@ -183,8 +186,9 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
 
 
 @transaction.atomic
-def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
-    """Cancel QUEUED executions (and IN_PROGRESS ones with force); the job ends CANCELED."""
+def job_cancel(*, job: Job, force: bool = False, reason: str = "", actor: str = PLATFORM) -> Job:
+    """Cancel QUEUED executions (and IN_PROGRESS ones with force); the job ends CANCELED. `actor`: who
+    (an operator: operator_actor(user)), in the executions' history."""
     locked = Job.objects.select_for_update().get(pk=job.pk)
     if locked.status == JobStatus.COMPLETED:
         raise Conflict(f"Job {job.job_id!r} is already completed", code="job_completed")
@@ -192,7 +196,11 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
     statuses = [ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS] if force else [ExecutionStatus.QUEUED]
     details = {"reason": reason or ("job force-canceled" if force else "job canceled")}
     canceled = close_executions(
-        JobExecution.objects.filter(job=locked, status__in=statuses), ExecutionStatus.CANCELED, details, now
+        JobExecution.objects.filter(job=locked, status__in=statuses),
+        ExecutionStatus.CANCELED,
+        details,
+        now,
+        actor=actor,
     )
     Job.objects.filter(pk=locked.pk).update(
         status=JobStatus.CANCELED, canceled_at=locked.canceled_at or now, cancel_reason=reason[:256],
@@ -202,6 +210,27 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "") -> Job:
     outbox.jobs_changed(locked.tenant_id, [locked.job_id])
     logger.info("job canceled %s force=%s executions=%d", locked, force, canceled)
     return locked
+
+
+@transaction.atomic
+def execution_cancel(*, job: Job, device_id: str, force: bool = False, reason: str = "", actor: str = PLATFORM):
+    """Cancel one device's execution of a job: a QUEUED one, or an IN_PROGRESS one with force."""
+    execution = job_execution(job, device_id)
+    statuses = [ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS] if force else [ExecutionStatus.QUEUED]
+    details = {"reason": reason or ("execution force-canceled" if force else "execution canceled")}
+    now = timezone.now()
+    if not close_executions(JobExecution.objects.filter(pk=execution.pk, status__in=statuses),
+                            ExecutionStatus.CANCELED, details, now, job_pk=job.pk, actor=actor):  # fmt: skip
+        execution.refresh_from_db()
+        if execution.status == ExecutionStatus.IN_PROGRESS:
+            raise Conflict(
+                "The execution is IN_PROGRESS on the device; cancel it with force=true", code="execution_in_progress"
+            )
+        raise Conflict(f"The execution is already {execution.status}", code="execution_terminal")
+    outbox.jobs_changed(job.tenant_id, [job.job_id])
+    logger.info("execution %s of %s canceled force=%s by %s", device_id, job, force, actor)
+    execution.refresh_from_db()
+    return execution
 
 
 # --- device updates ----------------------------------------------------------------------
@@ -297,6 +326,7 @@ def execution_update(
     if status in TERMINAL:
         _count_terminal(execution.job_id, 1)
     execution.refresh_from_db()
+    _record([execution], now, DEVICE)
     if execution.notify_pending:
         outbox.wake_delivery()
     outbox.jobs_changed(execution.tenant_id, [job_id])
@@ -368,6 +398,7 @@ def execution_start_next(
             outbox.wake_delivery()
             outbox.jobs_changed(device.tenant_id, [candidate.job.job_id])
             started = _execution_with_job(candidate.pk)
+            _record([started], now, DEVICE)
             logger.info("execution %s started (start-next) n=%d", started, started.execution_number)
             return started
     raise Conflict("The device's executions changed concurrently; try again", code="concurrent_update")
@@ -443,22 +474,51 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
 # --- shared steps -------------------------------------------------------------------------------
 
 
-def close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None) -> int:
+def close_executions(queryset, status: str, details: dict, now, *, job_pk: int | None = None,
+                     actor: str = PLATFORM) -> int:  # fmt: skip
     """Move executions to a terminal status; counts them against their job (when job_pk is given).
 
-    One set-based UPDATE, no id lists; a concurrent sweeper's UPDATE
-    re-checks the status under the row locks and closes nothing twice.
+    One set-based UPDATE (RETURNING the rows it changed, for their history), no id lists in; a
+    concurrent sweeper's UPDATE re-checks the status under the row locks and closes nothing twice.
     """
-    count = queryset.update(
-        status=status, status_details=details, execution_number=F("execution_number") + 1, last_updated_at=now,
-        # A device's list changes only if it could see the execution (not one its rollout held back).
-        notify_pending=Case(When(released_at__isnull=False, then=Value(True)), default=F("notify_pending")),
+    selected, params = queryset.values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE job_executions SET status = %s, status_details = %s, execution_number = execution_number + 1,
+                last_updated_at = %s,
+                notify_pending = CASE WHEN released_at IS NOT NULL THEN %s ELSE notify_pending END
+            WHERE id IN ({selected})
+            RETURNING id, execution_number
+            """,  # noqa: S608 (the ORM's own parameterized SQL)
+            # A device's list changes only if it could see the execution (not one its rollout held back).
+            [status, json.dumps(details), now, True, *params],
+        )
+        changed = cursor.fetchall()
+    ExecutionHistory.objects.bulk_create(
+        [ExecutionHistory(execution_id=pk, at=now, status=status, status_details=details, execution_number=number,
+                          actor=actor) for pk, number in changed],
+        batch_size=5000,
     )  # fmt: skip
+    count = len(changed)
     if job_pk is not None:
         _count_terminal(job_pk, count)
     if count:
         outbox.wake_delivery()
     return count
+
+
+def _record(executions, now, actor: str) -> None:
+    """History rows for executions as they are now (after a device's change)."""
+    ExecutionHistory.objects.bulk_create(
+        [ExecutionHistory(execution_id=e.pk, at=now, status=e.status, status_details=e.status_details,
+                          execution_number=e.execution_number, actor=actor) for e in executions]
+    )  # fmt: skip
+
+
+def operator_actor(user) -> str:
+    """How an operator appears in history: operator:<username>."""
+    return f"operator:{user.get_username()}"[:160]
 
 
 def _count_terminal(job_pk: int, count: int) -> None:

@@ -1,0 +1,71 @@
+"""Per-execution control: an execution's full history (every change: when, status, details, number,
+by whom) and cancelling one device's execution, with force for a running one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from iotcloud.testing import device_client
+from jobs.models import Job, JobExecution
+from jobs.services import job_sweep
+
+pytestmark = pytest.mark.django_db
+
+
+def create(operator, device_ids, **extra) -> dict:
+    body = {"document_type": "reboot", "targets": {"device_ids": device_ids}, **extra}
+    return operator.post("/customer/jobs", body, expect=201).json()
+
+
+def test_history_records_every_change_and_who_made_it(operator, tenant, make_device):
+    pump, fan = make_device(tenant, "pump"), make_device(tenant, "fan")
+    job = create(operator, ["pump", "fan"], in_progress_timeout_seconds=60)["job_id"]
+    dev = device_client(pump)
+    dev.put(f"/device/v1/jobs/{job}/execution", {"status": "IN_PROGRESS", "status_details": {"step": "dl"}},
+            expect=200)  # fmt: skip
+    dev.put(f"/device/v1/jobs/{job}/execution", {"status": "SUCCEEDED"}, expect=200)
+    device_client(fan).put(f"/device/v1/jobs/{job}/execution", {"status": "IN_PROGRESS"}, expect=200)
+    JobExecution.objects.filter(device=fan).update(started_at=timezone.now() - timedelta(minutes=5))
+    job_sweep()
+
+    history = operator.get(f"/customer/jobs/{job}/executions/pump", expect=200).json()["history"]
+    assert [(h["status"], h["execution_number"], h["actor"]) for h in history] == [
+        ("IN_PROGRESS", 2, "device"),
+        ("SUCCEEDED", 3, "device"),
+    ]
+    assert history[0]["status_details"] == {"step": "dl"} and history[0]["at"] <= history[1]["at"]
+    (claimed, timed_out) = operator.get(f"/customer/jobs/{job}/executions/fan", expect=200).json()["history"]
+    assert (claimed["status"], timed_out["status"], timed_out["actor"]) == ("IN_PROGRESS", "TIMED_OUT", "platform")
+    assert "in-progress timeout" in timed_out["status_details"]["reason"]
+
+
+def test_cancel_one_execution_queued_or_with_force(operator, tenant, make_device):
+    for name in ("a", "b", "c"):
+        make_device(tenant, name)
+    job = create(operator, ["a", "b", "c"])["job_id"]
+    canceled = operator.post(f"/customer/jobs/{job}/executions/a/cancel", {"reason": "wrong model"}, expect=200)
+    assert canceled.json()["status"] == "CANCELED" and canceled.json()["history"][-1]["actor"] == "operator:alice"
+    assert canceled.json()["status_details"] == {"reason": "wrong model"}
+    operator.post(f"/customer/jobs/{job}/executions/a/cancel", {}, expect=409)  # already CANCELED
+
+    b = JobExecution.objects.get(job__job_id=job, device__device_id="b")
+    JobExecution.objects.filter(pk=b.pk).update(status="IN_PROGRESS", started_at=timezone.now())
+    refused = operator.post(f"/customer/jobs/{job}/executions/b/cancel", {}, expect=409).json()
+    assert refused["code"] == "execution_in_progress" and "force" in refused["detail"]
+    operator.post(f"/customer/jobs/{job}/executions/b/cancel", {"force": True}, expect=200)
+    operator.post(f"/customer/jobs/{job}/executions/nobody/cancel", {}, expect=404)
+    operator.post(f"/customer/jobs/{job}/executions/c/cancel", {"force": "yes"}, expect=400)
+
+    operator.post(f"/customer/jobs/{job}/executions/c/cancel", {}, expect=200)
+    assert Job.objects.get(job_id=job).status == "COMPLETED"  # every execution terminal
+
+
+def test_other_tenants_cannot_see_or_cancel_an_execution(operator, other_operator, tenant, make_device):
+    make_device(tenant, "a")
+    job = create(operator, ["a"])["job_id"]
+    other_operator.get(f"/customer/jobs/{job}/executions/a", expect=404)
+    other_operator.post(f"/customer/jobs/{job}/executions/a/cancel", {}, expect=404)
+    assert JobExecution.objects.get(job__job_id=job).status == "QUEUED"
