@@ -133,7 +133,12 @@ class JobAdmin(TenantScopedAdmin):
         (None, {"fields": ["tenant", "job_id", "status_label", "document_type", "document", "description"]}),
         ("Progress", {"fields": ["progress_wide", "executions_link"]}),
         ("Targets and timing", {"fields": ["target_summary", "expires_at", "in_progress_timeout_seconds"]}),
-        ("Rollout, schedule and abort", {"fields": ["rollout_summary", "schedule_summary", "abort_summary"]}),
+        (
+            "Rollout, schedule, abort and retries",
+            {
+                "fields": ["rollout_summary", "schedule_summary", "abort_summary", "retry_summary"],
+            },
+        ),
         ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
     ]
 
@@ -225,6 +230,12 @@ class JobAdmin(TenantScopedAdmin):
             return "none"
         return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.scheduling, indent=2))
 
+    @admin.display(description="retries")
+    def retry_summary(self, obj):
+        if not obj.retry_config:
+            return "none"
+        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.retry_config, indent=2))
+
     @admin.display(description="abort criteria")
     def abort_summary(self, obj):
         if not obj.abort_config:
@@ -308,7 +319,7 @@ class JobAdmin(TenantScopedAdmin):
             ("Targets", {"fields": ["devices", "tags"], "description": "Devices picked, tag matches, or both."}),
             ("Timing", {"fields": ["expires_at", "in_progress_timeout_seconds"]}),
             ("Rollout, schedule and abort", {
-                "fields": ["rollout", "scheduling", "abort_config"],
+                "fields": ["rollout", "scheduling", "abort_config", "retry_config"],
                 "description": "How fast and when devices get the job, and when to stop it.",
             }),
         ]  # fmt: skip

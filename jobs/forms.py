@@ -18,6 +18,7 @@ from iotcloud.form_fields import parse_json_text
 from iotcloud.rules import JOB_ID
 from jobs import services
 from jobs.models import Job, JobExecution
+from jobs.retry import parse_retry
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
 
@@ -33,6 +34,7 @@ ERROR_FIELDS = {
     "invalid_rollout": "rollout",
     "invalid_abort": "abort_config",
     "invalid_scheduling": "scheduling",
+    "invalid_retry": "retry_config",
 }
 
 
@@ -134,6 +136,15 @@ class JobCreateForm(forms.ModelForm):
         "window.",
     )
 
+    retry_config = forms.CharField(
+        required=False,
+        label="Retries",
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+        help_text='Optional: {"criteria": [{"failure_type": "FAILED", "number_of_retries": 2}, {"failure_type": '
+        '"TIMED_OUT", "number_of_retries": 1}]} (or "ALL"; at most 10 in all). A failed or timed-out execution is '
+        "queued again as its next attempt.",
+    )
+
     class Meta:
         model = Job
         fields = []
@@ -180,6 +191,9 @@ class JobCreateForm(forms.ModelForm):
     def clean_scheduling(self):
         return self._config("scheduling", parse_schedule, "the schedule")
 
+    def clean_retry_config(self):
+        return self._config("retry_config", parse_retry, "the retries")
+
     def _config(self, name: str, rule, what: str) -> dict:
         """A JSON object checked by its jobs.rollout rule, the service's own (shown on the field)."""
         text = self.cleaned_data[name].strip()
@@ -223,6 +237,7 @@ class JobCreateForm(forms.ModelForm):
                 rollout=data["rollout"],
                 abort_config=data["abort_config"],
                 scheduling=data["scheduling"],
+                retry_config=data["retry_config"],
             )
         except DomainError as exc:
             field = ERROR_FIELDS.get(exc.code)

@@ -39,6 +39,7 @@ class Job(models.Model):
     rollout = models.JSONField(default=dict, blank=True)
     abort_config = models.JSONField(default=dict, blank=True)
     scheduling = models.JSONField(default=dict, blank=True)  # start/end time, maintenance windows (jobs.schedule)
+    retry_config = models.JSONField(default=dict, blank=True)  # FAILED / TIMED_OUT retried (jobs.retry)
     released = models.PositiveIntegerField(default=0)
     rollout_allowance = models.FloatField(default=0.0)
     rollout_ticked_at = models.DateTimeField(null=True, blank=True)
@@ -60,6 +61,11 @@ class JobExecution(models.Model):
     status_details = models.JSONField(default=dict, blank=True)
     # Advanced on every update: the device's optimistic lock.
     execution_number = models.PositiveIntegerField(default=1)
+    # The attempt (AWS executionNumber): 1, +1 each time a retry queues it again (jobs.retry), with
+    # the retries used per failure type.
+    attempt = models.PositiveIntegerField(default=1)
+    failed_retries = models.PositiveSmallIntegerField(default=0)
+    timed_out_retries = models.PositiveSmallIntegerField(default=0)
     queued_at = models.DateTimeField()
     # Set whenever this execution changes its device's pending list (queued,
     # claimed, closed); the MQTT bridge republishes the device's jobs/notify

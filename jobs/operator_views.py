@@ -72,6 +72,7 @@ class JobViewSet(TenantScopedViewSet):
             rollout=data.get("rollout"),
             abort_config=data.get("abort_config"),
             scheduling=data.get("scheduling"),
+            retry_config=data.get("retry_config"),
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 

@@ -37,8 +37,8 @@ def pending_summary(execution: JobExecution) -> dict:
 # What a pending entry needs (the seed's summary, AWS's JobExecutionSummary and, for the first
 # one, JobExecutionData). A job's `targets` can hold 100,000 device ids: never drag it (or other
 # unused columns) through a device's hot path.
-SUMMARY_FIELDS = ("id", "device_id", "status", "status_details", "execution_number", "queued_at", "started_at",
-                  "last_updated_at", "job__job_id", "job__document_type", "job__document_params",
+SUMMARY_FIELDS = ("id", "device_id", "status", "status_details", "execution_number", "attempt", "queued_at",
+                  "started_at", "last_updated_at", "job__job_id", "job__document_type", "job__document_params",
                   "job__expires_at")  # fmt: skip
 
 # The pending order (AWS's): IN_PROGRESS executions first, then QUEUED ones, each oldest first.

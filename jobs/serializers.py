@@ -41,6 +41,11 @@ class JobCreateSerializer(StrictSerializer):
         '"end_time": ISO 8601, "end_behavior": "STOP_ROLLOUT" | "CANCEL" | "FORCE_CANCEL", "maintenance_windows": '
         '[{"cron": "0 2 * * *", "duration_minutes": 120}], "timezone": "Europe/Paris"}, every field optional.',
     )
+    retry_config = JSONObjectField(
+        required=False,
+        help_text='{"criteria": [{"failure_type": "FAILED" | "TIMED_OUT" | "ALL", "number_of_retries": 0-10}]}: an '
+        "execution that ends so is queued again as its next attempt while retries are left (at most 10 in all).",
+    )
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create the job in.")
 
 
@@ -63,7 +68,8 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = [
             "job_id", "tenant", "status", "document", "description", "targets", "expires_at",
-            "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "created_at", "updated_at",
+            "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "retry_config", "created_at",
+            "updated_at",
             "completed_at", "canceled_at", "cancel_reason", "progress",
         ]  # fmt: skip
         read_only_fields = fields
@@ -95,7 +101,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = JobExecution
-        fields = ["job_id", "device_id", "status", "status_details", "execution_number", "queued_at",
+        fields = ["job_id", "device_id", "status", "status_details", "execution_number", "attempt", "queued_at",
                   "released_at", "started_at", "last_updated_at"]  # fmt: skip
         read_only_fields = fields
 

@@ -45,6 +45,7 @@ from iotcloud.limits import check_document
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
 from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
 from jobs.models import ExecutionHistory, Job, JobExecution
+from jobs.retry import parse_retry
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
 from jobs.selectors import device_execution, job_execution, next_execution
@@ -86,6 +87,7 @@ def job_create(
     rollout: dict | None = None,
     abort_config: dict | None = None,
     scheduling: dict | None = None,
+    retry_config: dict | None = None,
 ) -> Job:
     """Create a job and one QUEUED execution per target device, set-based.
 
@@ -108,6 +110,7 @@ def job_create(
     schedule = parse_schedule(scheduling, now=now)
     paced = parse_rollout(rollout) is not None or schedule is not None
     parse_abort(abort_config)
+    parse_retry(retry_config)
     targets = _resolve_targets(tenant, device_ids or [], tags or {})
 
     try:
@@ -117,6 +120,7 @@ def job_create(
                 description=description, targets={"device_ids": device_ids or [], "tags": tags or {}},
                 expires_at=expires_at, in_progress_timeout_seconds=in_progress_timeout_seconds,
                 rollout=rollout or {}, abort_config=abort_config or {}, scheduling=scheduling or {},
+                retry_config=retry_config or {},
                 status=JobStatus.IN_PROGRESS if schedule is None or schedule.started(now) else JobStatus.SCHEDULED,
                 rollout_allowance=1.0, rollout_ticked_at=now,  # the first release on the scheduler's next tick
             )  # fmt: skip
@@ -130,8 +134,9 @@ def job_create(
             f"""
             INSERT INTO job_executions
                 (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
-                 last_updated_at, notify_pending, notified_next, released_at)
-            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s FROM ({target_sql}) AS t
+                 last_updated_at, notify_pending, notified_next, released_at, attempt, failed_retries,
+                 timed_out_retries)
+            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s, 1, 0, 0 FROM ({target_sql}) AS t
             """,  # noqa: S608 (target_sql is the ORM's own, parameterized)
             [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, not paced, False, None if paced else now,
              *target_params],
@@ -321,12 +326,25 @@ def execution_update(
     else:  # terminal: it leaves the device's pending list
         changes["notify_pending"] = True
         changes["step_timeout_at"] = None
+    retry = parse_retry(execution.job.retry_config)
+    retrying = (
+        status == ExecutionStatus.FAILED
+        and retry is not None
+        and not expired
+        and retry.allows("FAILED", failed_used=execution.failed_retries, timed_out_used=execution.timed_out_retries)
+    )
+    if retrying:  # queued again as its next attempt, in the same compare-and-set (jobs.retry)
+        candidates = candidates.filter(failed_retries=execution.failed_retries)
+        changes.update(_RETRY_CHANGES, failed_retries=F("failed_retries") + 1)
     if not allowed or not candidates.update(**changes):
         _explain_refusal(execution, status, execution_number, allowed, expired)
-    if status in TERMINAL:
+    if status in TERMINAL and not retrying:
         _count_terminal(execution.job_id, 1)
     execution.refresh_from_db()
-    _record([execution], now, DEVICE)
+    if retrying:
+        _record_retry(execution, now, status_details, failure=ExecutionStatus.FAILED, actor=DEVICE)
+    else:
+        _record([execution], now, DEVICE)
     if execution.notify_pending:
         outbox.wake_delivery()
     outbox.jobs_changed(execution.tenant_id, [job_id])
@@ -437,11 +455,14 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     touched: set[int] = set()
 
-    def close(queryset, job_pk: int, reason: str) -> int:
-        closed = close_executions(queryset, ExecutionStatus.TIMED_OUT, {"reason": reason}, now, job_pk=job_pk)
-        if closed:
+    def close(queryset, job_pk: int, reason: str, *, retry: bool = False) -> int:
+        """TIMED_OUT, or queued again where the job's retry configuration allows (retry)."""
+        details = {"reason": reason}
+        retried = retry_timed_out(queryset, Job.objects.get(pk=job_pk), details, now) if retry else 0
+        closed = close_executions(queryset, ExecutionStatus.TIMED_OUT, details, now, job_pk=job_pk)
+        if closed or retried:
             touched.add(job_pk)
-        return closed
+        return closed + retried
 
     timed_out = expired = 0
     with transaction.atomic():
@@ -452,12 +473,12 @@ def job_sweep(*, now: datetime | None = None) -> dict[str, int]:
             stuck = JobExecution.objects.filter(
                 job_id=job_pk, status=ExecutionStatus.IN_PROGRESS, started_at__lt=now - timedelta(seconds=timeout)
             )
-            timed_out += close(stuck, job_pk, f"in-progress timeout of {timeout}s exceeded")
+            timed_out += close(stuck, job_pk, f"in-progress timeout of {timeout}s exceeded", retry=True)
         past_step = JobExecution.objects.filter(
             status=ExecutionStatus.IN_PROGRESS, step_timeout_at__isnull=False, step_timeout_at__lte=now
         )
         for job_pk in past_step.order_by("job_id").values_list("job_id", flat=True).distinct():
-            timed_out += close(past_step.filter(job_id=job_pk), job_pk, "step timeout exceeded")
+            timed_out += close(past_step.filter(job_id=job_pk), job_pk, "step timeout exceeded", retry=True)
         for job_pk, expires_at in Job.objects.filter(status=JobStatus.IN_PROGRESS, expires_at__lte=now).values_list(
             "pk", "expires_at"
         ):
@@ -479,25 +500,18 @@ def close_executions(queryset, status: str, details: dict, now, *, job_pk: int |
     """Move executions to a terminal status; counts them against their job (when job_pk is given).
 
     One set-based UPDATE (RETURNING the rows it changed, for their history), no id lists in; a
-    concurrent sweeper's UPDATE re-checks the status under the row locks and closes nothing twice.
+    concurrent closer's rows are re-checked under their locks, so nothing is closed twice.
     """
-    selected, params = queryset.values("pk").query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE job_executions SET status = %s, status_details = %s, execution_number = execution_number + 1,
-                last_updated_at = %s,
-                notify_pending = CASE WHEN released_at IS NOT NULL THEN %s ELSE notify_pending END
-            WHERE id IN ({selected})
-            RETURNING id, execution_number
-            """,  # noqa: S608 (the ORM's own parameterized SQL)
-            # A device's list changes only if it could see the execution (not one its rollout held back).
-            [status, json.dumps(details), now, True, *params],
-        )
-        changed = cursor.fetchall()
+    changed = _update_returning(
+        queryset,
+        # A device's list changes only if it could see the execution (not one its rollout held back).
+        "status = %s, status_details = %s, execution_number = execution_number + 1, last_updated_at = %s, "
+        "notify_pending = CASE WHEN released_at IS NOT NULL THEN %s ELSE notify_pending END",
+        [status, json.dumps(details), now, True],
+    )
     ExecutionHistory.objects.bulk_create(
         [ExecutionHistory(execution_id=pk, at=now, status=status, status_details=details, execution_number=number,
-                          actor=actor) for pk, number in changed],
+                          actor=actor) for pk, number, _ in changed],
         batch_size=5000,
     )  # fmt: skip
     count = len(changed)
@@ -506,6 +520,68 @@ def close_executions(queryset, status: str, details: dict, now, *, job_pk: int |
     if count:
         outbox.wake_delivery()
     return count
+
+
+def retry_timed_out(queryset, job: Job, details: dict, now) -> int:
+    """Queue again, as their next attempt, the executions of `queryset` (timing out now) that the job's
+    retry configuration still allows a TIMED_OUT retry; returns how many (the rest are the caller's)."""
+    retry = parse_retry(job.retry_config)
+    if retry is None:
+        return 0
+    if retry.any is not None:
+        eligible = queryset.alias(used=F("failed_retries") + F("timed_out_retries")).filter(used__lt=retry.any)
+    else:
+        eligible = queryset.filter(timed_out_retries__lt=retry.timed_out)
+    changed = _update_returning(
+        eligible,
+        "status = %s, attempt = attempt + 1, timed_out_retries = timed_out_retries + 1, started_at = NULL, "
+        "step_timeout_at = NULL, notify_pending = %s, execution_number = execution_number + 1, last_updated_at = %s",
+        [ExecutionStatus.QUEUED, True, now],
+    )
+    ExecutionHistory.objects.bulk_create(
+        [row for pk, number, attempt in changed for row in (
+            ExecutionHistory(execution_id=pk, at=now, status=ExecutionStatus.TIMED_OUT, status_details=details,
+                             execution_number=number, actor=PLATFORM),
+            ExecutionHistory(execution_id=pk, at=now, status=ExecutionStatus.QUEUED, execution_number=number,
+                             actor=PLATFORM, status_details={"retry": attempt - 1, "after": ExecutionStatus.TIMED_OUT}),
+        )],
+        batch_size=5000,
+    )  # fmt: skip
+    if changed:
+        outbox.wake_delivery()
+        logger.info("job %s: %d timed-out execution(s) queued again", job, len(changed))
+    return len(changed)
+
+
+def _update_returning(queryset, assignments: str, params: list) -> list[tuple[int, int, int]]:
+    """UPDATE job_executions SET <assignments> for the rows of `queryset`, locked (FOR UPDATE: a row
+    another transaction changed meanwhile is re-checked against the queryset's conditions); returns
+    (id, execution_number, attempt) of each row changed."""
+    selected, selected_params = queryset.select_for_update().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        # assignments: constants; the rest the ORM's own parameterized SQL
+        sql = f"UPDATE job_executions SET {assignments} WHERE id IN ({selected})"  # noqa: S608
+        sql += " RETURNING id, execution_number, attempt"
+        cursor.execute(sql, [*params, *selected_params])
+        return cursor.fetchall()
+
+
+# What a retry changes: the execution is QUEUED again as its next attempt, on its device's pending list.
+_RETRY_CHANGES = {
+    "status": ExecutionStatus.QUEUED, "attempt": F("attempt") + 1, "started_at": None, "step_timeout_at": None,
+    "notify_pending": True,
+}  # fmt: skip
+
+
+def _record_retry(execution: JobExecution, now, details, *, failure: str, actor: str) -> None:
+    """History of an attempt that failed and was queued again: the failure (its number), then the retry."""
+    ExecutionHistory.objects.bulk_create([
+        ExecutionHistory(execution_id=execution.pk, at=now, status=failure, execution_number=execution.execution_number,
+                         status_details=details if details is not None else execution.status_details, actor=actor),
+        ExecutionHistory(execution_id=execution.pk, at=now, status=ExecutionStatus.QUEUED,
+                         execution_number=execution.execution_number, actor=PLATFORM,
+                         status_details={"retry": execution.attempt - 1, "after": failure}),
+    ])  # fmt: skip
 
 
 def _record(executions, now, actor: str) -> None:

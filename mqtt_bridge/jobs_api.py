@@ -17,10 +17,10 @@ executionState on InvalidStateTransition and VersionMismatch).
 How iotcloud's executions map onto AWS's fields:
 - versionNumber (and expectedVersion) is the execution's execution_number, which advances on every
   update (1 when queued);
-- executionNumber is the attempt number of the job on the device. iotcloud runs a job once per
-  device (no retries, one execution per job and device), so it is always 1, as AWS's first attempt;
-  a request naming another number names no execution (ResourceNotFound). (Not the row id: it would
-  show every tenant how many executions the whole platform runs.)
+- executionNumber is the attempt number of the job on the device: 1, then +1 each time the job's
+  retry configuration queues it again (jobs.retry); a request naming another number than the
+  current attempt names no execution (ResourceNotFound). (Not the row id: it would show every
+  tenant how many executions the whole platform runs.)
 - jobDocument is the job's document as the native API gives it: {"type": ..., "params": {...}};
 - times are epoch seconds, as AWS's.
 
@@ -54,7 +54,7 @@ from mqtt_bridge.requests import rejection as rejection_reply
 
 logger = logging.getLogger(__name__)
 
-EXECUTION_NUMBER = 1  # AWS executionNumber: the attempt number; one attempt per job and device
+FIRST_ATTEMPT = 1  # AWS executionNumber: the attempt number (JobExecution.attempt)
 MAX_GET_PENDING = 100  # GetPendingJobExecutions answers at most this many executions
 
 # AWS IoT Jobs' error codes (ErrorResponse.code)
@@ -173,9 +173,10 @@ def _field(body: dict, key: str, kind: type):
     return value
 
 
-def _check_execution_number(body: dict, job_id: str) -> None:
+def _check_execution_number(body: dict, job_id: str, execution: JobExecution | None) -> None:
+    """An executionNumber must name the execution's current attempt (the first, with nothing pending)."""
     number = _field(body, "executionNumber", int)
-    if number is not None and number != EXECUTION_NUMBER:
+    if number is not None and number != (execution.attempt if execution is not None else FIRST_ATTEMPT):
         raise NotFound(f"No execution number {number} of job {job_id[:64]!r} for this device",
                        code="execution_not_found")  # fmt: skip
 
@@ -206,11 +207,11 @@ def _describe(request: topics.Request, device: Device, body: dict) -> dict:
     if request.job_id == topics.NEXT_JOB:
         execution = next_execution(device)
         if execution is None:
-            _check_execution_number(body, request.job_id)
+            _check_execution_number(body, request.job_id, None)
             return {}  # nothing pending: no execution (as AWS)
     else:
         execution = device_execution(device, request.job_id)
-    _check_execution_number(body, execution.job.job_id)
+    _check_execution_number(body, execution.job.job_id, execution)
     return {"execution": execution_data(execution, _thing(device), include_document=include_document is not False)}
 
 
@@ -228,7 +229,8 @@ def _update(request: topics.Request, device: Device, body: dict) -> dict:
     step = _field(body, "stepTimeoutInMinutes", int)
     include_state = _field(body, "includeJobExecutionState", bool)
     include_document = _field(body, "includeJobDocument", bool)
-    _check_execution_number(body, request.job_id)
+    if "executionNumber" in body:
+        _check_execution_number(body, request.job_id, device_execution(device, request.job_id))
     execution = execution_update(
         device=device, job_id=request.job_id, status=status, status_details=details, execution_number=expected,
         rules=TransitionRules.AWS, step_timeout_minutes=step,
@@ -282,7 +284,7 @@ def execution_summary(execution: JobExecution) -> dict:
         summary["startedAt"] = _epoch(execution.started_at)
     summary.update(
         lastUpdatedAt=_epoch(execution.last_updated_at), versionNumber=execution.execution_number,
-        executionNumber=EXECUTION_NUMBER,
+        executionNumber=execution.attempt,
     )  # fmt: skip
     return summary
 
@@ -301,7 +303,7 @@ def execution_data(execution: JobExecution, thing: str, *, include_document: boo
         data["startedAt"] = _epoch(execution.started_at)
     data.update(
         lastUpdatedAt=_epoch(execution.last_updated_at), versionNumber=execution.execution_number,
-        executionNumber=EXECUTION_NUMBER,
+        executionNumber=execution.attempt,
     )  # fmt: skip
     return data
 

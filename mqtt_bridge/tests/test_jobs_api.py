@@ -387,3 +387,15 @@ def test_retained_and_throttled_jobs_requests_get_aws_jobs_codes(tenant, make_de
     assert [(a.get("code"), a["clientToken"]) for a in answers] == [
         ("InvalidRequest", "r"), (None, "a"), ("RequestThrottled", "b")]  # fmt: skip
     assert "inProgressJobs" in answers[1]  # the one within the rate was answered
+
+
+def test_the_aws_execution_number_is_the_attempt(tenant, device):
+    """A retry queues the execution again as its next attempt: AWS's executionNumber follows it."""
+    job = job_create(tenant=tenant, document_type="fw", device_ids=[device.device_id],
+                     retry_config={"criteria": [{"failure_type": "FAILED", "number_of_retries": 1}]})  # fmt: skip
+    execution_update(device=device, job_id=job.job_id, status="IN_PROGRESS")
+    execution_update(device=device, job_id=job.job_id, status="FAILED")
+    assert accepted(device, AWS, f"{job.job_id}/get", {})["execution"]["executionNumber"] == 2
+    topic, refused = ask(device, AWS, f"{job.job_id}/get", {"executionNumber": 1})  # the first attempt is over
+    assert topic.endswith("/rejected") and refused["code"] == "ResourceNotFound"
+    assert accepted(device, AWS, f"{job.job_id}/get", {"executionNumber": 2})["execution"]["status"] == "QUEUED"
