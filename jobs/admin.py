@@ -29,9 +29,10 @@ from iotcloud.errors import DomainError, error_body
 from iotcloud.rules import valid_pk
 from jobs import services
 from jobs.choices import ExecutionStatus
-from jobs.forms import JobCreateForm
-from jobs.models import Job, JobExecution
+from jobs.forms import JobCreateForm, JobTemplateForm
+from jobs.models import Job, JobExecution, JobTemplate
 from jobs.selectors import jobs_progress
+from jobs.templates import template_save
 
 MAX_PROGRESS_IDS = 500
 AUTOCOMPLETE_PAGE = 20
@@ -415,3 +416,20 @@ class JobExecutionAdmin(TenantScopedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # a job's counts depend on its executions
+
+
+@admin.register(JobTemplate)
+class JobTemplateAdmin(TenantScopedAdmin):
+    form = JobTemplateForm
+    list_display = ["name", "version", "tenant", "document_type", "created_at", "created_by"]
+    list_filter = [("tenant", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["name"]
+    ordering = ["name", "-version"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)  # versions never change
+
+    def save_model(self, request, obj, form, change):
+        data = {k: form.cleaned_data.get(k) for k in JobTemplateForm.Meta.fields}
+        saved = template_save(actor=services.operator_actor(request.user), **data)
+        obj.pk, obj.version = saved.pk, saved.version

@@ -17,10 +17,11 @@ from iotcloud.errors import DomainError
 from iotcloud.form_fields import parse_json_text
 from iotcloud.rules import JOB_ID
 from jobs import services
-from jobs.models import Job, JobExecution
+from jobs.models import Job, JobExecution, JobTemplate
 from jobs.retry import parse_retry
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
+from jobs.templates import template_check
 
 # Service error code -> the form field it is about (anything else is a non-field error).
 ERROR_FIELDS = {
@@ -244,3 +245,29 @@ class JobCreateForm(forms.ModelForm):
             self.add_error(field if field in self.fields else None, exc.message)
             return None
         return self.job
+
+
+class JobTemplateForm(forms.ModelForm):
+    """Adding a template saves its next version through jobs.templates (a version never changes)."""
+
+    class Meta:
+        model = JobTemplate
+        fields = ["tenant", "name", "description", "document_type", "document_params", "required_params",
+                  "rollout", "abort_config", "retry_config", "in_progress_timeout_seconds"]  # fmt: skip
+        help_texts = {
+            "name": "Saving an existing name makes its next version; jobs name it as <name> or <name>@<version>.",
+            "document_params": "Defaults (a JSON object); a job's own params go over them.",
+            "required_params": 'Keys a job must end up with, e.g. ["url", "sha256"].',
+            "rollout": 'Default rollout, e.g. {"maximum_per_minute": 100}.',
+            "abort_config": "Default abort criteria.",
+            "retry_config": "Default retries.",
+        }
+
+    def clean(self):
+        data = super().clean()
+        fields = {k: data.get(k) for k in self.Meta.fields if k not in ("tenant", "description")}
+        try:
+            template_check(**fields)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return data

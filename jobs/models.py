@@ -40,6 +40,7 @@ class Job(models.Model):
     abort_config = models.JSONField(default=dict, blank=True)
     scheduling = models.JSONField(default=dict, blank=True)  # start/end time, maintenance windows (jobs.schedule)
     retry_config = models.JSONField(default=dict, blank=True)  # FAILED / TIMED_OUT retried (jobs.retry)
+    template = models.CharField(max_length=80, blank=True, default="")  # "<name>@<version>" it was made from
     released = models.PositiveIntegerField(default=0)
     rollout_allowance = models.FloatField(default=0.0)
     rollout_ticked_at = models.DateTimeField(null=True, blank=True)
@@ -139,3 +140,32 @@ class ExecutionHistory(models.Model):
 
     def __str__(self):
         return f"{self.execution_id} {self.status} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class JobTemplate(models.Model):
+    """A named, versioned job document with defaults that jobs are created from (jobs.templates).
+
+    A version never changes: saving a template again makes the next version. Beside a tenant's own
+    templates every tenant has the built-ins (jobs.templates.BUILTINS), which are code, not rows."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="job_templates")
+    name = models.CharField(max_length=JOB_ID.max_length)
+    version = models.PositiveIntegerField()
+    description = models.TextField(blank=True, default="")
+    document_type = models.CharField(max_length=DOCUMENT_TYPE.max_length)
+    document_params = models.JSONField(default=dict, blank=True)  # defaults; a job's own params go over them
+    required_params = models.JSONField(default=list, blank=True)  # keys a job must end up with
+    # Defaults for the job's configuration (each one replaced as a whole by the job's own).
+    rollout = models.JSONField(default=dict, blank=True)
+    abort_config = models.JSONField(default=dict, blank=True)
+    retry_config = models.JSONField(default=dict, blank=True)
+    in_progress_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=160, blank=True, default="")
+
+    class Meta:
+        db_table = "job_templates"
+        constraints = [models.UniqueConstraint(fields=["tenant", "name", "version"], name="uniq_job_templates_version")]
+
+    def __str__(self):
+        return f"{self.tenant_id}/{self.name}@{self.version}"

@@ -1,7 +1,7 @@
 """Operator jobs API: create, list, detail with progress, cancel, executions."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import status
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -22,7 +22,10 @@ from jobs.serializers import (
     JobCreateSerializer,
     JobListSerializer,
     JobSerializer,
+    JobTemplateSaveSerializer,
+    JobTemplateSerializer,
 )
+from jobs.templates import template_of, template_resolve, template_save, templates_of
 
 
 @extend_schema_view(
@@ -62,7 +65,7 @@ class JobViewSet(TenantScopedViewSet):
         job = services.job_create(
             tenant=tenant,
             job_id=data.get("job_id"),
-            document_type=data["document_type"],
+            document_type=data.get("document_type"),
             document_params=data.get("document_params"),
             description=data.get("description", ""),
             device_ids=data["targets"].get("device_ids"),
@@ -73,6 +76,7 @@ class JobViewSet(TenantScopedViewSet):
             abort_config=data.get("abort_config"),
             scheduling=data.get("scheduling"),
             retry_config=data.get("retry_config"),
+            template=data.get("template"),
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -138,3 +142,36 @@ class JobViewSet(TenantScopedViewSet):
             raise ValidationError(filterset.errors)
         page = self.paginate_queryset(filterset.qs)
         return self.get_paginated_response(ExecutionSerializer(page, many=True).data)
+
+
+class JobTemplateViewSet(viewsets.ViewSet):
+    """Job templates: the tenant's own (latest versions) and the built-ins; POST saves the next version."""
+
+    lookup_value_regex = "[^/]+"
+
+    def _tenant(self, request, requested=None):
+        return tenant_for_write(request.user, requested or request.query_params.get("tenant"))
+
+    @extend_schema(operation_id="job_templates_list", parameters=[TENANT_PARAM],
+                   responses={200: JobTemplateSerializer(many=True)})  # fmt: skip
+    def list(self, request):
+        return Response(JobTemplateSerializer(templates_of(self._tenant(request)), many=True).data)
+
+    @extend_schema(
+        operation_id="job_templates_get", responses={200: JobTemplateSerializer, **ERRORS},
+        parameters=[TENANT_PARAM, OpenApiParameter("version", int, description="default: the latest")],
+    )  # fmt: skip
+    def retrieve(self, request, pk=None):
+        version = request.query_params.get("version")
+        ref = f"{pk}@{version}" if version else pk
+        return Response(JobTemplateSerializer(template_resolve(self._tenant(request), ref)).data)
+
+    @extend_schema(operation_id="job_templates_save", request=JobTemplateSaveSerializer,
+                   responses={201: JobTemplateSerializer, **ERRORS})  # fmt: skip
+    def create(self, request):
+        body = JobTemplateSaveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        tenant = self._tenant(request, data.pop("tenant", None))
+        saved = template_save(tenant=tenant, actor=services.operator_actor(request.user), **data)
+        return Response(JobTemplateSerializer(template_of(saved)).data, status=status.HTTP_201_CREATED)

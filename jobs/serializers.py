@@ -16,8 +16,16 @@ class TargetsSerializer(StrictSerializer):
 
 class JobCreateSerializer(StrictSerializer):
     job_id = StrictCharField(required=False, help_text=f"{JOB_ID.text}; generated when absent.")
-    document_type = StrictCharField(help_text='What to do, e.g. "reboot" or "firmware_update".')
-    document_params = JSONObjectField(required=False)
+    document_type = StrictCharField(
+        required=False,
+        help_text='What to do, e.g. "reboot" or "firmware_update" (from the template when one is named).',
+    )
+    document_params = JSONObjectField(required=False, help_text="With a template: over its default params.")
+    template = StrictCharField(
+        required=False,
+        help_text='"<name>" (its latest version) or "<name>@<version>": the tenant\'s own templates, then the '
+        "built-ins (reboot, download-file). The job takes its document and defaults.",
+    )
     description = StrictCharField(required=False, allow_blank=True, max_length=2000)
     targets = TargetsSerializer()
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -68,8 +76,8 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = [
             "job_id", "tenant", "status", "document", "description", "targets", "expires_at",
-            "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "retry_config", "created_at",
-            "updated_at",
+            "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "retry_config", "template",
+            "created_at", "updated_at",
             "completed_at", "canceled_at", "cancel_reason", "progress",
         ]  # fmt: skip
         read_only_fields = fields
@@ -174,3 +182,30 @@ class StartNextResponseSerializer(serializers.Serializer):
 
 
 JOB_STATUS_CHOICES = JobStatus.choices
+
+
+class JobTemplateSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    builtin = serializers.BooleanField()
+    description = serializers.CharField()
+    document_type = serializers.CharField()
+    document_params = serializers.JSONField()
+    required_params = serializers.ListField(child=serializers.CharField())
+    rollout = serializers.JSONField()
+    abort_config = serializers.JSONField()
+    retry_config = serializers.JSONField()
+    in_progress_timeout_seconds = serializers.IntegerField(allow_null=True)
+
+
+class JobTemplateSaveSerializer(StrictSerializer):
+    name = StrictCharField(help_text=f"{JOB_ID.text}. Saving an existing name makes its next version.")
+    description = StrictCharField(required=False, allow_blank=True, max_length=2000)
+    document_type = StrictCharField()
+    document_params = JSONObjectField(required=False, help_text="Defaults; a job's own params go over them.")
+    required_params = serializers.ListField(child=StrictCharField(), required=False, max_length=50)
+    rollout = JSONObjectField(required=False)
+    abort_config = JSONObjectField(required=False)
+    retry_config = JSONObjectField(required=False)
+    in_progress_timeout_seconds = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=604800)
+    tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to save it in.")

@@ -49,6 +49,7 @@ from jobs.retry import parse_retry
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
 from jobs.selectors import device_execution, job_execution, next_execution
+from jobs.templates import template_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def check_document_params(document_params) -> dict:
 def job_create(
     *,
     tenant: Tenant,
-    document_type: str,
+    document_type: str | None = None,
     document_params: dict | None = None,
     job_id: str | None = None,
     description: str = "",
@@ -88,12 +89,28 @@ def job_create(
     abort_config: dict | None = None,
     scheduling: dict | None = None,
     retry_config: dict | None = None,
+    template: str | None = None,
 ) -> Job:
     """Create a job and one QUEUED execution per target device, set-based.
 
     Without a rollout or a schedule every execution is released (visible to its device) at once;
     with one (jobs.rollout, jobs.schedule) they wait, unreleased, for the bridge's scheduler
     (jobs.release); a job whose start time is ahead is SCHEDULED until then."""
+    template_ref = ""
+    if template is not None:  # its document and defaults (jobs.templates); what the job gives wins
+        source = template_resolve(tenant, template)
+        if document_type is not None and document_type != source.document_type:
+            raise InvalidInput(f"document_type comes from template {source.ref}: {source.document_type!r}",
+                               code="invalid_document_type")  # fmt: skip
+        document_type, document_params = source.document_type, source.params_for(document_params)
+        rollout = rollout if rollout is not None else source.rollout
+        abort_config = abort_config if abort_config is not None else source.abort_config
+        retry_config = retry_config if retry_config is not None else source.retry_config
+        if in_progress_timeout_seconds is None:
+            in_progress_timeout_seconds = source.in_progress_timeout_seconds
+        template_ref = source.ref
+    if document_type is None:
+        raise InvalidInput("Give a document_type or a template", code="invalid_document_type")
     job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
     if not JOB_ID.matches(job_id):
         raise InvalidInput(f"Invalid job id {job_id!r}: use {JOB_ID.text}", code="invalid_job_id")
@@ -120,7 +137,7 @@ def job_create(
                 description=description, targets={"device_ids": device_ids or [], "tags": tags or {}},
                 expires_at=expires_at, in_progress_timeout_seconds=in_progress_timeout_seconds,
                 rollout=rollout or {}, abort_config=abort_config or {}, scheduling=scheduling or {},
-                retry_config=retry_config or {},
+                retry_config=retry_config or {}, template=template_ref,
                 status=JobStatus.IN_PROGRESS if schedule is None or schedule.started(now) else JobStatus.SCHEDULED,
                 rollout_allowance=1.0, rollout_ticked_at=now,  # the first release on the scheduler's next tick
             )  # fmt: skip

@@ -2,10 +2,11 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from jobs.device_views import ExecutionView, PendingJobsView, StartNextView
-from jobs.operator_views import JobViewSet
+from jobs.operator_views import JobTemplateViewSet, JobViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("customer/jobs", JobViewSet, basename="job")
+router.register("customer/job-templates", JobTemplateViewSet, basename="job-template")
 
 urlpatterns = [
     path("device/v1/jobs/pending", PendingJobsView.as_view(), name="device-jobs-pending"),

@@ -378,3 +378,30 @@ def test_expired_job_is_shown_timed_out(alice, tenant, make_device):
     item = alice.get(PROGRESS, {"ids": str(created.pk)}).json()["jobs"][str(created.pk)]
     assert item["counts"]["TIMED_OUT"] == 1 and item["status"] == JobStatus.COMPLETED
     assert device.pk
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+
+def template_form(tenant, **overrides):
+    return {"tenant": tenant.pk, "name": "fw", "description": "", "document_type": "fw_update",
+            "document_params": '{"channel": "stable"}', "required_params": '["url"]', "rollout": "{}",
+            "abort_config": "{}", "retry_config": "{}", "in_progress_timeout_seconds": "", **overrides}  # fmt: skip
+
+
+def test_adding_a_template_in_admin_saves_its_next_version(alice, tenant):
+    from jobs.models import JobTemplate
+
+    add = reverse("admin:jobs_jobtemplate_add")
+    assert alice.post(add, template_form(tenant)).status_code == 302
+    assert alice.post(add, template_form(tenant, document_params='{"channel": "beta"}')).status_code == 302
+    versions = list(JobTemplate.objects.filter(tenant=tenant, name="fw").order_by("version").values_list(
+        "version", "document_params", "created_by"))  # fmt: skip
+    assert versions == [(1, {"channel": "stable"}, "operator:alice-admin"), (2, {"channel": "beta"},
+                                                                              "operator:alice-admin")]  # fmt: skip
+    refused = alice.post(add, template_form(tenant, rollout='{"maximum_per_minute": -1}'))
+    assert refused.status_code == 200 and "rollout.maximum_per_minute" in refused.content.decode()
+    assert JobTemplate.objects.count() == 2
+    change = reverse("admin:jobs_jobtemplate_change", args=[JobTemplate.objects.first().pk])
+    page = alice.get(change)
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()  # a version is read-only
