@@ -315,15 +315,18 @@ class JobAdmin(TenantScopedAdmin):
 
     def _add_fieldsets(self, form):
         first = [f for f in ["tenant", "job_id", "document_type", "document_params", "description"] if f in form.fields]
+        targets = {"fields": ["devices", "tags", "continuous"], "description": "Devices picked, tag matches, or both."}
+        timing = {"fields": ["expires_at", "in_progress_timeout_seconds"]}
+        safety = {
+            "fields": ["rollout", "scheduling", "abort_config", "retry_config"],
+            "description": "How fast and when devices get the job, when to stop it, and what to retry.",
+        }
         return [
             (None, {"fields": first}),
-            ("Targets", {"fields": ["devices", "tags"], "description": "Devices picked, tag matches, or both."}),
-            ("Timing", {"fields": ["expires_at", "in_progress_timeout_seconds"]}),
-            ("Rollout, schedule and abort", {
-                "fields": ["rollout", "scheduling", "abort_config", "retry_config"],
-                "description": "How fast and when devices get the job, and when to stop it.",
-            }),
-        ]  # fmt: skip
+            ("Targets", targets),
+            ("Timing", timing),
+            ("Rollout, schedule, abort and retries", safety),
+        ]
 
     # --- JSON endpoints --------------------------------------------------------------------
 

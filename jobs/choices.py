@@ -16,6 +16,7 @@ class ExecutionStatus(models.TextChoices):
     TIMED_OUT = "TIMED_OUT"
     REJECTED = "REJECTED"
     CANCELED = "CANCELED"
+    REMOVED = "REMOVED"  # its device left a continuous job's selector before starting it (as AWS)
 
 
 # Final: no transition leaves these.
@@ -26,6 +27,7 @@ TERMINAL = frozenset(
         ExecutionStatus.TIMED_OUT,
         ExecutionStatus.REJECTED,
         ExecutionStatus.CANCELED,
+        ExecutionStatus.REMOVED,
     }
 )
 ACTIVE = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS})

@@ -36,6 +36,7 @@ ERROR_FIELDS = {
     "invalid_abort": "abort_config",
     "invalid_scheduling": "scheduling",
     "invalid_retry": "retry_config",
+    "no_targets": "tags",
 }
 
 
@@ -137,6 +138,11 @@ class JobCreateForm(forms.ModelForm):
         "window.",
     )
 
+    continuous = forms.BooleanField(
+        required=False,
+        help_text="Stay open: devices that come to match the tag selector later get the job; a device that "
+        "stops matching before it started has its execution REMOVED. Tag selector only.",
+    )
     retry_config = forms.CharField(
         required=False,
         label="Retries",
@@ -239,6 +245,7 @@ class JobCreateForm(forms.ModelForm):
                 abort_config=data["abort_config"],
                 scheduling=data["scheduling"],
                 retry_config=data["retry_config"],
+                continuous=data["continuous"],
             )
         except DomainError as exc:
             field = ERROR_FIELDS.get(exc.code)

@@ -41,6 +41,9 @@ class Job(models.Model):
     scheduling = models.JSONField(default=dict, blank=True)  # start/end time, maintenance windows (jobs.schedule)
     retry_config = models.JSONField(default=dict, blank=True)  # FAILED / TIMED_OUT retried (jobs.retry)
     template = models.CharField(max_length=80, blank=True, default="")  # "<name>@<version>" it was made from
+    # A continuous job stays open: devices that come to match its tag selector get an execution,
+    # queued ones of devices that stop matching end REMOVED (jobs.release reconciles every tick).
+    continuous = models.BooleanField(default=False)
     released = models.PositiveIntegerField(default=0)
     rollout_allowance = models.FloatField(default=0.0)
     rollout_ticked_at = models.DateTimeField(null=True, blank=True)

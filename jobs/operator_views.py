@@ -77,6 +77,7 @@ class JobViewSet(TenantScopedViewSet):
             scheduling=data.get("scheduling"),
             retry_config=data.get("retry_config"),
             template=data.get("template"),
+            continuous=data.get("continuous", False),
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 

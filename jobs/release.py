@@ -23,7 +23,7 @@ from jobs.choices import ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
-from jobs.services import close_executions, job_cancel
+from jobs.services import close_executions, continuous_reconcile, job_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     released = aborted = 0
     live = (JobStatus.SCHEDULED, JobStatus.IN_PROGRESS)
-    paced = Job.objects.filter(status__in=live).filter(~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}))
+    paced = Job.objects.filter(status__in=live).filter(
+        ~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}) | Q(continuous=True)
+    )
     for pk in paced.order_by("pk").values_list("pk", flat=True):
         with transaction.atomic():
             job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status__in=live).first()
@@ -51,6 +53,9 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
             if schedule is not None and schedule.ended(now):
                 _end(job, schedule.end_behavior)
                 continue
+            if job.continuous:
+                continuous_reconcile(job, now)
+                job.refresh_from_db()
             if _abort_if_tripped(job):
                 aborted += 1
                 continue

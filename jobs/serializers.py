@@ -54,7 +54,19 @@ class JobCreateSerializer(StrictSerializer):
         help_text='{"criteria": [{"failure_type": "FAILED" | "TIMED_OUT" | "ALL", "number_of_retries": 0-10}]}: an '
         "execution that ends so is queued again as its next attempt while retries are left (at most 10 in all).",
     )
+    continuous = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Stay open: devices that come to match targets.tags (tagged or provisioned later) get an "
+        "execution; a device that stops matching before it started has its execution REMOVED.",
+    )  # fmt: skip
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create the job in.")
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "continuous" in data and not isinstance(data["continuous"], bool):
+            raise serializers.ValidationError(
+                {"continuous": [f"Must be true or false, got {json_kind(data['continuous'])}."]}
+            )
+        return super().to_internal_value(data)
 
 
 class JobCancelSerializer(StrictSerializer):
@@ -77,6 +89,7 @@ class JobSerializer(serializers.ModelSerializer):
         fields = [
             "job_id", "tenant", "status", "document", "description", "targets", "expires_at",
             "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "retry_config", "template",
+            "continuous",
             "created_at", "updated_at",
             "completed_at", "canceled_at", "cancel_reason", "progress",
         ]  # fmt: skip

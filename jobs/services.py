@@ -90,6 +90,7 @@ def job_create(
     scheduling: dict | None = None,
     retry_config: dict | None = None,
     template: str | None = None,
+    continuous: bool = False,
 ) -> Job:
     """Create a job and one QUEUED execution per target device, set-based.
 
@@ -128,7 +129,10 @@ def job_create(
     paced = parse_rollout(rollout) is not None or schedule is not None
     parse_abort(abort_config)
     parse_retry(retry_config)
-    targets = _resolve_targets(tenant, device_ids or [], tags or {})
+    if continuous and (device_ids or not tags):
+        raise InvalidInput("A continuous job targets a tag selector only (targets.tags), no device ids",
+                           code="invalid_targets")  # fmt: skip
+    targets = _resolve_targets(tenant, device_ids or [], tags or {}, allow_none=continuous)
 
     try:
         with transaction.atomic():
@@ -137,7 +141,7 @@ def job_create(
                 description=description, targets={"device_ids": device_ids or [], "tags": tags or {}},
                 expires_at=expires_at, in_progress_timeout_seconds=in_progress_timeout_seconds,
                 rollout=rollout or {}, abort_config=abort_config or {}, scheduling=scheduling or {},
-                retry_config=retry_config or {}, template=template_ref,
+                retry_config=retry_config or {}, template=template_ref, continuous=continuous,
                 status=JobStatus.IN_PROGRESS if schedule is None or schedule.started(now) else JobStatus.SCHEDULED,
                 rollout_allowance=1.0, rollout_ticked_at=now,  # the first release on the scheduler's next tick
             )  # fmt: skip
@@ -170,7 +174,7 @@ def job_create(
     return job
 
 
-def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
+def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict, *, allow_none: bool = False):
     if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
         raise InvalidInput("targets.device_ids must be a list of device ids", code="invalid_targets")
     if len(device_ids) > MAX_TARGET_IDS:
@@ -195,13 +199,60 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict):
             raise InvalidInput(f"Unknown or inactive device(s) in this tenant: {shown}", code="unknown_targets",
                                unknown=missing[:100])  # fmt: skip
     by_ids = active.filter(device_id__any_of=sorted(set(device_ids))) if device_ids else active.none()
-    by_tags = active
-    for key, value in tags.items():
-        by_tags = filter_by_tag(by_tags, key, value)
+    by_tags = tag_members(tenant.id, tags) if tags else active.none()
     selected = (by_ids | by_tags) if device_ids and tags else (by_ids if device_ids else by_tags)
-    if not selected.exists():
+    if not allow_none and not selected.exists():  # a continuous job may wait for its first device
         raise InvalidInput("targets: no active device matches the tag selector", code="no_targets")
     return selected
+
+
+def tag_members(tenant_id: str, tags: dict):
+    """The tenant's active devices having all these tags (a job's tag selector, as stored)."""
+    members = Device.objects.filter(tenant_id=tenant_id, status=DeviceStatus.ACTIVE).order_by()
+    for key, value in tags.items():
+        members = filter_by_tag(members, key, value)
+    return members
+
+
+@transaction.atomic
+def continuous_reconcile(job: Job, now) -> tuple[int, int]:
+    """A continuous job's executions follow its tag selector: devices that match and have none get a
+    QUEUED one (released at once; one that was REMOVED is queued again), QUEUED ones of devices that
+    no longer match end REMOVED. Set-based; the caller holds the job's row lock. (added, removed)."""
+    members = tag_members(job.tenant_id, (job.targets or {}).get("tags") or {}).values("id")
+    members_sql, members_params = members.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO job_executions
+                (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
+                 last_updated_at, notify_pending, notified_next, released_at, attempt, failed_retries,
+                 timed_out_retries)
+            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s, 1, 0, 0 FROM ({members_sql}) AS t
+            WHERE NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = %s AND e.device_id = t.id)
+            """,  # noqa: S608 (members_sql is the ORM's own, parameterized)
+            [job.tenant_id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, True, False, now, *members_params,
+             job.pk],
+        )  # fmt: skip
+        added = cursor.rowcount
+    back = _update_returning(
+        JobExecution.objects.filter(job=job, status=ExecutionStatus.REMOVED, device_id__in=members),
+        "status = %s, execution_number = execution_number + 1, last_updated_at = %s, queued_at = %s, "
+        "released_at = %s, notify_pending = %s, status_details = %s",
+        [ExecutionStatus.QUEUED, now, now, now, True, "{}"],
+    )
+    _record([e for e in JobExecution.objects.filter(pk__in=[pk for pk, _, _ in back])], now, PLATFORM)
+    if added or back:
+        Job.objects.filter(pk=job.pk).update(total=F("total") + added, remaining=F("remaining") + added + len(back),
+                                             released=F("released") + added, updated_at=now)  # fmt: skip
+        outbox.wake_delivery()
+    gone = JobExecution.objects.filter(job=job, status=ExecutionStatus.QUEUED).exclude(device_id__in=members)
+    removed = close_executions(gone, ExecutionStatus.REMOVED, {"reason": "the device no longer matches the job's tags"},
+                               now, job_pk=job.pk)  # fmt: skip
+    if added or back or removed:
+        outbox.jobs_changed(job.tenant_id, [job.job_id])
+        logger.info("continuous job %s: %d added, %d back, %d removed", job, added, len(back), removed)
+    return added + len(back), removed
 
 
 # --- cancel ---------------------------------------------------------------------------
@@ -615,12 +666,13 @@ def operator_actor(user) -> str:
 
 
 def _count_terminal(job_pk: int, count: int) -> None:
-    """Decrement the job's remaining executions; the decrement that reaches 0 completes it."""
+    """Decrement the job's remaining executions; the decrement that reaches 0 completes it (never a
+    continuous job: it stays open for the devices that come)."""
     if not count:
         return
     now = timezone.now()
     Job.objects.filter(pk=job_pk).update(remaining=F("remaining") - count, updated_at=now)
-    if Job.objects.filter(pk=job_pk, status=JobStatus.IN_PROGRESS, remaining=0).update(
+    if Job.objects.filter(pk=job_pk, status=JobStatus.IN_PROGRESS, remaining=0, continuous=False).update(
         status=JobStatus.COMPLETED, completed_at=now
     ):
         logger.info("job completed pk=%d", job_pk)

@@ -22,7 +22,8 @@ def test_curl_walkthrough_create_claim_succeed_complete(operator, tenant, make_d
     job = create(operator, ["pump-1"], job_id="fw-2-1", description="roll out 2.1")
     assert job["status"] == "IN_PROGRESS"
     assert job["progress"] == {"counts": {**dict.fromkeys(
-        ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "CANCELED"], 0), "QUEUED": 1},
+        ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "CANCELED", "REMOVED"], 0),
+        "QUEUED": 1},
         "total": 1, "percent_done": 0.0}  # fmt: skip
 
     dev = device_client(device)

@@ -125,7 +125,7 @@ BAD = [
     ("a/update", {}, "InvalidRequest", "missing_status", 400),
     ("a/update", {"status": 1}, "InvalidRequest", "invalid_field", 400),
     ("a/update", {"status": "DONE"}, "InvalidRequest", "invalid_status", 400),
-    ("a/update", {"status": "REMOVED"}, "InvalidRequest", "invalid_status", 400),
+    ("a/update", {"status": "NONSENSE"}, "InvalidRequest", "invalid_status", 400),
     ("a/update", {"status": "IN_PROGRESS", "statusDetails": "50%"}, "InvalidRequest", "invalid_field", 400),
     ("a/update", {"status": "IN_PROGRESS", "statusDetails": {"p": 50}}, "InvalidRequest", "invalid_status_details",
      400),
