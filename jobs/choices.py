@@ -19,6 +19,10 @@ class ExecutionStatus(models.TextChoices):
     REMOVED = "REMOVED"  # its device left a continuous job's selector before starting it (as AWS)
 
 
+# The document type of a desired-state job (jobs.desired): the platform runs its executions, by
+# patching the devices' twins; devices never see them in their job lists.
+DESIRED_PATCH = "desired_state_patch"
+
 # Final: no transition leaves these.
 TERMINAL = frozenset(
     {

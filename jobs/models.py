@@ -68,6 +68,10 @@ class JobExecution(models.Model):
     # The attempt (AWS executionNumber): 1, +1 each time a retry queues it again (jobs.retry), with
     # the retries used per failure type.
     attempt = models.PositiveIntegerField(default=1)
+    # A desired-state job's execution (jobs.desired): the desired version its patch made (it succeeds
+    # when the device reports in step with it), and what it wrote over what (for a revert).
+    target_version = models.PositiveIntegerField(null=True, blank=True)
+    applied = models.JSONField(default=dict, blank=True)  # {"written": {key: value}, "previous": {key: value | None}}
     failed_retries = models.PositiveSmallIntegerField(default=0)
     timed_out_retries = models.PositiveSmallIntegerField(default=0)
     queued_at = models.DateTimeField()

@@ -19,7 +19,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from iotcloud import outbox
-from jobs.choices import ExecutionStatus, JobStatus
+from jobs.choices import DESIRED_PATCH, ExecutionStatus, JobStatus
+from jobs.desired import apply_released, converge, is_desired_job, revert
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
@@ -38,7 +39,7 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
     released = aborted = 0
     live = (JobStatus.SCHEDULED, JobStatus.IN_PROGRESS)
     paced = Job.objects.filter(status__in=live).filter(
-        ~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}) | Q(continuous=True)
+        ~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}) | Q(continuous=True) | Q(document_type=DESIRED_PATCH)
     )
     for pk in paced.order_by("pk").values_list("pk", flat=True):
         with transaction.atomic():
@@ -56,6 +57,8 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
             if job.continuous:
                 continuous_reconcile(job, now)
                 job.refresh_from_db()
+            if is_desired_job(job):
+                converge(job, now)
             if _abort_if_tripped(job):
                 aborted += 1
                 continue
@@ -92,7 +95,7 @@ def _end(job: Job, behavior: str) -> None:
 
 def _release_due(job: Job, now: datetime) -> int:
     rollout = parse_rollout(job.rollout)
-    if rollout is None:  # scheduled or windowed, no pace: everything at the first open moment
+    if rollout is None:  # scheduled, windowed or a desired-state job, no pace: everything at once
         return _released(job, _release(job, RELEASE_ALL, now), now, allowance=0.0)
     elapsed = (now - job.rollout_ticked_at).total_seconds() if job.rollout_ticked_at else 0.0
     succeeded = 0
@@ -114,7 +117,9 @@ def _released(job: Job, count: int, now: datetime, *, allowance: float) -> int:
 
 
 def _release(job: Job, limit: int, now: datetime) -> int:
-    """Release up to `limit` of the job's unreleased QUEUED executions, in id order (targets' order)."""
+    """Release up to `limit` of the job's unreleased QUEUED executions, in id order (targets' order);
+    a desired-state job's are applied to their twins at once (jobs.desired)."""
+    desired = is_desired_job(job)
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -124,10 +129,14 @@ def _release(job: Job, limit: int, now: datetime) -> int:
                 WHERE job_id = %s AND released_at IS NULL AND status = %s
                 ORDER BY id LIMIT %s
             )
+            RETURNING id
             """,
-            [now, True, job.pk, ExecutionStatus.QUEUED, limit],
+            [now, not desired, job.pk, ExecutionStatus.QUEUED, limit],  # devices never list a desired one
         )
-        return cursor.rowcount
+        released = [pk for (pk,) in cursor.fetchall()]
+    if desired and released:
+        apply_released(job, released, now)
+    return len(released)
 
 
 def _abort_if_tripped(job: Job) -> bool:
@@ -144,6 +153,12 @@ def _abort_if_tripped(job: Job) -> bool:
     if criterion is None:
         return False
     reason = criterion.describe(released=job.released, failures=counts)
+    if is_desired_job(job):  # put back what it changed; its running executions stop (nothing left to wait for)
+        summary = revert(job)
+        reason += (f"; reverted {summary['reverted']} device(s), kept {summary['keys_kept']} key(s) changed "
+                   f"since")  # fmt: skip
+        job_cancel(job=job, force=True, reason=reason)
+        return True
     job_cancel(job=job, force=abort.force, reason=reason)
     logger.warning("job %s aborted: %s", job, reason)
     return True

@@ -13,7 +13,7 @@ from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
 from iotcloud.rules import JOB_ID
-from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus
+from jobs.choices import ACTIVE, DESIRED_PATCH, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import Job, JobExecution
 
 
@@ -54,8 +54,12 @@ def _pending(executions, now: datetime):
     `status__in` repeats what the OR implies, so PostgreSQL matches idx_job_exec_pending_released's predicate.
     """
     unexpired = Q(job__expires_at__isnull=True) | Q(job__expires_at__gt=now)
-    return executions.filter(status__in=ACTIVE, released_at__isnull=False).filter(
-        Q(status=ExecutionStatus.IN_PROGRESS) | (Q(status=ExecutionStatus.QUEUED) & unexpired)
+    return (
+        executions.filter(status__in=ACTIVE, released_at__isnull=False)
+        .exclude(
+            job__document_type=DESIRED_PATCH  # the platform runs those (jobs.desired)
+        )
+        .filter(Q(status=ExecutionStatus.IN_PROGRESS) | (Q(status=ExecutionStatus.QUEUED) & unexpired))
     )
 
 
@@ -146,6 +150,7 @@ def device_execution(device: Device, job_id: str) -> JobExecution:
         JobExecution.objects.select_related("job", "device")
         .defer("job__targets", "job__description")
         .filter(device=device, job__tenant_id=device.tenant_id, job__job_id=job_id, released_at__isnull=False)
+        .exclude(job__document_type=DESIRED_PATCH)
         .first()
     )
     if execution is None:

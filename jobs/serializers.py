@@ -24,7 +24,7 @@ class JobCreateSerializer(StrictSerializer):
     template = StrictCharField(
         required=False,
         help_text='"<name>" (its latest version) or "<name>@<version>": the tenant\'s own templates, then the '
-        "built-ins (reboot, download-file). The job takes its document and defaults.",
+        "built-ins (reboot, download-file, apply-desired-patch). The job takes its document and defaults.",
     )
     description = StrictCharField(required=False, allow_blank=True, max_length=2000)
     targets = TargetsSerializer()

@@ -42,8 +42,8 @@ from iotcloud import (
 )
 from iotcloud.errors import Conflict, InvalidInput
 from iotcloud.limits import check_document
-from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32, is_integer
-from jobs.choices import ACTIVE, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
+from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, SHADOW_NAME, fits_int32, is_integer
+from jobs.choices import ACTIVE, DESIRED_PATCH, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
 from jobs.models import ExecutionHistory, Job, JobExecution
 from jobs.retry import parse_retry
 from jobs.rollout import parse_abort, parse_rollout
@@ -63,6 +63,41 @@ STATUS_DETAILS_KEY = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 STATUS_DETAILS_VALUE_MAX = 1024
 # Who changed an execution, in its history (an operator: operator_actor(user)).
 DEVICE, PLATFORM = "device", "platform"
+
+
+# New QUEUED executions, one per device of a target query aliased `t` (job_create, continuous_reconcile):
+# one INSERT ... SELECT, so 100,000 executions are one statement. Django knows no column defaults:
+# every column is here.
+NEW_EXECUTIONS = """
+    INSERT INTO job_executions
+        (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at, last_updated_at,
+         notify_pending, notified_next, released_at, attempt, failed_retries, timed_out_retries, applied)
+    SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s, 1, 0, 0, %s
+"""
+
+
+def _new_execution_values(tenant_id: str, job_pk: int, now, *, released: bool) -> list:
+    """NEW_EXECUTIONS' parameters: released ones are visible (and notified) at once."""
+    return [tenant_id, job_pk, ExecutionStatus.QUEUED, "{}", now, now, released, False, now if released else None, "{}"]
+
+
+def check_desired_params(params: dict) -> dict:
+    """A desired-state job's document_params: {"patch": a JSON object (the twin's document rules),
+    "shadow": a shadow name or blank}; InvalidInput naming the field."""
+    unknown = sorted(params.keys() - {"patch", "shadow"})
+    if unknown:
+        raise InvalidInput(f"document_params: unknown field(s) {', '.join(map(repr, unknown))} for a "
+                           f"{DESIRED_PATCH} job (patch, shadow)", code="invalid_document_params")  # fmt: skip
+    patch = params.get("patch")
+    if not isinstance(patch, dict) or not patch:
+        raise InvalidInput("document_params.patch must be a non-empty JSON object (a desired-state merge patch)",
+                           code="invalid_document_params")  # fmt: skip
+    check_document(patch, name="document_params.patch")
+    shadow = params.get("shadow", "")
+    if not isinstance(shadow, str) or (shadow and not SHADOW_NAME.matches(shadow)):
+        raise InvalidInput(f"document_params.shadow: Invalid shadow name {str(shadow)[:80]!r}: use {SHADOW_NAME.text} "
+                           "or blank (the classic shadow)", code="invalid_document_params")  # fmt: skip
+    return params
 
 
 def check_document_params(document_params) -> dict:
@@ -118,6 +153,9 @@ def job_create(
     if not DOCUMENT_TYPE.matches(document_type):
         raise InvalidInput(f"document_type: use {DOCUMENT_TYPE.text}", code="invalid_document_type")
     document_params = check_document_params(document_params if document_params is not None else {})
+    desired_job = document_type == DESIRED_PATCH
+    if desired_job:
+        check_desired_params(document_params)
     now = timezone.now()
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("expires_at must be in the future", code="invalid_expiry")
@@ -126,7 +164,8 @@ def job_create(
             f"in_progress_timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}", code="invalid_timeout"
         )
     schedule = parse_schedule(scheduling, now=now)
-    paced = parse_rollout(rollout) is not None or schedule is not None
+    # A desired-state job's executions are released by the scheduler, which applies their patch.
+    paced = parse_rollout(rollout) is not None or schedule is not None or desired_job
     parse_abort(abort_config)
     parse_retry(retry_config)
     if continuous and (device_ids or not tags):
@@ -152,15 +191,8 @@ def job_create(
     target_sql, target_params = targets.values("id").query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""
-            INSERT INTO job_executions
-                (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
-                 last_updated_at, notify_pending, notified_next, released_at, attempt, failed_retries,
-                 timed_out_retries)
-            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s, 1, 0, 0 FROM ({target_sql}) AS t
-            """,  # noqa: S608 (target_sql is the ORM's own, parameterized)
-            [tenant.id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, not paced, False, None if paced else now,
-             *target_params],
+            f"{NEW_EXECUTIONS} FROM ({target_sql}) AS t",
+            [*_new_execution_values(tenant.id, job.pk, now, released=not paced), *target_params],
         )  # fmt: skip
         count = cursor.rowcount
     released = 0 if paced else count
@@ -223,16 +255,9 @@ def continuous_reconcile(job: Job, now) -> tuple[int, int]:
     members_sql, members_params = members.query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""
-            INSERT INTO job_executions
-                (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at,
-                 last_updated_at, notify_pending, notified_next, released_at, attempt, failed_retries,
-                 timed_out_retries)
-            SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s, 1, 0, 0 FROM ({members_sql}) AS t
-            WHERE NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = %s AND e.device_id = t.id)
-            """,  # noqa: S608 (members_sql is the ORM's own, parameterized)
-            [job.tenant_id, job.pk, ExecutionStatus.QUEUED, "{}", now, now, True, False, now, *members_params,
-             job.pk],
+            f"{NEW_EXECUTIONS} FROM ({members_sql}) AS t"  # noqa: S608 (the ORM's own SQL, parameterized)
+            " WHERE NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = %s AND e.device_id = t.id)",
+            [*_new_execution_values(job.tenant_id, job.pk, now, released=True), *members_params, job.pk],
         )  # fmt: skip
         added = cursor.rowcount
     back = _update_returning(

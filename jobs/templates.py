@@ -17,6 +17,7 @@ from django.db.models import Max
 from devices.models import Tenant
 from iotcloud.errors import Conflict, InvalidInput, NotFound
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID
+from jobs.choices import DESIRED_PATCH
 from jobs.models import JobTemplate
 from jobs.retry import parse_retry
 from jobs.rollout import parse_abort, parse_rollout
@@ -61,6 +62,12 @@ BUILTINS = {
             description="Download a file by URL (https) and check it against its SHA-256 before using it; "
             'params: {"url", "sha256", "path"}.',
             retry_config={"criteria": [{"failure_type": "FAILED", "number_of_retries": 2}]}, builtin=True,
+        ),
+        Template(
+            "apply-desired-patch", 1, DESIRED_PATCH, {"shadow": ""}, ("patch",),
+            description='Apply a desired-state merge patch to each device\'s twin, in waves (jobs.desired); params: '
+            '{"patch": {...}, "shadow": "<name>" (blank: the classic shadow)}.',
+            in_progress_timeout_seconds=3600, builtin=True,
         ),
     )
 }  # fmt: skip

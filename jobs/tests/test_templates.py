@@ -38,7 +38,7 @@ def test_saving_again_makes_the_next_version_and_jobs_take_the_latest_or_a_named
 
 def test_builtins_are_there_for_every_tenant(operator, other_operator, tenant, make_device):
     listed = {t["name"]: t for t in operator.get("/customer/job-templates", expect=200).json()}
-    assert {"reboot", "download-file"} <= listed.keys()
+    assert {"reboot", "download-file", "apply-desired-patch"} <= listed.keys()
     assert listed["download-file"]["builtin"] and listed["download-file"]["required_params"] == ["url", "sha256"]
     make_device(tenant, "pump")
     body = {"template": "download-file", "targets": {"device_ids": ["pump"]}}

@@ -1,0 +1,121 @@
+"""Desired-state jobs: a job whose document is a desired-state merge patch, rolled out in waves.
+
+document_type DESIRED_PATCH, document_params {"patch": {...}, "shadow": "<name>" (blank: classic)}.
+The platform runs these executions, not the devices (devices never see them in job lists):
+- releasing one applies the patch to its device's shadow through the twin engine (a new desired
+  version, delivered as usual) and records what it wrote over what; the execution is IN_PROGRESS
+  with that version as its target (the whole wave in one twin.engine.shadow_apply call);
+- it SUCCEEDS once the device reports in step with that version (reported_version caught up);
+  it FAILS when the twin refuses the patch (REJECTED: the document rules), and ends TIMED_OUT by
+  the in-progress timeout when the device never converges;
+- when the job is aborted, every device it patched gets its previous values back (a new desired
+  version: nothing goes backwards), except keys whose value changed since the job wrote them
+  (an operator's newer intent wins); the cancel reason carries the revert summary.
+This module is the one place where the jobs domain writes twins (pyproject's import contracts).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db.models import Exists, F, OuterRef
+
+from jobs.choices import DESIRED_PATCH, ExecutionStatus
+from jobs.models import Job, JobExecution
+from jobs.services import PLATFORM, close_executions
+from twin.engine import CLASSIC, Mode, ShadowChange, load_shadows, shadow_apply
+from twin.models import NamedShadow
+from twin.shadow import merge_patch
+
+logger = logging.getLogger(__name__)
+
+
+def is_desired_job(job: Job) -> bool:
+    return job.document_type == DESIRED_PATCH
+
+
+def apply_released(job: Job, execution_pks: list[int], now) -> None:
+    """Apply the job's patch to the devices of these just-released executions (one shadow_apply)."""
+    patch, shadow = job.document_params["patch"], job.document_params.get("shadow", CLASSIC)
+    executions = list(JobExecution.objects.filter(pk__in=execution_pks).select_related("device").order_by("pk"))
+    if not executions:
+        return
+    keys = {(e.device.tenant_id, e.device.device_id, shadow) for e in executions}
+    before = load_shadows(keys)
+    changes = [ShadowChange(e.device.tenant_id, e.device.device_id, shadow, desired=patch) for e in executions]
+    results = shadow_apply(changes)
+    applied, refused = [], []
+    for execution, result in zip(executions, results, strict=True):
+        current = before.get((execution.device.tenant_id, execution.device.device_id, shadow))
+        desired = current.desired if current is not None and current.exists else {}
+        if result.error is not None:
+            refused.append((execution, result.error))
+            continue
+        after = merge_patch(desired, patch)  # what each patched key holds now (a nested patch merges)
+        execution.target_version = result.desired_version
+        execution.applied = {"written": {key: after.get(key) for key in patch},
+                             "previous": {key: desired.get(key) for key in patch}}  # fmt: skip
+        applied.append(execution)
+    for execution in applied:
+        JobExecution.objects.filter(pk=execution.pk, status=ExecutionStatus.QUEUED).update(
+            status=ExecutionStatus.IN_PROGRESS, started_at=now, last_updated_at=now, applied=execution.applied,
+            target_version=execution.target_version, execution_number=F("execution_number") + 1, notify_pending=False,
+        )  # fmt: skip
+    for execution, error in refused:
+        close_executions(JobExecution.objects.filter(pk=execution.pk), ExecutionStatus.REJECTED,
+                         {"reason": f"the twin refused the patch: {error.message}", "code": error.code}, now,
+                         job_pk=job.pk)  # fmt: skip
+    logger.info("desired-state job %s: %d patched, %d refused", job, len(applied), len(refused))
+
+
+def converge(job: Job, now) -> int:
+    """SUCCEEDED for the job's IN_PROGRESS executions whose device reported in step with their target."""
+    shadow = job.document_params.get("shadow", CLASSIC)
+    running = JobExecution.objects.filter(job=job, status=ExecutionStatus.IN_PROGRESS, target_version__isnull=False)
+    if shadow == CLASSIC:
+        done = running.filter(device__reported_version__gte=F("target_version"))
+    else:
+        caught_up = NamedShadow.objects.filter(device_id=OuterRef("device_id"), name=shadow,
+                                               reported_version__gte=OuterRef("target_version"))  # fmt: skip
+        done = running.filter(Exists(caught_up))
+    return close_executions(done, ExecutionStatus.SUCCEEDED, {"reason": "the device reported in step"}, now,
+                            job_pk=job.pk, actor=PLATFORM)  # fmt: skip
+
+
+def revert(job: Job) -> dict[str, int]:
+    """Every device the job patched gets its previous values back, but for keys changed since the job
+    wrote them. Returns the summary: devices reverted, keys kept (changed since), devices with nothing left."""
+    shadow = job.document_params.get("shadow", CLASSIC)
+    patched = list(
+        JobExecution.objects.filter(job=job, target_version__isnull=False).select_related("device").order_by("pk")
+    )
+    summary = {"reverted": 0, "keys_kept": 0, "untouched": 0}
+    if not patched:
+        return summary
+    now_shadows = load_shadows({(e.device.tenant_id, e.device.device_id, shadow) for e in patched})
+    changes = []
+    for execution in patched:
+        current = now_shadows.get((execution.device.tenant_id, execution.device.device_id, shadow))
+        desired = current.desired if current is not None and current.exists else {}
+        written, previous = execution.applied.get("written", {}), execution.applied.get("previous", {})
+        back = [key for key, value in written.items() if desired.get(key) == value]  # unchanged since
+        summary["keys_kept"] += len(written) - len(back)
+        if not back:
+            summary["untouched"] += 1
+            continue
+        restored = dict(desired)
+        for key in back:
+            if previous.get(key) is None:
+                restored.pop(key, None)
+            else:
+                restored[key] = previous[key]
+        # The whole desired document, against the version just read: an operator's write in between
+        # makes this a refusal (that device is left as the operator set it), never a lost update.
+        device = execution.device
+        version = current.desired_version
+        changes.append(ShadowChange(device.tenant_id, device.device_id, shadow, desired=restored,
+                                    desired_mode=Mode.REPLACE, expected_desired_version=version))  # fmt: skip
+    results = shadow_apply(changes) if changes else []
+    summary["reverted"] = sum(1 for r in results if r.error is None)
+    logger.warning("desired-state job %s reverted: %s", job, summary)
+    return summary

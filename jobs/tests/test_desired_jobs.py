@@ -1,0 +1,132 @@
+"""Desired-state jobs: a desired-state merge patch rolled out in waves through the twin engine,
+success on convergence, failure on refusal or timeout, and on abort a revert of exactly the devices
+patched that never undoes an operator's newer value; versions never go backwards."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices.models import Device
+from iotcloud.testing import device_client
+from jobs.choices import JobStatus
+from jobs.models import Job, JobExecution
+from jobs.release import rollout_tick
+from jobs.services import job_create, job_sweep
+from twin.services import twin_record_reported, twin_update_desired
+
+pytestmark = pytest.mark.django_db
+
+ABORT_ON_TIMEOUTS = {"criteria": [{"failure_type": "TIMED_OUT", "threshold_percentage": 50, "min_executed": 2}]}
+
+
+@pytest.fixture
+def fleet(tenant, make_device):
+    devices = [make_device(tenant, f"d{n}") for n in range(6)]
+    for device in devices:
+        twin_update_desired(device=device, document={"led": "off", "fan": 1})
+        twin_record_reported(device=device, reported={"led": "off", "fan": 1}, version=1)  # in step
+    return devices
+
+
+def patch_job(tenant, devices, patch, **extra) -> Job:
+    return job_create(tenant=tenant, document_type="desired_state_patch", device_ids=[d.device_id for d in devices],
+                      document_params={"patch": patch}, **extra)  # fmt: skip
+
+
+def row(device) -> Device:
+    return Device.objects.get(pk=device.pk)
+
+
+def statuses(job) -> list[str]:
+    return list(JobExecution.objects.filter(job=job).order_by("device__device_id").values_list("status", flat=True))
+
+
+def test_waves_patch_the_twins_and_succeed_when_devices_report_in_step(tenant, fleet):
+    job = patch_job(tenant, fleet, {"led": "on"}, rollout={"maximum_per_minute": 60})
+    start = Job.objects.get(pk=job.pk).rollout_ticked_at
+    assert all(row(d).desired_state == {"led": "off", "fan": 1} for d in fleet)  # nothing before a release
+    rollout_tick(now=start)
+    rollout_tick(now=start + timedelta(seconds=1))
+    assert [row(d).desired_state["led"] for d in fleet] == ["on", "on", "off", "off", "off", "off"]  # a wave of 2
+    first = JobExecution.objects.get(job=job, device=fleet[0])
+    assert first.status == "IN_PROGRESS" and first.target_version == row(fleet[0]).desired_version == 2
+    assert device_client(fleet[0]).get("/device/v1/jobs/pending", expect=200).json() == {"jobs": []}  # the platform's
+
+    twin_record_reported(device=fleet[0], reported={"led": "on", "fan": 1}, version=2)  # converged
+    rollout_tick(now=start + timedelta(seconds=1.5))
+    assert statuses(job)[:2] == ["SUCCEEDED", "IN_PROGRESS"]
+    assert JobExecution.objects.get(job=job, device=fleet[0]).history.last().actor == "platform"
+
+
+def test_a_patch_the_twin_refuses_fails_that_device_only(settings, tenant, fleet):
+    twin_update_desired(device=fleet[1], document={"blob": "x" * 7000})  # near TWIN_MAX_DOCUMENT_BYTES
+    job = patch_job(tenant, fleet[:2], {"extra": "y" * 2000})
+    rollout_tick()
+    assert statuses(job) == ["IN_PROGRESS", "REJECTED"]
+    rejected = JobExecution.objects.get(job=job, device=fleet[1])
+    assert (
+        "the twin refused the patch" in rejected.status_details["reason"] and "extra" not in row(fleet[1]).desired_state
+    )
+
+
+def test_no_convergence_within_the_timeout_times_out(tenant, fleet):
+    job = patch_job(tenant, fleet[:1], {"led": "on"}, in_progress_timeout_seconds=60)
+    rollout_tick()
+    JobExecution.objects.filter(job=job).update(started_at=timezone.now() - timedelta(minutes=5))
+    job_sweep()
+    assert statuses(job) == ["TIMED_OUT"] and Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+
+def test_abort_reverts_exactly_the_devices_patched_but_not_an_operators_newer_value(tenant, fleet):
+    job = patch_job(tenant, fleet, {"led": "on", "fan": 3}, rollout={"maximum_per_minute": 60},
+                    in_progress_timeout_seconds=60, abort_config=ABORT_ON_TIMEOUTS)  # fmt: skip
+    start = Job.objects.get(pk=job.pk).rollout_ticked_at
+    for second in range(4):
+        rollout_tick(now=start + timedelta(seconds=second))
+    patched, untouched = fleet[:4], fleet[4:]
+    versions = {d.pk: row(d).desired_version for d in fleet}
+    assert all(row(d).desired_state == {"led": "on", "fan": 3} for d in patched)
+    twin_update_desired(device=fleet[3], document={"fan": 9})  # an operator's newer intent for one key
+    JobExecution.objects.filter(job=job, device__in=fleet[:2]).update(started_at=timezone.now() - timedelta(hours=1))
+    job_sweep()  # two of four released timed out: 50%
+    rollout_tick(now=start + timedelta(seconds=4))
+
+    aborted = Job.objects.get(pk=job.pk)
+    assert aborted.status == JobStatus.CANCELED
+    assert "reverted 4 device(s), kept 1 key(s) changed since" in aborted.cancel_reason
+    assert [row(d).desired_state for d in patched] == [{"led": "off", "fan": 1}] * 3 + [{"led": "off", "fan": 9}]
+    assert all(row(d).desired_state == {"led": "off", "fan": 1} for d in untouched)
+    assert all(row(d).desired_version == versions[d.pk] for d in untouched)  # never patched, never reverted
+    assert all(row(d).desired_version > versions[d.pk] for d in patched)  # a revert is a newer version
+    assert not JobExecution.objects.filter(job=job, status__in=["QUEUED", "IN_PROGRESS"]).exists()
+
+
+def test_two_jobs_on_the_same_key_the_aborted_one_does_not_undo_the_other(tenant, fleet):
+    device, other = fleet[0], fleet[1]
+    first = patch_job(tenant, [device, other], {"led": "on"}, in_progress_timeout_seconds=60,
+                      abort_config={"criteria": [{"failure_type": "ALL", "threshold_percentage": 50,
+                                                  "min_executed": 2}]})  # fmt: skip
+    rollout_tick()
+    second = patch_job(tenant, [device], {"led": "blue"})
+    rollout_tick()
+    assert row(device).desired_state["led"] == "blue"
+    JobExecution.objects.filter(job=first, device=other).update(started_at=timezone.now() - timedelta(hours=1))
+    job_sweep()  # one of two timed out: 50%
+    rollout_tick()
+    assert Job.objects.get(pk=first.pk).status == JobStatus.CANCELED
+    assert row(device).desired_state["led"] == "blue"  # the second job's value stays
+    assert row(other).desired_state["led"] == "off"  # the first job's own change is put back
+    assert Job.objects.get(pk=second.pk).status == JobStatus.IN_PROGRESS
+
+
+def test_bad_desired_state_jobs_are_refused_naming_the_field(operator, tenant, fleet):
+    body = {"document_type": "desired_state_patch", "targets": {"device_ids": ["d0"]}}
+    for params, text in [({}, "document_params.patch"), ({"patch": []}, "document_params.patch"),
+                         ({"patch": {"a": 1}, "shadow": "bad name"}, "Invalid shadow name"),
+                         ({"patch": {"a": 1}, "extra": 1}, "unknown field")]:  # fmt: skip
+        refused = operator.post("/customer/jobs", {**body, "document_params": params}, expect=400).json()
+        assert text in refused["detail"]
+    assert not Job.objects.exists() and not JobExecution.objects.exists()
