@@ -24,7 +24,7 @@ from django.utils.html import format_html
 from devices import services
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus, Role
-from devices.models import Device, Membership, Tenant
+from devices.models import AuditEvent, Device, Membership, Tenant
 from devices.selectors import filter_by_tag
 from iotcloud.errors import DomainError, error_body
 from iotcloud.form_fields import StrictJSONField
@@ -291,10 +291,16 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)
-        return [*fields, "broker_account"] if settings.MQTT_DEVICE_AUTH and obj else fields
+        fields = [*fields, "broker_account"] if settings.MQTT_DEVICE_AUTH and obj else fields
+        return [*fields, "audit_link"] if obj else fields
 
     def get_readonly_fields(self, request, obj=None):
-        return [*super().get_readonly_fields(request, obj), "broker_account"]
+        return [*super().get_readonly_fields(request, obj), "broker_account", "audit_link"]
+
+    @admin.display(description="audit trail")
+    def audit_link(self, obj):
+        url = reverse(f"{self.admin_site.name}:devices_auditevent_changelist")
+        return format_html('<a href="{}?q={}">Who changed {} and when</a>', url, obj.device_id, obj.device_id)
 
     @admin.display(description="broker account")
     def broker_account(self, obj):
@@ -462,3 +468,30 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
         if device is not None and self.has_view_permission(request, device):
             extra_context.update(self.twin_panel_context(request, device))
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(TenantScopedAdmin):
+    """The audit trail, read-only: who changed what, when, through which channel."""
+
+    list_display = ["at", "tenant", "actor", "channel", "action", "device", "shadow", "job_id", "version"]
+    list_filter = [
+        "action",
+        "channel",
+        ("tenant", admin.RelatedOnlyFieldListFilter),
+        ("device", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_fields = ["actor", "device__device_id", "job_id"]
+    list_select_related = ["tenant", "device"]
+    ordering = ["-at"]
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # recorded by the services, with the change
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,7 +1,7 @@
 import django_filters
 
 from devices.choices import DeviceStatus
-from devices.models import Device
+from devices.models import AuditEvent, Device
 from devices.selectors import filter_by_tag
 from twin.choices import SYNC_STATUSES
 from twin.selectors import sync_status_q
@@ -27,3 +27,16 @@ class DeviceFilter(django_filters.FilterSet):
     def filter_tag(self, queryset, name, value):
         key, sep, tag_value = value.partition(":")
         return filter_by_tag(queryset, key, tag_value if sep else None)
+
+
+class AuditFilter(django_filters.FilterSet):
+    device_id = django_filters.CharFilter(field_name="device__device_id")
+    actor = django_filters.CharFilter(help_text="e.g. operator:alice, device:acme/pump-1, job:fw-2-1, system")
+    action = django_filters.CharFilter(help_text="e.g. desired.write, device.provision, job.create")
+    job_id = django_filters.CharFilter()
+    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["device_id", "actor", "action", "job_id", "since", "until"]

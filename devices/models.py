@@ -119,3 +119,32 @@ class Device(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == DeviceStatus.ACTIVE
+
+
+class AuditEvent(models.Model):
+    """Who changed what, when, through which channel (devices.audit): desired-state writes with their
+    before and after, job actions, device lifecycle changes. Written with the change, in its
+    transaction; pruned after AUDIT_RETENTION_DAYS."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=160)  # operator:<name>, device:<tenant>/<id>, job:<id>, system
+    channel = models.CharField(max_length=16)  # api, admin, http, mqtt, job, system
+    action = models.CharField(max_length=32)  # e.g. desired.write, device.provision, job.create
+    shadow = models.CharField(max_length=64, blank=True, default="")
+    job_id = models.CharField(max_length=64, blank=True, default="")
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    version = models.PositiveIntegerField(null=True, blank=True)  # the desired version the write made
+
+    class Meta:
+        db_table = "audit_events"
+        indexes = [
+            models.Index(fields=["tenant", "device", "at"], name="idx_audit_device"),
+            models.Index(fields=["tenant", "actor", "at"], name="idx_audit_actor"),
+            models.Index(fields=["tenant", "at"], name="idx_audit_at"),
+        ]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"

@@ -1,15 +1,16 @@
 """Operator device API: list, provision, detail, tags, rotate token, decommission."""
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import status
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from devices import services
-from devices.filters import DeviceFilter
-from devices.models import Device
-from devices.selectors import device_for_operator, devices_for_operator, tenant_for_write
+from devices.filters import AuditFilter, DeviceFilter
+from devices.models import AuditEvent, Device
+from devices.selectors import audit_for_operator, device_for_operator, devices_for_operator, tenant_for_write
 from devices.serializers import (
+    AuditEventSerializer,
     DeviceSerializer,
     DeviceUpdateSerializer,
     ProvisionedSerializer,
@@ -92,3 +93,22 @@ class DeviceViewSet(TenantScopedViewSet):
     def decommission(self, request, device_id=None):
         device = services.device_decommission(device=self.get_object())
         return Response(DeviceSerializer(device).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        operation_id="audit_list",
+        parameters=[TENANT_PARAM],
+        description="The audit trail, newest first: desired-state writes (before and after), job actions, device "
+        "lifecycle changes; by device, actor, action, job and time (since/until, ISO 8601).",
+    ),
+)
+class AuditViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditFilter
+    pagination_class = cursor_pagination("-at", page_size=100, max_page_size=1000)
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return AuditEvent.objects.none()
+        return audit_for_operator(self.request.user, tenant_id=self.request.query_params.get("tenant"))

@@ -8,7 +8,7 @@ from django.db import connection
 from django.db.models.fields.json import KeyTransform
 
 from devices.choices import DeviceStatus
-from devices.models import Device, Membership, Tenant
+from devices.models import AuditEvent, Device, Membership, Tenant
 from devices.tokens import hash_token
 from iotcloud.errors import InvalidInput, NotFound
 from iotcloud.rules import DEVICE_ID
@@ -135,3 +135,12 @@ def active_device_for_token(token: str) -> Device | None:
     if device is None or not hmac.compare_digest(device.provision_token_hash, digest):
         return None
     return device if device.status == DeviceStatus.ACTIVE else None
+
+
+def audit_for_operator(user, *, tenant_id: str | None = None):
+    """Audit events the operator may read: their tenant's (superusers: all, or one tenant's)."""
+    qs = AuditEvent.objects.select_related("device")
+    if user.is_superuser:
+        return qs.filter(tenant_id=tenant_id) if tenant_id else qs
+    tenant = operator_tenant(user)
+    return qs.filter(tenant=tenant) if tenant else qs.none()

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from devices.models import Device
+from devices.models import AuditEvent, Device
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
 from iotcloud.rules import DEVICE_ID
 from twin.choices import SYNC_STATUSES
@@ -56,3 +56,14 @@ class DeviceUpdateSerializer(StrictSerializer):
 class TokenSerializer(serializers.Serializer):
     device_id = serializers.CharField()
     provision_token = serializers.CharField()
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    device_id = serializers.CharField(source="device.device_id", allow_null=True, default=None)
+    tenant = serializers.CharField(source="tenant_id")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["at", "tenant", "actor", "channel", "action", "device_id", "shadow", "job_id", "before", "after",
+                  "version"]  # fmt: skip
+        read_only_fields = fields

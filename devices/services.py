@@ -21,6 +21,7 @@ from django.utils import timezone
 from knox.models import AuthToken
 from knox.settings import knox_settings
 
+from devices.audit import audit_record
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.signals import device_decommissioned
@@ -279,6 +280,7 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
             )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"Device {device_id!r} already exists in tenant {tenant.id!r}", code="device_exists") from None
+    audit_record(tenant_id=tenant.id, device_id=device.pk, action="device.provision", after={"tags": tags})
     outbox.twins_changed(tenant.id, [device_id])
     _wake_broker_sync()
     logger.info("device provisioned %s/%s", tenant.id, device_id)
@@ -296,6 +298,7 @@ def device_rotate_token(*, device: Device) -> str:
             f"Device {device.device_id!r} is decommissioned; its token cannot be rotated", code="device_decommissioned"
         )
     device.provision_token_hash = hash_token(token)
+    audit_record(tenant_id=device.tenant_id, device_id=device.pk, action="device.rotate_token")
     _wake_broker_sync()
     logger.info("device token rotated %s", device)
     return token
@@ -317,6 +320,7 @@ def device_decommission(*, device: Device) -> Device:
         **_broker_account_change(None),  # the bridge deletes its broker account
     )
     if changed:
+        audit_record(tenant_id=device.tenant_id, device_id=device.pk, action="device.decommission")
         device_decommissioned.send(sender=Device, device=device, reason="device decommissioned")  # jobs cancel theirs
         outbox.wake_delivery()
         outbox.twins_changed(device.tenant_id, [device.device_id])
@@ -343,7 +347,9 @@ def _wake_broker_sync() -> None:
 
 def device_set_tags(*, device: Device, tags: dict) -> Device:
     tags = validate_tags(tags)
+    before = Device.objects.filter(pk=device.pk).values_list("tags", flat=True).first()
     Device.objects.filter(pk=device.pk).update(tags=tags)
+    audit_record(tenant_id=device.tenant_id, device_id=device.pk, action="device.tags", before=before, after=tags)
     device.tags = tags
     return device
 

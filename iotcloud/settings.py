@@ -73,6 +73,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Changes made while serving a request know its operator or device (the audit trail).
+    "devices.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in that django-axes refused (locked out) into a 429 page (devices.lockout).
@@ -315,6 +317,8 @@ JOB_MAX_STATUS_DETAILS_BYTES = env.int("JOB_MAX_STATUS_DETAILS_BYTES", default=4
 JOBS_PENDING_LIMIT = env.int("JOBS_PENDING_LIMIT", default=10)
 # How often the bridge runs the timeout/expiry sweep (also: manage.py sweep_jobs).
 JOBS_SWEEP_SECONDS = env.float("JOBS_SWEEP_SECONDS", default=5.0)
+# The audit trail (devices.audit) keeps this many days of events; 0 keeps everything.
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
 # How often each bridge's rollout scheduler releases executions of jobs with a rollout and checks
 # abort criteria (jobs.release); the pace itself is the job's, this only sets its granularity.
 JOBS_ROLLOUT_TICK_SECONDS = env.float("JOBS_ROLLOUT_TICK_SECONDS", default=1.0)

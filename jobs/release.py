@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from devices.audit import acting
 from iotcloud import outbox
 from jobs.choices import DESIRED_PATCH, ExecutionStatus, JobStatus
 from jobs.desired import apply_released, converge, is_desired_job, revert
@@ -46,29 +47,36 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
             job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status__in=live).first()
             if job is None:  # another bridge has it, or it finished meanwhile
                 continue
-            schedule = parse_schedule(job.scheduling)
-            if job.status == JobStatus.SCHEDULED:
-                if schedule is not None and not schedule.started(now):
-                    continue
-                _start(job, now)
-            if schedule is not None and schedule.ended(now):
-                _end(job, schedule.end_behavior)
-                continue
-            if job.continuous:
-                continuous_reconcile(job, now)
-                job.refresh_from_db()
-            if is_desired_job(job):
-                converge(job, now)
-            if _abort_if_tripped(job):
-                aborted += 1
-                continue
-            if schedule is not None and not schedule.open(now):  # outside its maintenance windows
-                Job.objects.filter(pk=job.pk).update(rollout_ticked_at=now)  # nothing accrues meanwhile
-                continue
-            released += _release_due(job, now)
+            with acting(f"job:{job.job_id}", "job"):  # the audit trail's actor of what the job does
+                count, was_aborted = _tick(job, now)
+            released += count
+            aborted += was_aborted
     if released or aborted:
         logger.info("rollout tick: released=%d aborted=%d", released, aborted)
     return {"released": released, "aborted": aborted}
+
+
+def _tick(job: Job, now: datetime) -> tuple[int, bool]:
+    """One job's turn, under its row lock: (executions released, whether it was aborted)."""
+    schedule = parse_schedule(job.scheduling)
+    if job.status == JobStatus.SCHEDULED:
+        if schedule is not None and not schedule.started(now):
+            return 0, False
+        _start(job, now)
+    if schedule is not None and schedule.ended(now):
+        _end(job, schedule.end_behavior)
+        return 0, False
+    if job.continuous:
+        continuous_reconcile(job, now)
+        job.refresh_from_db()
+    if is_desired_job(job):
+        converge(job, now)
+    if _abort_if_tripped(job):
+        return 0, True
+    if schedule is not None and not schedule.open(now):  # outside its maintenance windows
+        Job.objects.filter(pk=job.pk).update(rollout_ticked_at=now)  # nothing accrues meanwhile
+        return 0, False
+    return _release_due(job, now), False
 
 
 def _start(job: Job, now: datetime) -> None:

@@ -32,6 +32,7 @@ from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from devices.audit import audit_record
 from devices.choices import DeviceStatus
 from devices.models import Device, Tenant
 from devices.selectors import filter_by_tag
@@ -197,6 +198,9 @@ def job_create(
         count = cursor.rowcount
     released = 0 if paced else count
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count, released=released)
+    audit_record(tenant_id=tenant.id, job_id=job_id, action="job.create",
+                 after={"document_type": document_type, "targets": job.targets, "executions": count,
+                        **({"template": template_ref} if template_ref else {})})  # fmt: skip
     job.total = job.remaining = count
     job.released = released
     if not paced:
@@ -305,6 +309,8 @@ def job_cancel(*, job: Job, force: bool = False, reason: str = "", actor: str = 
         remaining=F("remaining") - canceled,
     )  # fmt: skip
     locked.refresh_from_db()
+    audit_record(tenant_id=locked.tenant_id, job_id=locked.job_id, action="job.cancel",
+                 after={"force": force, "reason": reason, "executions_canceled": canceled})  # fmt: skip
     outbox.jobs_changed(locked.tenant_id, [locked.job_id])
     logger.info("job canceled %s force=%s executions=%d", locked, force, canceled)
     return locked
@@ -325,6 +331,8 @@ def execution_cancel(*, job: Job, device_id: str, force: bool = False, reason: s
                 "The execution is IN_PROGRESS on the device; cancel it with force=true", code="execution_in_progress"
             )
         raise Conflict(f"The execution is already {execution.status}", code="execution_terminal")
+    audit_record(tenant_id=job.tenant_id, device_id=execution.device_id, job_id=job.job_id, action="execution.cancel",
+                 after={"force": force, "reason": reason})  # fmt: skip
     outbox.jobs_changed(job.tenant_id, [job.job_id])
     logger.info("execution %s of %s canceled force=%s by %s", device_id, job, force, actor)
     execution.refresh_from_db()

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.utils import DatabaseError, InterfaceError
 
+from devices.audit import acting, audit_prune
 from iotcloud import outbox
 from jobs.release import rollout_tick
 from jobs.services import job_sweep
@@ -267,7 +268,7 @@ class Bridge:
         while True:
             self._recycle_connection()
             try:
-                with leased_events(settings.MQTT_EVENT_LEASE_SECONDS) as events:
+                with leased_events(settings.MQTT_EVENT_LEASE_SECONDS) as events, acting("system", "mqtt"):
                     verdicts = ingest_batch(incoming)
                 replies = rejection_replies(verdicts) + request_replies(verdicts)
                 break
@@ -371,11 +372,16 @@ class Bridge:
                 self.stopping.wait(1)
 
     def _sweep_loop(self) -> None:
-        """Job timeouts and expiry; safe to run in every bridge at once (conditional updates)."""
+        """Job timeouts and expiry; safe to run in every bridge at once (conditional updates). Hourly,
+        the audit trail's retention too."""
+        pruned_at = 0.0
         while not self.stopping.wait(settings.JOBS_SWEEP_SECONDS):
             close_old_connections()
             try:
                 job_sweep()
+                if time.monotonic() - pruned_at >= 3600:
+                    pruned_at = time.monotonic()
+                    audit_prune()
             except (DatabaseError, InterfaceError):
                 logger.exception("job sweep failed; retrying")
                 connection.close()

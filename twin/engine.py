@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from devices.audit import audit_rows, who
 from devices.choices import DesiredWrites, DeviceStatus
 from devices.models import Device, Tenant
 from iotcloud import (
@@ -335,15 +336,21 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
     policies = _desired_policies({c.tenant_id for _, c in valid if c.by_device and c.desired is not ABSENT})
     now = timezone.now()
     events: list[dict] = []  # ShadowEvent rows (as dicts: a model instance each costs more than the row)
+    audits: list[dict] = []  # AuditEvent rows of the desired writes (devices.audit)
     for index, change in valid:
         shadow = shadows.get((change.tenant_id, change.device_id, change.shadow_name))
         try:
+            before = (shadow.desired, shadow.desired_version) if shadow is not None else None
             results[index] = _apply(shadow, change, now, policies, events, shadows)
+            if before is not None and shadow.desired_version != before[1]:
+                audits.append(_audit_row(shadow, change, before[0], now))
         except DomainError as exc:
             results[index] = ChangeResult(error=exc)
 
     deferred: list[tuple[str, list]] = []  # PostgreSQL: the writes, sent in one round trip with the events
     _write(shadows.values(), now, deferred)
+    if audits:
+        _insert_audits(audits, deferred)
     leased = False
     if events and settings.MQTT_DIALECTS:
         leased = _insert_events(events, now, shadows, deferred)
@@ -610,6 +617,35 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred
         for pk, e in zip(pks, events, strict=True)
     )  # fmt: skip
     return True
+
+
+def _audit_row(shadow: Shadow, change: ShadowChange, before: dict, now) -> dict:
+    """The audit event of an accepted desired write (or delete): who, before and after."""
+    actor = who(device_key=(shadow.tenant_id, shadow.device_id) if change.by_device else None)
+    return {
+        "tenant_id": shadow.tenant_id, "device_id": shadow.device_pk, "at": now, "actor": actor.actor,
+        "channel": actor.channel, "action": "shadow.delete" if change.delete else "desired.write",
+        "shadow": shadow.name, "before": before, "after": shadow.desired, "version": shadow.desired_version,
+    }  # fmt: skip
+
+
+def _insert_audits(rows: list[dict], deferred: list[tuple[str, list]]) -> None:
+    """PostgreSQL: one more statement in the write's round trip (the batch as one JSON document)."""
+    if connection.vendor != "postgresql":
+        audit_rows(rows)
+        return
+    now_iso = rows[0]["at"].isoformat()
+    batch = [{**row, "at": now_iso} for row in rows]
+    deferred.append((
+        """
+        INSERT INTO audit_events (tenant_id, device_id, at, actor, channel, action, shadow, job_id, before, after,
+                                  version)
+        SELECT tenant_id, device_id, at, actor, channel, action, shadow, '', before, after, version
+        FROM jsonb_to_recordset(%s::jsonb) AS v(tenant_id text, device_id bigint, at timestamptz, actor text,
+             channel text, action text, shadow text, before jsonb, after jsonb, version integer)
+        """,
+        [json.dumps(batch, separators=(",", ":"))],
+    ))  # fmt: skip
 
 
 def _execute_together(statements: list[tuple[str, list]]) -> list[tuple]:
