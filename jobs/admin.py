@@ -120,6 +120,11 @@ class ScopedJobFilter(admin.SimpleListFilter):
         return queryset.filter(job_id=int(value))
 
 
+def _config_html(config: dict) -> str:
+    """A job's configuration as indented JSON, or "none"."""
+    return format_html('<pre class="iot-json">{}</pre>', json.dumps(config, indent=2)) if config else "none"
+
+
 @admin.register(Job)
 class JobAdmin(TenantScopedAdmin):
     list_display = ["job_id", "tenant", "document_type", "status_label", "progress", "created_at"]
@@ -227,21 +232,15 @@ class JobAdmin(TenantScopedAdmin):
 
     @admin.display(description="schedule")
     def schedule_summary(self, obj):
-        if not obj.scheduling:
-            return "none"
-        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.scheduling, indent=2))
+        return _config_html(obj.scheduling)
 
     @admin.display(description="retries")
     def retry_summary(self, obj):
-        if not obj.retry_config:
-            return "none"
-        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.retry_config, indent=2))
+        return _config_html(obj.retry_config)
 
     @admin.display(description="abort criteria")
     def abort_summary(self, obj):
-        if not obj.abort_config:
-            return "none"
-        return format_html('<pre class="iot-json">{}</pre>', json.dumps(obj.abort_config, indent=2))
+        return _config_html(obj.abort_config)
 
     @admin.display(description="targets")
     def target_summary(self, obj):

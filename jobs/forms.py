@@ -79,6 +79,12 @@ def parse_tags(text: str) -> dict:
     return tags
 
 
+def config_field(label: str | None, *, rows: int, help_text: str) -> forms.CharField:
+    """A JSON configuration of a job (rollout, schedule, abort, retries), checked by its jobs rule."""
+    widget = forms.Textarea(attrs={"rows": rows, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"})
+    return forms.CharField(required=False, label=label, widget=widget, help_text=help_text)
+
+
 class JobCreateForm(forms.ModelForm):
     """Not saved as a ModelForm: save() calls the service (targets, executions, events)."""
 
@@ -112,26 +118,24 @@ class JobCreateForm(forms.ModelForm):
         help_text="Optional. An execution in progress for longer ends TIMED_OUT.",
     )
 
-    rollout = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+    rollout = config_field(
+        None,
+        rows=3,
         help_text='Optional: release executions at a pace. {"maximum_per_minute": 100}, or {"exponential": '
         '{"base_rate_per_minute": 50, "increment_factor": 2, "rate_increase_criteria": '
         '{"number_of_notified_things": 1000}}}. Blank: every device at once.',
     )
-    abort_config = forms.CharField(
-        required=False,
-        label="Abort criteria",
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+    abort_config = config_field(
+        "Abort criteria",
+        rows=3,
         help_text='Optional: {"criteria": [{"failure_type": "FAILED", "threshold_percentage": 10, '
         '"min_executed": 50}], "force": false}. failure_type: FAILED, REJECTED, TIMED_OUT or ALL; the job is '
         "canceled once that share of its released executions failed so (force: running ones too).",
     )
 
-    scheduling = forms.CharField(
-        required=False,
-        label="Schedule",
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+    scheduling = config_field(
+        "Schedule",
+        rows=3,
         help_text='Optional: {"start_time": "2030-01-01T02:00:00Z", "end_time": "2030-01-08T02:00:00Z", '
         '"end_behavior": "STOP_ROLLOUT", "maintenance_windows": [{"cron": "0 2 * * *", "duration_minutes": 120}], '
         '"timezone": "Europe/Paris"}. Executions are released only after the start, before the end and inside a '
@@ -143,10 +147,9 @@ class JobCreateForm(forms.ModelForm):
         help_text="Stay open: devices that come to match the tag selector later get the job; a device that "
         "stops matching before it started has its execution REMOVED. Tag selector only.",
     )
-    retry_config = forms.CharField(
-        required=False,
-        label="Retries",
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"}),
+    retry_config = config_field(
+        "Retries",
+        rows=2,
         help_text='Optional: {"criteria": [{"failure_type": "FAILED", "number_of_retries": 2}, {"failure_type": '
         '"TIMED_OUT", "number_of_retries": 1}]} (or "ALL"; at most 10 in all). A failed or timed-out execution is '
         "queued again as its next attempt.",
