@@ -130,3 +130,22 @@ def test_bad_desired_state_jobs_are_refused_naming_the_field(operator, tenant, f
         refused = operator.post("/customer/jobs", {**body, "document_params": params}, expect=400).json()
         assert text in refused["detail"]
     assert not Job.objects.exists() and not JobExecution.objects.exists()
+
+
+def test_a_named_shadow_job_patches_that_shadow_and_converges_on_its_reports(tenant, fleet):
+    from twin.engine import ShadowChange, shadow_apply
+    from twin.models import NamedShadow
+
+    device = fleet[0]
+    job = job_create(tenant=tenant, document_type="desired_state_patch", device_ids=[device.device_id],
+                     document_params={"patch": {"interval_s": 30}, "shadow": "config"})  # fmt: skip
+    rollout_tick()
+    named = NamedShadow.objects.get(device=device, name="config")
+    execution = JobExecution.objects.get(job=job)
+    assert named.desired_state == {"interval_s": 30} and execution.target_version == named.desired_version
+    assert row(device).desired_state == {"led": "off", "fan": 1}  # the classic shadow is not touched
+    rollout_tick()
+    assert statuses(job) == ["IN_PROGRESS"]
+    shadow_apply([ShadowChange(tenant.id, device.device_id, "config", reported={"interval_s": 30}, by_device=True)])
+    rollout_tick()
+    assert statuses(job) == ["SUCCEEDED"]
