@@ -20,7 +20,8 @@ from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus
@@ -31,7 +32,7 @@ from jobs import services
 from jobs.choices import ExecutionStatus
 from jobs.forms import JobCreateForm, JobTemplateForm
 from jobs.models import Job, JobExecution, JobTemplate
-from jobs.selectors import jobs_progress
+from jobs.selectors import jobs_progress, rollout_series
 from jobs.templates import template_save
 
 MAX_PROGRESS_IDS = 500
@@ -120,6 +121,49 @@ class ScopedJobFilter(admin.SimpleListFilter):
         return queryset.filter(job_id=int(value))
 
 
+CHART_LINES = (("released", "#2563eb", "released"), ("succeeded", "#16a34a", "succeeded"),
+               ("failed", "#dc2626", "failed (FAILED, REJECTED, TIMED_OUT)"))  # fmt: skip
+
+
+def rollout_chart_svg(series: dict, *, width: int = 640, height: int = 200) -> str:
+    """The rollout as a line chart (inline SVG, no script): executions released, succeeded and failed
+    over time, and the abort threshold (the failures at which the first criterion trips)."""
+    top = max(series["total"], max(series["released"], default=0), 1)
+    span = series["span"]
+
+    def points(values) -> str:
+        return " ".join(f"{40 + (t / span) * (width - 50):.1f},{height - 20 - (v / top) * (height - 40):.1f}"
+                        for t, v in zip(series["seconds"], values, strict=True))  # fmt: skip
+
+    lines = [f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points(series[key])}"/>'
+             for key, color, _ in CHART_LINES]  # fmt: skip
+    legend = [(label, color, "") for _, color, label in CHART_LINES]
+    if series["threshold_percentage"] is not None:
+        limit = [r * series["threshold_percentage"] / 100 for r in series["released"]]
+        lines.append(f'<polyline fill="none" stroke="#f59e0b" stroke-width="2" stroke-dasharray="6 4" '
+                     f'points="{points(limit)}"/>')  # fmt: skip
+        legend.append((f"abort threshold ({series['threshold_percentage']:g}% {series['threshold_type']})",
+                       "#f59e0b", ' stroke-dasharray="6 4"'))  # fmt: skip
+    axes = (f'<line x1="40" y1="{height - 20}" x2="{width - 10}" y2="{height - 20}" stroke="#888"/>'
+            f'<line x1="40" y1="20" x2="40" y2="{height - 20}" stroke="#888"/>'
+            f'<text x="4" y="24" font-size="11">{top}</text><text x="28" y="{height - 6}" font-size="11">0</text>'
+            f'<text x="{width - 80}" y="{height - 6}" font-size="11">{_duration(span)}</text>')  # fmt: skip
+    keys = "".join(
+        f'<line x1="{50 + i * 150}" y1="8" x2="{70 + i * 150}" y2="8" stroke="{color}" stroke-width="2"{dash}/>'
+        f'<text x="{74 + i * 150}" y="12" font-size="11">{escape(label)}</text>'
+        for i, (label, color, dash) in enumerate(legend)
+    )
+    svg = (f'<svg class="iot-rollout-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+           f'role="img" aria-label="rollout over time">{axes}{"".join(lines)}{keys}</svg>')  # fmt: skip
+    return mark_safe(svg)  # noqa: S308 (numbers and escaped labels only)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def _config_html(config: dict) -> str:
     """A job's configuration as indented JSON, or "none"."""
     return format_html('<pre class="iot-json">{}</pre>', json.dumps(config, indent=2)) if config else "none"
@@ -142,7 +186,7 @@ class JobAdmin(TenantScopedAdmin):
         (
             "Rollout, schedule, abort and retries",
             {
-                "fields": ["rollout_summary", "schedule_summary", "abort_summary", "retry_summary"],
+                "fields": ["rollout_chart", "rollout_summary", "schedule_summary", "abort_summary", "retry_summary"],
             },
         ),
         ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
@@ -229,6 +273,10 @@ class JobAdmin(TenantScopedAdmin):
             '<pre class="iot-json">{}</pre>{} of {} released, {} waiting for release',
             json.dumps(obj.rollout, indent=2), obj.released, obj.total, unreleased,
         )  # fmt: skip
+
+    @admin.display(description="rollout over time")
+    def rollout_chart(self, obj):
+        return rollout_chart_svg(rollout_series(obj))
 
     @admin.display(description="schedule")
     def schedule_summary(self, obj):

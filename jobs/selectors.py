@@ -14,7 +14,7 @@ from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
 from iotcloud.rules import JOB_ID
 from jobs.choices import ACTIVE, DESIRED_PATCH, TERMINAL, ExecutionStatus, JobStatus
-from jobs.models import Job, JobExecution
+from jobs.models import ExecutionHistory, Job, JobExecution
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -248,3 +248,38 @@ def jobs_in_progress(jobs, *, limit: int) -> list[dict]:
     )
     progress = jobs_progress([row["pk"] for row in rows])
     return [{**row, "progress": progress[row["pk"]]} for row in rows]
+
+
+FAILURE_STATUSES = (ExecutionStatus.FAILED, ExecutionStatus.REJECTED, ExecutionStatus.TIMED_OUT)
+
+
+def rollout_series(job: Job, *, points: int = 60, now: datetime | None = None) -> dict:
+    """A job's rollout over time, for its chart: at `points` moments from its creation to now (or its
+    end), how many executions were released, had succeeded and had failed (FAILED, REJECTED or
+    TIMED_OUT) by then; with the first abort criterion's threshold (a share of the released)."""
+    end = job.completed_at or job.canceled_at or now or timezone.now()
+    start = job.created_at
+    span = max((end - start).total_seconds(), 1.0)
+    released = sorted(t for t in JobExecution.objects.filter(job=job, released_at__isnull=False)
+                      .values_list("released_at", flat=True))  # fmt: skip
+    finished = ExecutionHistory.objects.filter(execution__job=job).values_list("status", "at")
+    succeeded = sorted(at for status, at in finished if status == ExecutionStatus.SUCCEEDED)
+    failed = sorted(at for status, at in finished if status in FAILURE_STATUSES)
+    moments = [start + (end - start) * (i / (points - 1)) for i in range(points)]
+
+    def cumulative(times: list) -> list[int]:
+        counts, index = [], 0
+        for moment in moments:
+            while index < len(times) and times[index] <= moment:
+                index += 1
+            counts.append(index)
+        return counts
+
+    criteria = (job.abort_config or {}).get("criteria") or []
+    threshold = float(criteria[0]["threshold_percentage"]) if criteria else None
+    return {
+        "seconds": [round((m - start).total_seconds(), 1) for m in moments], "span": span,
+        "released": cumulative(released), "succeeded": cumulative(succeeded), "failed": cumulative(failed),
+        "threshold_percentage": threshold, "threshold_type": criteria[0]["failure_type"] if criteria else None,
+        "total": job.total,
+    }  # fmt: skip

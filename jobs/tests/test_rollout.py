@@ -300,3 +300,33 @@ def test_operators_see_what_is_not_released_yet(operator, tenant, make_device):
     assert len(waiting["results"]) == 4 and all(e["released_at"] is None for e in waiting["results"])
     out = operator.get(f"/customer/jobs/{created['job_id']}/executions?released=true", expect=200).json()
     assert [e["device_id"] for e in out["results"]] == ["d0000"] and out["results"][0]["released_at"]
+
+
+def test_the_rollout_series_counts_releases_successes_and_failures_over_time(tenant, make_device):
+    from jobs.selectors import rollout_series
+
+    ids = fleet(tenant, make_device, 10)
+    job = paced_job(tenant, ids, {"maximum_per_minute": 60}, abort_config={"criteria": [
+        {"failure_type": "ALL", "threshold_percentage": 40, "min_executed": 5}]})  # fmt: skip
+    counts = run(job, 4)  # 5 released (t = 0..4 s of the controlled clock)
+    assert counts[-1] == 5
+    fail(job, 1)
+    queued = JobExecution.objects.filter(job=job, released_at__isnull=False, status="QUEUED").first()
+    execution_update(device=Device.objects.get(pk=queued.device_id), job_id=job.job_id, status="IN_PROGRESS")
+    execution_update(device=Device.objects.get(pk=queued.device_id), job_id=job.job_id, status="SUCCEEDED")
+    series = rollout_series(Job.objects.get(pk=job.pk), points=10, now=timezone.now() + timedelta(seconds=10))
+    assert series["released"][-1] == 5 and series["failed"][-1] == 1 and series["succeeded"][-1] == 1
+    assert series["released"] == sorted(series["released"]) and series["released"][0] == 1  # cumulative, from t=0
+    assert (series["threshold_percentage"], series["threshold_type"], series["total"]) == (40.0, "ALL", 10)
+
+
+def test_the_job_page_draws_the_rollout(tenant, make_device):
+    from jobs.admin import rollout_chart_svg
+    from jobs.selectors import rollout_series
+
+    ids = fleet(tenant, make_device, 3)
+    job = paced_job(tenant, ids, {"maximum_per_minute": 60}, abort_config={"criteria": [
+        {"failure_type": "FAILED", "threshold_percentage": 50, "min_executed": 2}]})  # fmt: skip
+    run(job, 2)
+    svg = str(rollout_chart_svg(rollout_series(Job.objects.get(pk=job.pk))))
+    assert svg.startswith("<svg") and svg.count("<polyline") == 4 and "abort threshold (50% FAILED)" in svg
