@@ -319,6 +319,9 @@ JOBS_PENDING_LIMIT = env.int("JOBS_PENDING_LIMIT", default=10)
 JOBS_SWEEP_SECONDS = env.float("JOBS_SWEEP_SECONDS", default=5.0)
 # The audit trail (devices.audit) keeps this many days of events; 0 keeps everything.
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# Finished jobs (COMPLETED, CANCELED) older than this many days are deleted with their executions
+# and history, by the bridge, hourly; 0 keeps them all.
+JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=0)
 # How often each bridge's rollout scheduler releases executions of jobs with a rollout and checks
 # abort criteria (jobs.release); the pace itself is the job's, this only sets its granularity.
 JOBS_ROLLOUT_TICK_SECONDS = env.float("JOBS_ROLLOUT_TICK_SECONDS", default=1.0)

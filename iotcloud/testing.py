@@ -44,6 +44,9 @@ class Api:
     def put(self, url, data=None, **kw):
         return self.call("put", url, data, **kw)
 
+    def delete(self, url, **kw):
+        return self.call("delete", url, **kw)
+
     def raw(self, method, url, body: bytes, content_type="application/json", **headers):
         return getattr(self.client, method)(url, body, content_type=content_type, headers=headers or None)
 

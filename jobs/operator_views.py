@@ -82,6 +82,21 @@ class JobViewSet(TenantScopedViewSet):
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
+        operation_id="jobs_delete",
+        responses={204: None, **ERRORS},
+        parameters=[TENANT_PARAM, OpenApiParameter("force", bool, description="also a job still running: "
+                                                   "it is canceled first, its running executions too")],
+        description="Delete a job with its executions and their history (409 job_in_progress for a job still "
+        "running, unless force=true).",
+    )  # fmt: skip
+    def destroy(self, request, job_id=None):
+        force = request.query_params.get("force", "false")
+        if force not in ("true", "false"):
+            raise ValidationError({"force": ["Must be true or false."]})
+        services.job_delete(job=self.get_object(), force=force == "true")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
         operation_id="jobs_cancel",
         request=JobCancelSerializer,
         responses={200: JobSerializer, **ERRORS},

@@ -27,8 +27,9 @@ import unicodedata
 import uuid
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -337,6 +338,52 @@ def execution_cancel(*, job: Job, device_id: str, force: bool = False, reason: s
     logger.info("execution %s of %s canceled force=%s by %s", device_id, job, force, actor)
     execution.refresh_from_db()
     return execution
+
+
+# --- delete and retention ---------------------------------------------------------------------
+
+FINISHED = (JobStatus.COMPLETED, JobStatus.CANCELED)
+
+
+@transaction.atomic
+def job_delete(*, job: Job, force: bool = False) -> None:
+    """Delete a job with its executions and their history. A job still running (or scheduled) needs
+    force: it is canceled first (its running executions too), so no device is left with one."""
+    locked = Job.objects.select_for_update().get(pk=job.pk)
+    if locked.status not in FINISHED:
+        if not force:
+            raise Conflict(f"Job {job.job_id!r} is {locked.status}: cancel it first, or delete with force=true",
+                           code="job_in_progress")  # fmt: skip
+        job_cancel(job=locked, force=True, reason="job deleted")
+    _delete_jobs([locked.pk])
+    audit_record(tenant_id=locked.tenant_id, job_id=locked.job_id, action="job.delete", after={"force": force})
+    outbox.jobs_changed(locked.tenant_id, [locked.job_id])
+    logger.info("job deleted %s force=%s", locked, force)
+
+
+def jobs_prune(*, now: datetime | None = None) -> int:
+    """Delete finished jobs (COMPLETED, CANCELED) older than JOBS_RETENTION_DAYS (0: keep them all)."""
+    days = settings.JOBS_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    old = Job.objects.filter(status__in=FINISHED).filter(
+        Q(completed_at__lt=cutoff) | Q(completed_at__isnull=True, canceled_at__lt=cutoff)
+    )
+    pks = list(old.values_list("pk", flat=True)[:1000])  # a batch per sweep: the next one takes the rest
+    if pks:
+        with transaction.atomic():
+            _delete_jobs(pks)
+        logger.info("jobs retention: %d finished job(s) older than %d days deleted", len(pks), days)
+    return len(pks)
+
+
+def _delete_jobs(pks: list[int]) -> None:
+    """The jobs, their executions and history, set-based (no per-row cascade in Python)."""
+    executions = JobExecution.objects.filter(job_id__in=pks)
+    ExecutionHistory.objects.filter(execution__in=executions.values("pk"))._raw_delete(ExecutionHistory.objects.db)
+    executions._raw_delete(JobExecution.objects.db)
+    Job.objects.filter(pk__in=pks)._raw_delete(Job.objects.db)
 
 
 # --- device updates ----------------------------------------------------------------------

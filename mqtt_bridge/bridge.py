@@ -36,7 +36,7 @@ from django.db.utils import DatabaseError, InterfaceError
 from devices.audit import acting, audit_prune
 from iotcloud import outbox
 from jobs.release import rollout_tick
-from jobs.services import job_sweep
+from jobs.services import job_sweep, jobs_prune
 from mqtt_bridge import topics
 from mqtt_bridge.accounts.sync import AccountsLoop
 from mqtt_bridge.client import V5, connect_async, detect_protocol, make_client
@@ -382,6 +382,7 @@ class Bridge:
                 if time.monotonic() - pruned_at >= 3600:
                     pruned_at = time.monotonic()
                     audit_prune()
+                    jobs_prune()
             except (DatabaseError, InterfaceError):
                 logger.exception("job sweep failed; retrying")
                 connection.close()

@@ -69,3 +69,33 @@ def test_other_tenants_cannot_see_or_cancel_an_execution(operator, other_operato
     other_operator.get(f"/customer/jobs/{job}/executions/a", expect=404)
     other_operator.post(f"/customer/jobs/{job}/executions/a/cancel", {}, expect=404)
     assert JobExecution.objects.get(job__job_id=job).status == "QUEUED"
+
+
+def test_deleting_a_job_needs_force_while_it_runs_and_takes_its_executions(operator, tenant, make_device):
+    from jobs.models import ExecutionHistory
+
+    pump = make_device(tenant, "pump")
+    job = create(operator, ["pump"])["job_id"]
+    device_client(pump).put(f"/device/v1/jobs/{job}/execution", {"status": "IN_PROGRESS"}, expect=200)
+    refused = operator.delete(f"/customer/jobs/{job}", expect=409).json()
+    assert refused["code"] == "job_in_progress" and Job.objects.filter(job_id=job).exists()
+    operator.delete(f"/customer/jobs/{job}?force=maybe", expect=400)
+    operator.delete(f"/customer/jobs/{job}?force=true", expect=204)
+    assert not Job.objects.exists() and not JobExecution.objects.exists() and not ExecutionHistory.objects.exists()
+    assert device_client(pump).get("/device/v1/jobs/pending", expect=200).json() == {"jobs": []}
+    operator.delete(f"/customer/jobs/{job}", expect=404)
+
+
+def test_finished_jobs_are_pruned_after_the_retention(settings, operator, tenant, make_device):
+    from jobs.services import jobs_prune
+
+    make_device(tenant, "pump")
+    old, recent, running = (create(operator, ["pump"])["job_id"] for _ in range(3))
+    for job_id in (old, recent):
+        operator.post(f"/customer/jobs/{job_id}/cancel", {}, expect=200)
+    Job.objects.filter(job_id=old).update(canceled_at=timezone.now() - timedelta(days=40))
+    settings.JOBS_RETENTION_DAYS = 0
+    assert jobs_prune() == 0  # 0 keeps everything
+    settings.JOBS_RETENTION_DAYS = 30
+    assert jobs_prune() == 1
+    assert set(Job.objects.values_list("job_id", flat=True)) == {recent, running}
