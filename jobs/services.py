@@ -192,8 +192,8 @@ def job_create(
     # One INSERT ... SELECT: 100,000 executions without 100,000 round trips.
     target_sql, target_params = targets.values("id").query.sql_with_params()
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"{NEW_EXECUTIONS} FROM ({target_sql}) AS t",
+        cursor.execute(  # in device order: a rollout releases them in that order (the ids follow it)
+            f"{NEW_EXECUTIONS} FROM ({target_sql}) AS t ORDER BY t.id",
             [*_new_execution_values(tenant.id, job.pk, now, released=not paced), *target_params],
         )  # fmt: skip
         count = cursor.rowcount
@@ -261,7 +261,8 @@ def continuous_reconcile(job: Job, now) -> tuple[int, int]:
     with connection.cursor() as cursor:
         cursor.execute(
             f"{NEW_EXECUTIONS} FROM ({members_sql}) AS t"  # noqa: S608 (the ORM's own SQL, parameterized)
-            " WHERE NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = %s AND e.device_id = t.id)",
+            " WHERE NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = %s AND e.device_id = t.id)"
+            " ORDER BY t.id",
             [*_new_execution_values(job.tenant_id, job.pk, now, released=True), *members_params, job.pk],
         )  # fmt: skip
         added = cursor.rowcount
