@@ -67,7 +67,8 @@ def test_heartbeat_carries_the_counters_to_metrics_and_a_final_beat_on_stop(
     publisher.publish(topic, b"not json")
 
     def counted():
-        stats = row(bridge.client_id).stats
+        beat = row(bridge.client_id)  # None until the first beat is written
+        stats = beat.stats if beat is not None else {}
         return stats.get("accepted") == 1 and stats.get("rejected") == 1 and stats.get("published", 0) >= 1
 
     wait_until(counted, message="the heartbeat to carry the counters")
