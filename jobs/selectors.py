@@ -12,7 +12,7 @@ from django.utils import timezone
 from devices.models import Device
 from devices.selectors import operator_tenant
 from iotcloud.errors import NotFound
-from iotcloud.rules import JOB_ID
+from iotcloud.rules import DEVICE_ID, JOB_ID
 from jobs.choices import ACTIVE, DESIRED_PATCH, TERMINAL, ExecutionStatus, JobStatus
 from jobs.models import ExecutionHistory, Job, JobExecution
 
@@ -160,6 +160,10 @@ def device_execution(device: Device, job_id: str) -> JobExecution:
 
 def job_execution(job: Job, device_id: str) -> JobExecution:
     """One device's execution of a job (operators); NotFound when the job has none for it."""
+    if not DEVICE_ID.matches(device_id):  # cannot exist; also keeps NUL bytes away from PostgreSQL
+        raise NotFound(
+            f"Job {job.job_id!r} has no execution for device {device_id[:200]!r}", code="execution_not_found"
+        )
     execution = (
         JobExecution.objects.select_related("job", "device").filter(job=job, device__device_id=device_id).first()
     )

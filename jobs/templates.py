@@ -16,7 +16,7 @@ from django.db.models import Max
 
 from devices.models import Tenant
 from iotcloud.errors import Conflict, InvalidInput, NotFound
-from iotcloud.rules import DOCUMENT_TYPE, JOB_ID
+from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32
 from jobs.choices import DESIRED_PATCH
 from jobs.models import JobTemplate
 from jobs.retry import parse_retry
@@ -78,8 +78,10 @@ def template_resolve(tenant: Tenant, ref) -> Template:
     if not isinstance(ref, str) or not ref:
         raise InvalidInput('template must be "<name>" or "<name>@<version>"', code="invalid_template")
     name, _, version = ref.partition("@")
-    if version and not version.isdigit():
+    if version and not (version.isdigit() and fits_int32(int(version))):
         raise InvalidInput(f"template {ref[:100]!r}: the version must be a number", code="invalid_template")
+    if not JOB_ID.matches(name):  # cannot exist; also keeps NUL bytes away from PostgreSQL
+        raise NotFound(f"No job template {ref[:100]!r} in tenant {tenant.id!r}", code="template_not_found")
     rows = JobTemplate.objects.filter(tenant=tenant, name=name)
     row = rows.filter(version=int(version)).first() if version else rows.order_by("-version").first()
     if row is not None:

@@ -57,6 +57,7 @@ def test_cancel_one_execution_queued_or_with_force(operator, tenant, make_device
     assert refused["code"] == "execution_in_progress" and "force" in refused["detail"]
     operator.post(f"/customer/jobs/{job}/executions/b/cancel", {"force": True}, expect=200)
     operator.post(f"/customer/jobs/{job}/executions/nobody/cancel", {}, expect=404)
+    operator.get(f"/customer/jobs/{job}/executions/a%00b", expect=404)  # cannot exist: never reaches the database
     operator.post(f"/customer/jobs/{job}/executions/c/cancel", {"force": "yes"}, expect=400)
 
     operator.post(f"/customer/jobs/{job}/executions/c/cancel", {}, expect=200)

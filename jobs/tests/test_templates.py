@@ -60,6 +60,8 @@ def test_builtins_are_there_for_every_tenant(operator, other_operator, tenant, m
         ({"template": "nope"}, 404, "No job template 'nope'"),
         ({"template": "fw@x"}, 400, "version must be a number"),
         ({"template": "fw@9"}, 404, "No job template 'fw@9'"),
+        ({"template": "fw@99999999999999999999"}, 400, "version must be a number"),
+        ({"template": "f\u0000w"}, 400, "Null characters are not allowed"),
         ({"template": "fw", "document_type": "other"}, 400, "document_type comes from template fw@1"),
     ],
 )
@@ -87,5 +89,6 @@ def test_bad_templates_are_refused_naming_the_field(operator, body, text):
 
 def test_templates_are_per_tenant(operator, other_operator):
     save(operator, document_params={"secret": "acme"})
+    operator.get("/customer/job-templates/f%00w", expect=404)  # cannot exist: never reaches the database
     other_operator.get("/customer/job-templates/fw", expect=404)
     assert "fw" not in {t["name"] for t in other_operator.get("/customer/job-templates", expect=200).json()}
