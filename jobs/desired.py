@@ -41,7 +41,7 @@ def apply_released(job: Job, execution_pks: list[int], now) -> None:
     if not executions:
         return
     keys = {(e.device.tenant_id, e.device.device_id, shadow) for e in executions}
-    before = load_shadows(keys)
+    before = load_shadows(keys, lock=True)  # what the patch goes over, as it is written (the revert's "previous")
     changes = [ShadowChange(e.device.tenant_id, e.device.device_id, shadow, desired=patch) for e in executions]
     results = shadow_apply(changes)
     applied, refused = [], []

@@ -480,6 +480,7 @@ def execution_update(
         status == ExecutionStatus.FAILED
         and retry is not None
         and not expired
+        and execution.job.status == JobStatus.IN_PROGRESS  # a canceled job's last runs are not retried
         and retry.allows("FAILED", failed_used=execution.failed_retries, timed_out_used=execution.timed_out_retries)
     )
     if retrying:  # queued again as its next attempt, in the same compare-and-set (jobs.retry)
@@ -675,7 +676,7 @@ def retry_timed_out(queryset, job: Job, details: dict, now) -> int:
     """Queue again, as their next attempt, the executions of `queryset` (timing out now) that the job's
     retry configuration still allows a TIMED_OUT retry; returns how many (the rest are the caller's)."""
     retry = parse_retry(job.retry_config)
-    if retry is None:
+    if retry is None or job.status != JobStatus.IN_PROGRESS:  # a canceled job's last runs are not retried
         return 0
     if retry.any is not None:
         eligible = queryset.alias(used=F("failed_retries") + F("timed_out_retries")).filter(used__lt=retry.any)
@@ -753,7 +754,8 @@ def _count_terminal(job_pk: int, count: int) -> None:
         return
     now = timezone.now()
     Job.objects.filter(pk=job_pk).update(remaining=F("remaining") - count, updated_at=now)
-    if Job.objects.filter(pk=job_pk, status=JobStatus.IN_PROGRESS, remaining=0, continuous=False).update(
+    live = (JobStatus.IN_PROGRESS, JobStatus.SCHEDULED)  # a scheduled job whose executions all ended is done too
+    if Job.objects.filter(pk=job_pk, status__in=live, remaining=0, continuous=False).update(
         status=JobStatus.COMPLETED, completed_at=now
     ):
         logger.info("job completed pk=%d", job_pk)

@@ -116,3 +116,23 @@ def test_the_api_takes_a_retry_configuration_and_shows_attempts(operator, tenant
     run_and(device, Job.objects.get(job_id=created["job_id"]), ExecutionStatus.FAILED)
     (listed,) = operator.get(f"/customer/jobs/{created['job_id']}/executions", expect=200).json()["results"]
     assert (listed["status"], listed["attempt"]) == ("QUEUED", 2)
+
+
+def test_a_canceled_jobs_running_execution_is_not_retried(tenant, device):
+    """Cancel leaves an IN_PROGRESS execution to finish; its failure (or timeout) must not queue it again."""
+    from jobs.services import job_cancel
+
+    job = retrying(tenant, device, [{"failure_type": "ALL", "number_of_retries": 3}], in_progress_timeout_seconds=60)
+    execution_update(device=device, job_id=job.job_id, status=ExecutionStatus.IN_PROGRESS)
+    job_cancel(job=job)
+    assert execution_update(device=device, job_id=job.job_id, status=ExecutionStatus.FAILED).status == "FAILED"
+    assert device_client(device).get("/device/v1/jobs/pending", expect=200).json() == {"jobs": []}
+
+    other = retrying(tenant, device, [{"failure_type": "TIMED_OUT", "number_of_retries": 3}],
+                     in_progress_timeout_seconds=60)  # fmt: skip
+    execution_update(device=device, job_id=other.job_id, status=ExecutionStatus.IN_PROGRESS,
+                     step_timeout_minutes=1)  # fmt: skip
+    job_cancel(job=other)
+    JobExecution.objects.filter(job=other).update(step_timeout_at=timezone.now() - timedelta(seconds=1))
+    job_sweep()
+    assert execution(other).status == "TIMED_OUT"

@@ -144,3 +144,13 @@ def test_the_api_shows_scheduled_jobs_and_refuses_bad_schedules(operator, tenant
     assert created["status"] == "SCHEDULED" and created["scheduling"] == {"start_time": start}
     listed = operator.get("/customer/jobs?status=SCHEDULED", expect=200).json()["results"]
     assert [j["job_id"] for j in listed] == [created["job_id"]]
+
+
+def test_a_scheduled_job_whose_executions_all_end_is_completed(operator, tenant, devices):
+    start = timezone.now() + timedelta(hours=1)
+    job = create(tenant, devices[:2], scheduling={"start_time": iso(start)})
+    for device in devices[:2]:
+        operator.post(f"/customer/jobs/{job.job_id}/executions/{device.device_id}/cancel", {}, expect=200)
+    assert status(job) == JobStatus.COMPLETED
+    rollout_tick(now=start)
+    assert status(job) == JobStatus.COMPLETED and released(job) == 0
