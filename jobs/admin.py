@@ -3,8 +3,9 @@
 Every write goes through jobs.services (create, cancel), as from the API; the
 job page itself is read-only. Tenant scoping and role checks come from
 devices.admin_scope. Progress bars for a whole page come from ONE grouped
-query (jobs.selectors.jobs_progress), and the page's JS refetches them from
-progress.json when a jobs.changed event names a visible job.
+query (jobs.selectors.jobs_progress), and the page's JS refetches them (and the
+job page's rollout chart) from progress.json when a jobs.changed event names a
+visible job.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from iotcloud.errors import DomainError, error_body
 from iotcloud.rules import valid_pk
 from jobs import services
 from jobs.choices import ExecutionStatus
-from jobs.forms import JobCreateForm, JobTemplateForm
+from jobs.forms import ABORT_ROWS, WINDOW_ROWS, JobCreateForm, JobTemplateForm
 from jobs.models import Job, JobExecution, JobTemplate
+from jobs.retry import MAX_RETRIES
 from jobs.selectors import jobs_progress, rollout_series
 from jobs.templates import template_save
 
@@ -164,6 +166,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def _collapse(form, fields) -> list[str]:
+    """Django's "collapse", unless a field of the group has an error (Django looks for it in the
+    one-field lines only, and would hide the error of a row of fields)."""
+    names = {name for line in fields for name in (line if isinstance(line, tuple) else (line,))}
+    return [] if names & set(form.errors) else ["collapse"]
+
+
 def _config_html(config: dict) -> str:
     """A job's configuration as indented JSON, or "none"."""
     return format_html('<pre class="iot-json">{}</pre>', json.dumps(config, indent=2)) if config else "none"
@@ -276,7 +285,8 @@ class JobAdmin(TenantScopedAdmin):
 
     @admin.display(description="rollout over time")
     def rollout_chart(self, obj):
-        return rollout_chart_svg(rollout_series(obj))
+        # The page's JS finds it (data-job-chart) and puts progress.json's fresh chart inside.
+        return format_html('<div data-job-chart="{}">{}</div>', obj.pk, rollout_chart_svg(rollout_series(obj)))
 
     @admin.display(description="schedule")
     def schedule_summary(self, obj):
@@ -361,18 +371,44 @@ class JobAdmin(TenantScopedAdmin):
         return self.render_change_form(request, context, add=True, form_url=form_url)
 
     def _add_fieldsets(self, form):
-        first = [f for f in ["tenant", "job_id", "document_type", "document_params", "description"] if f in form.fields]
+        first = ["tenant", "job_id", "template", "document_type", "document_params", "description"]
         targets = {"fields": ["devices", "tags", "continuous"], "description": "Devices picked, tag matches, or both."}
         timing = {"fields": ["expires_at", "in_progress_timeout_seconds"]}
-        safety = {
-            "fields": ["rollout", "scheduling", "abort_config", "retry_config"],
-            "description": "How fast and when devices get the job, when to stop it, and what to retry.",
+        rollout = {
+            "fields": ["rollout_type", "rollout_maximum_per_minute", "rollout_base_rate_per_minute",
+                       "rollout_increment_factor", ("rollout_criterion", "rollout_criterion_count")],
+            "description": "How fast devices get the job. Constant: a maximum per minute. Exponential: a base rate "
+            "multiplied by the factor each time another so many devices were notified or succeeded.",
+        }  # fmt: skip
+        abort = {
+            "fields": [*(tuple(f"abort_{i}_{key}" for key in ("failure_type", "threshold_percentage", "min_executed"))
+                         for i in range(1, ABORT_ROWS + 1)), "abort_force"],
+            "description": "The job is canceled once at least the minimum of its executions were released and the "
+            "threshold % or more of them ended in the failure type (ALL: FAILED, REJECTED or TIMED_OUT). Blank rows "
+            "are ignored.",
+        }  # fmt: skip
+        schedule = {
+            "fields": ["schedule_start_time", "schedule_end_time", "schedule_end_behavior", "schedule_timezone",
+                       *((f"window_{i}_cron", f"window_{i}_duration_minutes") for i in range(1, WINDOW_ROWS + 1))],
+            "description": "When executions may be released: after the start, before the end, and, with maintenance "
+            "windows, only inside one (each opens at its cron expression's times, minute hour day month weekday, "
+            "in the time zone, for its duration). Blank rows are ignored.",
+        }  # fmt: skip
+        retries = {
+            "fields": ["retry_failed", "retry_timed_out", "retry_all"],
+            "description": "How many times a device's failed or timed-out execution is queued again (at most "
+            f"{MAX_RETRIES} in all). Blank: none, or the template's; 0 overrides the template's.",
         }
+        for advanced in (abort, schedule, retries):
+            advanced["classes"] = _collapse(form, advanced["fields"])
         return [
-            (None, {"fields": first}),
+            (None, {"fields": [f for f in first if f in form.fields]}),
             ("Targets", targets),
             ("Timing", timing),
-            ("Rollout, schedule, abort and retries", safety),
+            ("Rollout", rollout),
+            ("Abort criteria", abort),
+            ("Schedule", schedule),
+            ("Retries", retries),
         ]
 
     # --- JSON endpoints --------------------------------------------------------------------
@@ -386,7 +422,8 @@ class JobAdmin(TenantScopedAdmin):
         ]
 
     def progress_json(self, request):
-        """`?ids=1,2`: per job {status, total, remaining, counts, percent_done, html}; others' jobs are omitted."""
+        """`?ids=1,2`: per job {status, total, remaining, counts, percent_done, html}; `&chart=<pk>`: also
+        {"charts": {pk: the job's rollout chart}}. Others' jobs are omitted."""
         if not self.has_view_permission(request):
             return _refuse("You may not view jobs", "permission_denied", status=403)
         try:
@@ -395,12 +432,17 @@ class JobAdmin(TenantScopedAdmin):
             return _refuse(f"ids: {str(exc)[:40]!r} is not a job number; give ids=<pk>,<pk>", "invalid_ids")
         if len(pks) > MAX_PROGRESS_IDS:
             return _refuse(f"ids: at most {MAX_PROGRESS_IDS} jobs per request", "invalid_ids")
+        chart = request.GET.get("chart")
+        if chart is not None and not (chart.isascii() and chart.isdigit() and valid_pk(int(chart))):
+            return _refuse(f"chart: {chart[:40]!r} is not a job number; give chart=<pk>", "invalid_chart")
         jobs = dict(self.get_queryset(request).filter(pk__in=pks).values_list("pk", "status")) if pks else {}
         progress = jobs_progress(jobs)
-        return JsonResponse(
-            {"jobs": {str(pk): {"status": jobs[pk], **item, "html": progress_inner_html(item)}
-                      for pk, item in progress.items()}}
-        )  # fmt: skip
+        body = {"jobs": {str(pk): {"status": jobs[pk], **item, "html": progress_inner_html(item)}
+                         for pk, item in progress.items()}}  # fmt: skip
+        if chart is not None:
+            shown = self.get_queryset(request).filter(pk=int(chart)).first()
+            body["charts"] = {str(shown.pk): rollout_chart_svg(rollout_series(shown))} if shown else {}
+        return JsonResponse(body)
 
     def devices_json(self, request):
         """select2's source for the add form: active devices of the user's tenant, by device id."""

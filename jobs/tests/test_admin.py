@@ -62,6 +62,7 @@ def add_form(**overrides):
         "expires_at_0": "",
         "expires_at_1": "",
         "in_progress_timeout_seconds": "",
+        "rollout_criterion": "number_of_notified_things",  # a select: the browser always sends one
     }
     data.update(overrides)
     return data
@@ -129,6 +130,19 @@ def test_progress_json_omits_foreign_jobs(alice, fleet):
     assert alice.get(PROGRESS, {"ids": str(2**64)}).status_code == 400
 
 
+def test_progress_json_gives_the_chart_of_a_visible_job_only(alice, fleet):
+    a_job, b_job = fleet["a_job"], fleet["b_job"]
+    data = alice.get(PROGRESS, {"ids": str(a_job.pk), "chart": str(a_job.pk)}).json()
+    assert set(data["jobs"]) == {str(a_job.pk)}
+    assert data["charts"][str(a_job.pk)].startswith('<svg class="iot-rollout-chart"')
+    assert alice.get(PROGRESS, {"ids": "", "chart": str(b_job.pk)}).json() == {"jobs": {}, "charts": {}}
+    assert "charts" not in alice.get(PROGRESS, {"ids": str(a_job.pk)}).json()  # not asked for
+    for bad in ["x", "1,2", "-1", "", "²", str(2**64)]:
+        refused = alice.get(PROGRESS, {"ids": str(a_job.pk), "chart": bad})
+        assert refused.status_code == 400, bad
+        assert refused.json()["code"] == "invalid_chart" and "chart:" in refused.json()["detail"]
+
+
 def test_superuser_sees_every_tenant(tenant, fleet):
     root = staff(None, "root", superuser=True)
     body = root.get(CHANGELIST).content.decode()
@@ -177,16 +191,6 @@ def test_add_by_tag_selector(alice, fleet, selector):
         ({"tags": "site=berlin", "job_id": "bad/id"}, "Invalid job id"),
         ({"tags": "site=berlin", "expires_at_0": "2001-01-01", "expires_at_1": "00:00:00"}, "must be in the future"),
         ({"tags": "site=berlin", "in_progress_timeout_seconds": "0"}, "greater than or equal to 1"),
-        ({"tags": "site=berlin", "rollout": '{"maximum_per_minute": -3}'}, "rollout.maximum_per_minute must be"),
-        ({"tags": "site=berlin", "rollout": '{"maximum_per_minute": '}, "Not valid JSON in the rollout"),
-        (
-            {
-                "tags": "site=berlin",
-                "abort_config": '{"criteria": [{"failure_type": "FAILED", '
-                '"threshold_percentage": 120, "min_executed": 1}]}',
-            },
-            "threshold_percentage must be above 0",
-        ),
     ],
 )
 def test_add_invalid_input_shows_error_and_creates_nothing(alice, fleet, overrides, message):
@@ -198,15 +202,207 @@ def test_add_invalid_input_shows_error_and_creates_nothing(alice, fleet, overrid
 
 
 def test_add_with_a_rollout_holds_executions_back_and_the_job_page_shows_it(alice, fleet):
-    response = alice.post(ADD, add_form(job_id="paced", tags="site=berlin", rollout='{"maximum_per_minute": 10}',
-                                        abort_config='{"criteria": [{"failure_type": "ALL", '
-                                        '"threshold_percentage": 25, "min_executed": 4}]}'))  # fmt: skip
+    response = alice.post(ADD, add_form(job_id="paced", tags="site=berlin", rollout_type="constant",
+                                        rollout_maximum_per_minute="10", abort_1_failure_type="ALL",
+                                        abort_1_threshold_percentage="25", abort_1_min_executed="4"))  # fmt: skip
     assert response.status_code == 302, response.content.decode()[:3000]
     job = Job.objects.get(job_id="paced")
     assert job.rollout == {"maximum_per_minute": 10} and job.abort_config["criteria"][0]["min_executed"] == 4
     assert not job.executions.filter(released_at__isnull=False).exists()
     page = alice.get(reverse("admin:jobs_job_change", args=[job.pk])).content.decode()
     assert "0 of 2 released, 2 waiting for release" in page and "threshold_percentage" in page
+    assert f'<div data-job-chart="{job.pk}"><svg class="iot-rollout-chart"' in page  # the JS refreshes it
+
+
+# --- add form: rollout, abort, schedule, retries and template fields --------------------------------
+
+
+def created(client, **fields):
+    """Post the add form (targets: acme's berlin devices) and return the job it created."""
+    response = client.post(ADD, add_form(job_id="made", tags="site=berlin", **fields))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    return Job.objects.get(job_id="made")
+
+
+def test_add_page_has_a_field_per_setting(alice, fleet):
+    body = alice.get(ADD).content.decode()
+    names = ["rollout_type", "rollout_increment_factor", "abort_3_threshold_percentage", "abort_force",
+             "schedule_end_time_0", "schedule_timezone", "window_3_cron", "retry_timed_out", "template"]  # fmt: skip
+    for name in names:
+        assert f'name="{name}"' in body, name
+    assert 'name="rollout"' not in body and 'name="abort_config"' not in body  # the JSON textareas are gone
+    assert '<option value="reboot@1">reboot@1 · reboot (built-in)</option>' in body
+
+
+def test_constant_rollout(alice, fleet):
+    job = created(alice, rollout_type="constant", rollout_maximum_per_minute="100")
+    assert job.rollout == {"maximum_per_minute": 100}
+
+
+def test_exponential_rollout(alice, fleet):
+    job = created(alice, rollout_type="exponential", rollout_base_rate_per_minute="50",
+                  rollout_increment_factor="2.5", rollout_criterion="number_of_succeeded_things",
+                  rollout_criterion_count="1000", rollout_maximum_per_minute="800")  # fmt: skip
+    assert job.rollout == {
+        "exponential": {"base_rate_per_minute": 50, "increment_factor": 2.5,
+                        "rate_increase_criteria": {"number_of_succeeded_things": 1000}},
+        "maximum_per_minute": 800,
+    }  # fmt: skip
+
+
+def test_no_settings_give_no_configurations(alice, fleet):
+    job = created(alice)
+    assert (job.rollout, job.abort_config, job.scheduling, job.retry_config) == ({}, {}, {}, {})
+    assert job.executions.filter(released_at__isnull=False).count() == 2  # released at once
+
+
+def test_abort_rows_and_force(alice, fleet):
+    # Row 1 is blank: ignored.
+    job = created(alice, abort_2_failure_type="FAILED", abort_2_threshold_percentage="10",
+                  abort_2_min_executed="50", abort_3_failure_type="TIMED_OUT", abort_3_threshold_percentage="2.5",
+                  abort_3_min_executed="1", abort_force="on")  # fmt: skip
+    assert job.abort_config == {
+        "criteria": [{"failure_type": "FAILED", "threshold_percentage": 10, "min_executed": 50},
+                     {"failure_type": "TIMED_OUT", "threshold_percentage": 2.5, "min_executed": 1}],
+        "force": True,
+    }  # fmt: skip
+    assert isinstance(job.abort_config["criteria"][0]["threshold_percentage"], int)  # as the API would store it
+
+
+def test_schedule_with_a_window_and_a_time_zone(alice, fleet):
+    job = created(alice, schedule_start_time_0="2999-01-01", schedule_start_time_1="02:00:00",
+                  schedule_end_time_0="2999-01-08", schedule_end_time_1="02:00:00", schedule_end_behavior="CANCEL",
+                  schedule_timezone="Europe/Paris", window_2_cron="0 2 * * 1-5",
+                  window_2_duration_minutes="120")  # fmt: skip
+    assert job.scheduling == {
+        "start_time": "2999-01-01T02:00:00Z", "end_time": "2999-01-08T02:00:00Z", "end_behavior": "CANCEL",
+        "timezone": "Europe/Paris", "maintenance_windows": [{"cron": "0 2 * * 1-5", "duration_minutes": 120}],
+    }  # fmt: skip
+    assert job.status == JobStatus.SCHEDULED
+
+
+def test_retries(alice, fleet):
+    job = created(alice, retry_failed="2", retry_timed_out="1")
+    assert job.retry_config == {"criteria": [{"failure_type": "FAILED", "number_of_retries": 2},
+                                             {"failure_type": "TIMED_OUT", "number_of_retries": 1}]}  # fmt: skip
+    assert created_all(alice).retry_config == {"criteria": [{"failure_type": "ALL", "number_of_retries": 3}]}
+
+
+def created_all(client):
+    response = client.post(ADD, add_form(job_id="made-all", tags="site=berlin", retry_all="3"))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    return Job.objects.get(job_id="made-all")
+
+
+@pytest.fixture
+def fw_template(tenant):
+    from jobs.templates import template_save
+
+    return template_save(tenant=tenant, name="fw", document_type="firmware_update",
+                         document_params={"channel": "stable"}, required_params=["url"],
+                         rollout={"maximum_per_minute": 5},
+                         retry_config={"criteria": [{"failure_type": "FAILED", "number_of_retries": 1}]})  # fmt: skip
+
+
+def test_template_gives_the_document_type_and_defaults(alice, fleet, fw_template):
+    assert '<option value="fw@1">fw@1 · firmware_update</option>' in alice.get(ADD).content.decode()
+    job = created(alice, template="fw@1", document_type="", retry_failed="0")
+    assert (job.template, job.document_type) == ("fw@1", "firmware_update")
+    assert job.document_params == {"channel": "stable", "url": "https://example.test/fw.bin"}  # the job's over it
+    assert job.rollout == {"maximum_per_minute": 5}  # left blank: the template's
+    assert job.retry_config == {"criteria": [{"failure_type": "FAILED", "number_of_retries": 0}]}  # given: the job's
+
+
+def test_superuser_types_a_template(tenant, fleet):
+    root = staff(None, "root", superuser=True)
+    response = root.post(ADD, add_form(tenant=tenant.pk, job_id="typed", template="reboot", document_type="",
+                                       document_params="", tags="site=berlin"))  # fmt: skip
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    job = Job.objects.get(job_id="typed")
+    assert (job.template, job.document_type, job.document_params) == ("reboot@1", "reboot", {"delay_seconds": 0})
+    refused = root.post(ADD, add_form(tenant="globex", job_id="typed-2", template="fw", devices=[fleet["b"].pk]))
+    assert "No job template &#x27;fw&#x27; in tenant &#x27;globex&#x27;" in refused.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"rollout_type": "constant", "rollout_maximum_per_minute": "-3"}, "rollout_maximum_per_minute",
+         "rollout.maximum_per_minute must be between 1 and 1,000,000"),
+        ({"rollout_type": "constant"}, "rollout_maximum_per_minute", "rollout.maximum_per_minute must be an integer"),
+        ({"rollout_type": "constant", "rollout_maximum_per_minute": "ten"}, "rollout_maximum_per_minute",
+         "Enter a whole number"),
+        ({"rollout_maximum_per_minute": "10"}, "rollout_type", "Choose constant or exponential"),
+        ({"rollout_type": "constant", "rollout_maximum_per_minute": "10", "rollout_increment_factor": "2"},
+         "rollout_increment_factor", "Only for an exponential rollout"),
+        ({"rollout_type": "exponential", "rollout_base_rate_per_minute": "-1", "rollout_increment_factor": "2",
+          "rollout_criterion_count": "10"}, "rollout_base_rate_per_minute",
+         "rollout.exponential.base_rate_per_minute must be between 1"),
+        ({"rollout_type": "exponential", "rollout_base_rate_per_minute": "10", "rollout_increment_factor": "9",
+          "rollout_criterion_count": "10"}, "rollout_increment_factor", "must be between 1.1 and 5"),
+        ({"rollout_type": "exponential", "rollout_base_rate_per_minute": "10", "rollout_increment_factor": "2"},
+         "rollout_criterion_count", "rollout.exponential.rate_increase_criteria is required"),
+        ({"rollout_type": "exponential", "rollout_base_rate_per_minute": "10", "rollout_increment_factor": "2",
+          "rollout_criterion_count": "0"}, "rollout_criterion_count",
+         "rate_increase_criteria.number_of_notified_things must be between 1"),
+        ({"rollout_type": "exponential", "rollout_base_rate_per_minute": "100", "rollout_increment_factor": "2",
+          "rollout_criterion_count": "5", "rollout_maximum_per_minute": "10"}, "rollout_maximum_per_minute",
+         "must not be below exponential.base_rate_per_minute"),
+        ({"abort_2_failure_type": "FAILED", "abort_2_threshold_percentage": "150", "abort_2_min_executed": "1"},
+         "abort_2_threshold_percentage", "threshold_percentage must be above 0 and at most 100"),
+        ({"abort_1_threshold_percentage": "10", "abort_1_min_executed": "1"}, "abort_1_failure_type",
+         "failure_type must be one of FAILED, REJECTED, TIMED_OUT, ALL"),
+        ({"abort_1_failure_type": "ALL", "abort_1_threshold_percentage": "10"}, "abort_1_min_executed",
+         "min_executed must be an integer"),
+        ({"abort_1_failure_type": "ALL", "abort_1_threshold_percentage": "10", "abort_1_min_executed": "1",
+          "abort_3_failure_type": "ALL", "abort_3_threshold_percentage": "20", "abort_3_min_executed": "1"},
+         "abort_3_failure_type", "ALL is given twice"),
+        ({"abort_force": "on"}, "abort_force", "abort_config.criteria must be a list of 1 to 4 criteria"),
+        ({"window_2_cron": "0 25 * * *", "window_2_duration_minutes": "60"}, "window_2_cron",
+         "maintenance_windows[0].cron must be a 5-field cron expression"),
+        ({"window_1_cron": "0 2 * * *", "window_1_duration_minutes": "0"}, "window_1_duration_minutes",
+         "duration_minutes must be an integer between 1 and 10080"),
+        ({"window_1_duration_minutes": "30"}, "window_1_cron", "cron must be a 5-field cron expression"),
+        ({"schedule_timezone": "Mars/Olympus"}, "schedule_timezone", "scheduling.timezone must be an IANA time zone"),
+        ({"schedule_start_time_0": "2999-01-08", "schedule_start_time_1": "00:00:00",
+          "schedule_end_time_0": "2999-01-01", "schedule_end_time_1": "00:00:00"}, "schedule_end_time",
+         "scheduling.end_time must be after scheduling.start_time"),
+        ({"schedule_end_time_0": "2001-01-01", "schedule_end_time_1": "00:00:00"}, "schedule_end_time",
+         "scheduling.end_time must be in the future"),
+        ({"schedule_end_behavior": "CANCEL"}, "schedule_end_behavior", "needs scheduling.end_time"),
+        ({"retry_failed": "11"}, "retry_failed", "number_of_retries must be an integer between 0 and 10"),
+        ({"retry_timed_out": "-1"}, "retry_timed_out", "number_of_retries must be an integer between 0 and 10"),
+        ({"retry_failed": "6", "retry_timed_out": "6"}, "retry_failed", "at most 10 retries in all"),
+        ({"retry_failed": "1", "retry_all": "2"}, "retry_all", "ALL cannot be combined with FAILED or TIMED_OUT"),
+        ({"template": "nope"}, "template", "No job template &#x27;nope&#x27; in tenant &#x27;acme&#x27;"),
+        ({"template": "fw@x"}, "template", "the version must be a number"),
+        ({"template": "fw", "document_type": "", "document_params": "{}"}, "document_params",
+         "Template fw@1 needs document_params"),
+        ({"template": "fw"}, "document_type", "document_type comes from template fw@1"),
+        ({"document_type": ""}, "document_type", "Give a document_type or a template"),
+    ],
+)  # fmt: skip
+def test_add_invalid_setting_is_shown_on_its_field_and_creates_nothing(alice, fleet, fw_template, fields, field,
+                                                                        message):  # fmt: skip
+    before = (Job.objects.count(), JobExecution.objects.count())
+    response = alice.post(ADD, add_form(tags="site=berlin", **fields))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == [field], errors
+    assert message in str(errors[field]), errors[field]
+    assert (Job.objects.count(), JobExecution.objects.count()) == before
+
+
+def test_a_group_with_an_error_is_not_collapsed(alice, fleet):
+    def collapsed(response, group: str) -> bool:
+        fieldset = next(f for f in response.context["adminform"] if f.name == group)
+        return fieldset.is_collapsible
+
+    page = alice.get(ADD)
+    assert collapsed(page, "Abort criteria") and collapsed(page, "Schedule") and collapsed(page, "Retries")
+    refused = alice.post(ADD, add_form(tags="site=berlin", abort_2_failure_type="FAILED",
+                                       abort_2_threshold_percentage="150", abort_2_min_executed="1"))  # fmt: skip
+    assert not collapsed(refused, "Abort criteria") and collapsed(refused, "Schedule")
 
 
 def test_add_with_forged_foreign_device_is_refused(alice, fleet):
