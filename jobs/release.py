@@ -25,7 +25,7 @@ from jobs.desired import apply_released, converge, is_desired_job, revert
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
-from jobs.services import close_executions, continuous_reconcile, job_cancel
+from jobs.services import close_executions, complete_if_done, continuous_reconcile, job_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ def _tick(job: Job, now: datetime) -> tuple[int, bool]:
         converge(job, now)
     if _abort_if_tripped(job):
         return 0, True
+    if job.abort_config and complete_if_done(job.pk):  # its executions all ended, none tripped it
+        return 0, False
     if schedule is not None and not schedule.open(now):  # outside its maintenance windows
         Job.objects.filter(pk=job.pk).update(rollout_ticked_at=now)  # nothing accrues meanwhile
         return 0, False

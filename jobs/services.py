@@ -748,14 +748,24 @@ def operator_actor(user) -> str:
 
 
 def _count_terminal(job_pk: int, count: int) -> None:
-    """Decrement the job's remaining executions; the decrement that reaches 0 completes it (never a
-    continuous job: it stays open for the devices that come)."""
+    """Decrement the job's remaining executions; the decrement that reaches 0 completes it, unless the
+    job has abort criteria (the rollout scheduler judges its last failures first: complete_if_done)."""
     if not count:
         return
-    now = timezone.now()
-    Job.objects.filter(pk=job_pk).update(remaining=F("remaining") - count, updated_at=now)
+    Job.objects.filter(pk=job_pk).update(remaining=F("remaining") - count, updated_at=timezone.now())
+    complete_if_done(job_pk, abort_judged=False)
+
+
+def complete_if_done(job_pk: int, *, abort_judged: bool = True) -> bool:
+    """COMPLETED once none of its executions is left (never a continuous job: it stays open for the
+    devices that come). A job with abort criteria completes only once they were judged (abort_judged):
+    a last wave that all failed at once must still abort it (and revert a desired-state job)."""
     live = (JobStatus.IN_PROGRESS, JobStatus.SCHEDULED)  # a scheduled job whose executions all ended is done too
-    if Job.objects.filter(pk=job_pk, status__in=live, remaining=0, continuous=False).update(
-        status=JobStatus.COMPLETED, completed_at=now
-    ):
+    done = Job.objects.filter(pk=job_pk, status__in=live, remaining=0, continuous=False)
+    if not abort_judged:
+        done = done.filter(abort_config={})
+    now = timezone.now()
+    if done.update(status=JobStatus.COMPLETED, completed_at=now, updated_at=now):
         logger.info("job completed pk=%d", job_pk)
+        return True
+    return False

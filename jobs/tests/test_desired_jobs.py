@@ -104,6 +104,29 @@ def test_abort_reverts_exactly_the_devices_patched_but_not_an_operators_newer_va
     assert not JobExecution.objects.filter(job=job, status__in=["QUEUED", "IN_PROGRESS"]).exists()
 
 
+def test_a_last_wave_that_all_times_out_at_once_still_aborts_and_reverts(tenant, fleet):
+    # Every execution ends in the same sweep: the job is not COMPLETED before its criteria are judged.
+    job = patch_job(tenant, fleet[:3], {"led": "on"}, in_progress_timeout_seconds=60, abort_config=ABORT_ON_TIMEOUTS)
+    rollout_tick()
+    JobExecution.objects.filter(job=job).update(started_at=timezone.now() - timedelta(hours=1))
+    job_sweep()
+    assert Job.objects.get(pk=job.pk).status == JobStatus.IN_PROGRESS and statuses(job) == ["TIMED_OUT"] * 3
+    rollout_tick()
+    aborted = Job.objects.get(pk=job.pk)
+    assert aborted.status == JobStatus.CANCELED and "reverted 3 device(s)" in aborted.cancel_reason
+    assert all(row(d).desired_state == {"led": "off", "fan": 1} for d in fleet[:3])
+
+
+def test_a_job_with_abort_criteria_that_all_succeeded_completes_at_the_next_tick(tenant, fleet):
+    job = patch_job(tenant, fleet[:2], {"led": "on"}, abort_config=ABORT_ON_TIMEOUTS)
+    rollout_tick()
+    for device in fleet[:2]:
+        twin_record_reported(device=device, reported={"led": "on", "fan": 1}, version=row(device).desired_version)
+    rollout_tick()  # converges both: none left, none failed
+    done = Job.objects.get(pk=job.pk)
+    assert done.status == JobStatus.COMPLETED and done.completed_at is not None and statuses(job) == ["SUCCEEDED"] * 2
+
+
 def test_two_jobs_on_the_same_key_the_aborted_one_does_not_undo_the_other(tenant, fleet):
     device, other = fleet[0], fleet[1]
     first = patch_job(tenant, [device, other], {"led": "on"}, in_progress_timeout_seconds=60,
