@@ -21,7 +21,7 @@ import logging
 from django.db.models import Exists, F, OuterRef
 
 from jobs.choices import DESIRED_PATCH, ExecutionStatus
-from jobs.models import Job, JobExecution
+from jobs.models import ExecutionHistory, Job, JobExecution
 from jobs.services import PLATFORM, close_executions
 from twin.engine import CLASSIC, Mode, ShadowChange, load_shadows, shadow_apply
 from twin.models import NamedShadow
@@ -56,16 +56,31 @@ def apply_released(job: Job, execution_pks: list[int], now) -> None:
         execution.applied = {"written": {key: after.get(key) for key in patch},
                              "previous": {key: desired.get(key) for key in patch}}  # fmt: skip
         applied.append(execution)
-    for execution in applied:
-        JobExecution.objects.filter(pk=execution.pk, status=ExecutionStatus.QUEUED).update(
-            status=ExecutionStatus.IN_PROGRESS, started_at=now, last_updated_at=now, applied=execution.applied,
-            target_version=execution.target_version, execution_number=F("execution_number") + 1, notify_pending=False,
-        )  # fmt: skip
+    _start(applied, now)
     for execution, error in refused:
         close_executions(JobExecution.objects.filter(pk=execution.pk), ExecutionStatus.REJECTED,
                          {"reason": f"the twin refused the patch: {error.message}", "code": error.code}, now,
                          job_pk=job.pk)  # fmt: skip
     logger.info("desired-state job %s: %d patched, %d refused", job, len(applied), len(refused))
+
+
+def _start(executions: list[JobExecution], now) -> None:
+    """The patched executions IN_PROGRESS with their target version and what they wrote: set-based (a
+    wave can be 100,000 devices), each with its history row. Their rows are this transaction's (the
+    release locked them): nothing can have moved them since."""
+    for execution in executions:
+        execution.status, execution.started_at, execution.last_updated_at = ExecutionStatus.IN_PROGRESS, now, now
+        execution.execution_number += 1
+        execution.notify_pending = False
+    fields = ["status", "started_at", "last_updated_at", "execution_number", "notify_pending", "applied",
+              "target_version"]  # fmt: skip
+    JobExecution.objects.bulk_update(executions, fields, batch_size=1000)
+    ExecutionHistory.objects.bulk_create(
+        [ExecutionHistory(execution_id=e.pk, at=now, status=ExecutionStatus.IN_PROGRESS, actor=PLATFORM,
+                          execution_number=e.execution_number, status_details={"target_version": e.target_version})
+         for e in executions],
+        batch_size=5000,
+    )  # fmt: skip
 
 
 def converge(job: Job, now) -> int:

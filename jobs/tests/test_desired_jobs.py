@@ -58,7 +58,9 @@ def test_waves_patch_the_twins_and_succeed_when_devices_report_in_step(tenant, f
     twin_record_reported(device=fleet[0], reported={"led": "on", "fan": 1}, version=2)  # converged
     rollout_tick(now=start + timedelta(seconds=1.5))
     assert statuses(job)[:2] == ["SUCCEEDED", "IN_PROGRESS"]
-    assert JobExecution.objects.get(job=job, device=fleet[0]).history.last().actor == "platform"
+    history = list(JobExecution.objects.get(job=job, device=fleet[0]).history.order_by("pk"))
+    assert [(h.status, h.actor) for h in history][-2:] == [("IN_PROGRESS", "platform"), ("SUCCEEDED", "platform")]
+    assert history[-2].status_details == {"target_version": 2}
 
 
 def test_a_patch_the_twin_refuses_fails_that_device_only(settings, tenant, fleet):
