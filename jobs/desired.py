@@ -16,8 +16,10 @@ This module is the one place where the jobs domain writes twins (pyproject's imp
 
 from __future__ import annotations
 
+import json
 import logging
 
+from django.db import connection
 from django.db.models import Exists, F, OuterRef
 
 from jobs.choices import DESIRED_PATCH, ExecutionStatus
@@ -65,16 +67,34 @@ def apply_released(job: Job, execution_pks: list[int], now) -> None:
 
 
 def _start(executions: list[JobExecution], now) -> None:
-    """The patched executions IN_PROGRESS with their target version and what they wrote: set-based (a
-    wave can be 100,000 devices), each with its history row. Their rows are this transaction's (the
-    release locked them): nothing can have moved them since."""
+    """The patched executions IN_PROGRESS with their target version and what they wrote, each with its
+    history row. Set-based on PostgreSQL (a wave can be 100,000 devices: one statement, the rows as
+    one JSON document; Django's bulk_update spends seconds per 10,000 building CASE expressions).
+    Their rows are this transaction's (the release locked them): nothing can have moved them since."""
     for execution in executions:
-        execution.status, execution.started_at, execution.last_updated_at = ExecutionStatus.IN_PROGRESS, now, now
         execution.execution_number += 1
-        execution.notify_pending = False
-    fields = ["status", "started_at", "last_updated_at", "execution_number", "notify_pending", "applied",
-              "target_version"]  # fmt: skip
-    JobExecution.objects.bulk_update(executions, fields, batch_size=1000)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            batch = [{"id": e.pk, "applied": e.applied, "target_version": e.target_version} for e in executions]
+            cursor.execute(
+                """
+                UPDATE job_executions AS e SET status = %s, started_at = %s, last_updated_at = %s,
+                    execution_number = e.execution_number + 1, notify_pending = false,
+                    applied = v.applied, target_version = v.target_version
+                FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, applied jsonb, target_version integer)
+                WHERE e.id = v.id
+                """,
+                [ExecutionStatus.IN_PROGRESS, now, now, json.dumps(batch, separators=(",", ":"))],
+            )
+        else:  # SQLite, the zero-setup default: small fleets, a statement per execution
+            stamp = connection.ops.adapt_datetimefield_value(now)
+            cursor.executemany(
+                "UPDATE job_executions SET status = %s, started_at = %s, last_updated_at = %s, "
+                "execution_number = execution_number + 1, notify_pending = %s, applied = %s, target_version = %s "
+                "WHERE id = %s",
+                [(ExecutionStatus.IN_PROGRESS, stamp, stamp, False, json.dumps(e.applied), e.target_version, e.pk)
+                 for e in executions],
+            )  # fmt: skip
     ExecutionHistory.objects.bulk_create(
         [ExecutionHistory(execution_id=e.pk, at=now, status=ExecutionStatus.IN_PROGRESS, actor=PLATFORM,
                           execution_number=e.execution_number, status_details={"target_version": e.target_version})

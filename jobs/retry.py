@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from iotcloud.errors import InvalidInput
 from iotcloud.rules import is_integer
+from jobs.choices import DESIRED_PATCH
 
 MAX_RETRIES = 10
 FAILURE_TYPES = ("FAILED", "TIMED_OUT", "ALL")
@@ -63,6 +64,16 @@ def parse_retry(config) -> Retry | None:
     if "ALL" in numbers:
         return Retry(any=numbers["ALL"])
     return Retry(failed=numbers.get("FAILED", 0), timed_out=numbers.get("TIMED_OUT", 0))
+
+
+def parse_retry_for(document_type: str, config) -> Retry | None:
+    """parse_retry, and no retries for a desired-state job: the platform runs it, its patch stays in the
+    twin after a timeout (a retry would only wait again: that is a longer timeout)."""
+    retry = parse_retry(config)
+    if retry is not None and document_type == DESIRED_PATCH:
+        raise _bad("retry_config", "does not apply to a desired-state job: its patch stays in the twin after a "
+                   "timeout; give a longer in_progress_timeout_seconds to wait longer")  # fmt: skip
+    return retry
 
 
 def _bad(name: str, problem: str) -> InvalidInput:

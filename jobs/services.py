@@ -47,7 +47,7 @@ from iotcloud.limits import check_document
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, SHADOW_NAME, fits_int32, is_integer
 from jobs.choices import ACTIVE, DESIRED_PATCH, TERMINAL, ExecutionStatus, JobStatus, TransitionRules, sources
 from jobs.models import ExecutionHistory, Job, JobExecution
-from jobs.retry import parse_retry
+from jobs.retry import parse_retry, parse_retry_for
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
 from jobs.selectors import device_execution, job_execution, next_execution
@@ -169,7 +169,7 @@ def job_create(
     # A desired-state job's executions are released by the scheduler, which applies their patch.
     paced = parse_rollout(rollout) is not None or schedule is not None or desired_job
     parse_abort(abort_config)
-    parse_retry(retry_config)
+    parse_retry_for(document_type, retry_config)
     if continuous and (device_ids or not tags):
         raise InvalidInput("A continuous job targets a tag selector only (targets.tags), no device ids",
                            code="invalid_targets")  # fmt: skip
@@ -654,10 +654,12 @@ def close_executions(queryset, status: str, details: dict, now, *, job_pk: int |
     """
     changed = _update_returning(
         queryset,
-        # A device's list changes only if it could see the execution (not one its rollout held back).
+        # A device's list changes only if it could see the execution: not one its rollout held back,
+        # nor a desired-state job's (the platform runs those; they are on no device's list).
         "status = %s, status_details = %s, execution_number = execution_number + 1, last_updated_at = %s, "
-        "notify_pending = CASE WHEN released_at IS NOT NULL THEN %s ELSE notify_pending END",
-        [status, json.dumps(details), now, True],
+        "notify_pending = CASE WHEN released_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs WHERE "
+        "jobs.id = job_executions.job_id AND jobs.document_type = %s) THEN %s ELSE notify_pending END",
+        [status, json.dumps(details), now, DESIRED_PATCH, True],
     )
     ExecutionHistory.objects.bulk_create(
         [ExecutionHistory(execution_id=pk, at=now, status=status, status_details=details, execution_number=number,

@@ -19,7 +19,7 @@ from iotcloud.errors import Conflict, InvalidInput, NotFound
 from iotcloud.rules import DOCUMENT_TYPE, JOB_ID, fits_int32
 from jobs.choices import DESIRED_PATCH
 from jobs.models import JobTemplate
-from jobs.retry import parse_retry
+from jobs.retry import parse_retry_for
 from jobs.rollout import parse_abort, parse_rollout
 
 
@@ -125,7 +125,7 @@ def template_check(
         raise InvalidInput("required_params must be a list of at most 50 parameter names", code="invalid_template")
     parse_rollout(rollout)
     parse_abort(abort_config)
-    parse_retry(retry_config)
+    parse_retry_for(document_type, retry_config)
     if in_progress_timeout_seconds is not None and not 1 <= in_progress_timeout_seconds <= MAX_TIMEOUT_SECONDS:
         raise InvalidInput(
             f"in_progress_timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}", code="invalid_timeout"

@@ -130,8 +130,10 @@ def desired_deliver_pending(*, publish: Publisher, limit: int | None = None) -> 
             by_tenant.setdefault(tenant_id, []).append(device_id)
         for tenant_id, device_ids in by_tenant.items():
             outbox.twins_changed(tenant_id, device_ids)
-    for publication in acknowledged:
-        logger.info(
+    cleared = sum(1 for publication in acknowledged if not publication.payload)
+    logger.info("desired published: %d, cleared: %d (of %d pending)", len(acknowledged) - cleared, cleared, len(rows))
+    for publication in acknowledged:  # a line per device only when asked: a rollout publishes 100,000
+        logger.debug(
             "desired %s topic=%s version=%d",
             "cleared" if not publication.payload else "published", publication.topic, publication.version,
         )  # fmt: skip

@@ -46,6 +46,7 @@ from django.db.utils import DatabaseError, InterfaceError
 
 from devices.models import Device
 from iotcloud import outbox
+from jobs.choices import DESIRED_PATCH
 from jobs.models import JobExecution
 from mqtt_bridge import delivery, topics
 from mqtt_bridge.client import V311, make_client
@@ -134,7 +135,9 @@ def _mark_jobs(span: DeviceSpan | None) -> int:
     Flagged ones are flagged again, for the same reason as desired: one being published now must
     stay flagged after its delivery clears it.
     """
-    executions = _in_span(JobExecution.objects.all(), "device_id", span)
+    # Only what a device could see: not an execution its rollout holds back, nor one the platform runs.
+    visible = JobExecution.objects.filter(released_at__isnull=False).exclude(job__document_type=DESIRED_PATCH)
+    executions = _in_span(visible, "device_id", span)
     newest = executions.order_by().values("device_id").annotate(newest=Max("id")).values("newest")
     executions.filter(notified_next=True).update(notified_next=False)
     return JobExecution.objects.filter(pk__in=Subquery(newest)).update(notify_pending=True)

@@ -154,7 +154,22 @@ def test_bad_desired_state_jobs_are_refused_naming_the_field(operator, tenant, f
                          ({"patch": {"a": 1}, "extra": 1}, "unknown field")]:  # fmt: skip
         refused = operator.post("/customer/jobs", {**body, "document_params": params}, expect=400).json()
         assert text in refused["detail"]
+    retried = {**body, "document_params": {"patch": {"a": 1}},
+               "retry_config": {"criteria": [{"failure_type": "TIMED_OUT", "number_of_retries": 1}]}}  # fmt: skip
+    refused = operator.post("/customer/jobs", retried, expect=400).json()
+    assert refused["detail"].startswith("retry_config does not apply to a desired-state job")
     assert not Job.objects.exists() and not JobExecution.objects.exists()
+
+
+def test_devices_are_not_notified_of_the_executions_the_platform_runs(tenant, fleet):
+    job = patch_job(tenant, fleet[:2], {"led": "on"}, in_progress_timeout_seconds=60)
+    rollout_tick()
+    twin_record_reported(device=fleet[0], reported={"led": "on", "fan": 1}, version=row(fleet[0]).desired_version)
+    JobExecution.objects.filter(job=job, device=fleet[1]).update(started_at=timezone.now() - timedelta(hours=1))
+    job_sweep()
+    rollout_tick()
+    assert statuses(job) == ["SUCCEEDED", "TIMED_OUT"]
+    assert not JobExecution.objects.filter(job=job, notify_pending=True).exists()  # their lists never held them
 
 
 def test_a_named_shadow_job_patches_that_shadow_and_converges_on_its_reports(tenant, fleet):

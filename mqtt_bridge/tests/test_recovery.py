@@ -344,6 +344,10 @@ def test_marking_is_set_based_and_leaves_unwritten_devices_alone(tenant):
     _published_as_written(Device.objects.get(pk=c.pk))  # ... and cleared
     job_create(tenant=tenant, document_type="reboot", device_ids=["a", "b"])
     job_create(tenant=tenant, document_type="reboot", device_ids=["b"])
+    # What no device sees is not republished: d's executions, held back by a rollout or run by the platform.
+    job_create(tenant=tenant, document_type="reboot", device_ids=["d"], rollout={"maximum_per_minute": 1})
+    job_create(tenant=tenant, document_type="desired_state_patch", device_ids=["d"],
+               document_params={"patch": {"x": 2}})  # fmt: skip
     JobExecution.objects.update(notify_pending=False)
     JobExecution.objects.filter(device=devices["a"]).update(notified_next=True)  # notify-next announced it
 
