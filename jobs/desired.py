@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 from django.db import connection
 from django.db.models import Exists, F, OuterRef
@@ -36,37 +37,49 @@ def is_desired_job(job: Job) -> bool:
     return job.document_type == DESIRED_PATCH
 
 
+@dataclass
+class _Patched:
+    """A released execution being patched (a model instance each costs 20x more to make)."""
+
+    pk: int
+    execution_number: int
+    target_version: int | None = None
+    applied: dict | None = None
+
+
 def apply_released(job: Job, execution_pks: list[int], now) -> None:
     """Apply the job's patch to the devices of these just-released executions (one shadow_apply)."""
     patch, shadow = job.document_params["patch"], job.document_params.get("shadow", CLASSIC)
-    executions = list(JobExecution.objects.filter(pk__in=execution_pks).select_related("device").order_by("pk"))
+    rows = (JobExecution.objects.filter(pk__in=execution_pks).order_by("pk")
+            .values_list("pk", "execution_number", "device__tenant_id", "device__device_id"))  # fmt: skip
+    executions = [_Patched(pk, number) for pk, number, _, _ in rows]
     if not executions:
         return
-    keys = {(e.device.tenant_id, e.device.device_id, shadow) for e in executions}
-    before = load_shadows(keys, lock=True)  # what the patch goes over, as it is written (the revert's "previous")
-    changes = [ShadowChange(e.device.tenant_id, e.device.device_id, shadow, desired=patch) for e in executions]
-    results = shadow_apply(changes)
+    changes = [ShadowChange(tenant_id, device_id, shadow, desired=patch) for _, _, tenant_id, device_id in rows]
+    results = shadow_apply(changes)  # each result holds the desired state it went over (the revert's "previous")
     applied, refused = [], []
     for execution, result in zip(executions, results, strict=True):
-        current = before.get((execution.device.tenant_id, execution.device.device_id, shadow))
-        desired = current.desired if current is not None and current.exists else {}
         if result.error is not None:
             refused.append((execution, result.error))
             continue
+        desired = result.desired_before or {}
         after = merge_patch(desired, patch)  # what each patched key holds now (a nested patch merges)
         execution.target_version = result.desired_version
         execution.applied = {"written": {key: after.get(key) for key in patch},
                              "previous": {key: desired.get(key) for key in patch}}  # fmt: skip
         applied.append(execution)
     _start(applied, now)
+    by_error: dict[tuple[str, str], list[int]] = {}
     for execution, error in refused:
-        close_executions(JobExecution.objects.filter(pk=execution.pk), ExecutionStatus.REJECTED,
-                         {"reason": f"the twin refused the patch: {error.message}", "code": error.code}, now,
+        by_error.setdefault((error.message, error.code), []).append(execution.pk)
+    for (message, code), pks in by_error.items():  # a statement per distinct refusal, not per device
+        close_executions(JobExecution.objects.filter(pk__in=pks), ExecutionStatus.REJECTED,
+                         {"reason": f"the twin refused the patch: {message}", "code": code}, now,
                          job_pk=job.pk)  # fmt: skip
     logger.info("desired-state job %s: %d patched, %d refused", job, len(applied), len(refused))
 
 
-def _start(executions: list[JobExecution], now) -> None:
+def _start(executions: list[_Patched], now) -> None:
     """The patched executions IN_PROGRESS with their target version and what they wrote, each with its
     history row. Set-based on PostgreSQL (a wave can be 100,000 devices: one statement, the rows as
     one JSON document; Django's bulk_update spends seconds per 10,000 building CASE expressions).
@@ -121,18 +134,17 @@ def revert(job: Job) -> dict[str, int]:
     """Every device the job patched gets its previous values back, but for keys changed since the job
     wrote them. Returns the summary: devices reverted, keys kept (changed since), devices with nothing left."""
     shadow = job.document_params.get("shadow", CLASSIC)
-    patched = list(
-        JobExecution.objects.filter(job=job, target_version__isnull=False).select_related("device").order_by("pk")
-    )
+    patched = list(JobExecution.objects.filter(job=job, target_version__isnull=False).order_by("pk")
+                   .values_list("device__tenant_id", "device__device_id", "applied"))  # fmt: skip
     summary = {"reverted": 0, "keys_kept": 0, "untouched": 0}
     if not patched:
         return summary
-    now_shadows = load_shadows({(e.device.tenant_id, e.device.device_id, shadow) for e in patched})
+    now_shadows = load_shadows({(tenant_id, device_id, shadow) for tenant_id, device_id, _ in patched})
     changes = []
-    for execution in patched:
-        current = now_shadows.get((execution.device.tenant_id, execution.device.device_id, shadow))
+    for tenant_id, device_id, applied in patched:
+        current = now_shadows.get((tenant_id, device_id, shadow))
         desired = current.desired if current is not None and current.exists else {}
-        written, previous = execution.applied.get("written", {}), execution.applied.get("previous", {})
+        written, previous = applied.get("written", {}), applied.get("previous", {})
         back = [key for key, value in written.items() if desired.get(key) == value]  # unchanged since
         summary["keys_kept"] += len(written) - len(back)
         if not back:
@@ -146,10 +158,8 @@ def revert(job: Job) -> dict[str, int]:
                 restored[key] = previous[key]
         # The whole desired document, against the version just read: an operator's write in between
         # makes this a refusal (that device is left as the operator set it), never a lost update.
-        device = execution.device
-        version = current.desired_version
-        changes.append(ShadowChange(device.tenant_id, device.device_id, shadow, desired=restored,
-                                    desired_mode=Mode.REPLACE, expected_desired_version=version))  # fmt: skip
+        changes.append(ShadowChange(tenant_id, device_id, shadow, desired=restored, desired_mode=Mode.REPLACE,
+                                    expected_desired_version=current.desired_version))  # fmt: skip
     results = shadow_apply(changes) if changes else []
     summary["reverted"] = sum(1 for r in results if r.error is None)
     logger.warning("desired-state job %s reverted: %s", job, summary)

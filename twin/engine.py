@@ -22,7 +22,7 @@ import contextvars
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -162,6 +162,7 @@ class ChangeResult:
     version: int = 0
     desired_version: int = 0
     reported_version: int = 0
+    desired_before: dict | None = None  # a desired write's: the desired state it went over (as it was stored)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -341,9 +342,11 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
         shadow = shadows.get((change.tenant_id, change.device_id, change.shadow_name))
         try:
             before = (shadow.desired, shadow.desired_version) if shadow is not None else None
-            results[index] = _apply(shadow, change, now, policies, events, shadows)
+            result = _apply(shadow, change, now, policies, events, shadows)
             if before is not None and shadow.desired_version != before[1]:
                 audits.append(_audit_row(shadow, change, before[0], now))
+                result = replace(result, desired_before=before[0])
+            results[index] = result
         except DomainError as exc:
             results[index] = ChangeResult(error=exc)
 
