@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ["http_device_api", "desired_latency", "mqtt_ingest", "mqtt_shadow_rtt", "job_fanout", "admin_pages"]
+BENCHMARKS = [
+    "http_device_api", "desired_latency", "mqtt_ingest", "mqtt_shadow_rtt", "job_fanout", "admin_pages", "rollout",
+]  # fmt: skip
 SMOKE_ONLY = {"job_fanout_whatif": "job_fanout/whatif.py"}
 
 

@@ -325,6 +325,9 @@ JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=0)
 # How often each bridge's rollout scheduler releases executions of jobs with a rollout and checks
 # abort criteria (jobs.release); the pace itself is the job's, this only sets its granularity.
 JOBS_ROLLOUT_TICK_SECONDS = env.float("JOBS_ROLLOUT_TICK_SECONDS", default=1.0)
+# At most this many executions are released (a desired-state job's: patched) per transaction, so
+# that a wave of 100,000 holds its device rows' locks for a second or two at a time, not a minute.
+JOBS_RELEASE_BATCH = env.int("JOBS_RELEASE_BATCH", default=2000)
 
 # --- Health and metrics ---------------------------------------------------------
 # Bridges upsert a row in bridge_heartbeats this often; /readyz fails when none beat within the stale window.

@@ -31,6 +31,7 @@ from iotcloud.errors import DomainError, error_body
 from iotcloud.rules import valid_pk
 from jobs import services
 from jobs.choices import ExecutionStatus
+from jobs.desired import cancel_and_revert
 from jobs.forms import ABORT_ROWS, WINDOW_ROWS, JobCreateForm, JobTemplateForm
 from jobs.models import Job, JobExecution, JobTemplate
 from jobs.retry import MAX_RETRIES
@@ -184,7 +185,7 @@ class JobAdmin(TenantScopedAdmin):
     list_filter = ["status", "document_type", ("tenant", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["tenant"]
     search_fields = ["job_id"]
-    actions = ["cancel", "force_cancel"]
+    actions = ["cancel", "force_cancel", "cancel_and_revert"]
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a count query per filter choice
     ordering = ["-created_at"]
@@ -328,6 +329,17 @@ class JobAdmin(TenantScopedAdmin):
     @admin.action(description="Cancel (queued executions)", permissions=["change"])
     def cancel(self, request, queryset):
         self._cancel(request, queryset, force=False)
+
+    @admin.action(description="Cancel and revert (desired-state jobs: previous values back)", permissions=["change"])
+    def cancel_and_revert(self, request, queryset):
+        for job in queryset:
+            try:
+                done = cancel_and_revert(job=job, reason=f"canceled and reverted in admin by {request.user}",
+                                         actor=services.operator_actor(request.user))  # fmt: skip
+            except DomainError as exc:
+                self.message_user(request, f"Not reverted: {exc.message}", messages.WARNING)  # it names the job
+            else:
+                self.message_user(request, f"Job {done.job_id}: {done.cancel_reason}", messages.SUCCESS)
 
     @admin.action(description="Force cancel (also in-progress executions)", permissions=["change"])
     def force_cancel(self, request, queryset):

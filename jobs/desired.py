@@ -20,12 +20,13 @@ import json
 import logging
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef
 
-from jobs.choices import DESIRED_PATCH, ExecutionStatus
+from iotcloud.errors import Conflict, InvalidInput
+from jobs.choices import DESIRED_PATCH, ExecutionStatus, JobStatus
 from jobs.models import ExecutionHistory, Job, JobExecution
-from jobs.services import PLATFORM, close_executions
+from jobs.services import PLATFORM, close_executions, job_cancel
 from twin.engine import CLASSIC, Mode, ShadowChange, load_shadows, shadow_apply
 from twin.models import NamedShadow
 from twin.shadow import merge_patch
@@ -164,3 +165,23 @@ def revert(job: Job) -> dict[str, int]:
     summary["reverted"] = sum(1 for r in results if r.error is None)
     logger.warning("desired-state job %s reverted: %s", job, summary)
     return summary
+
+
+def cancel_and_revert(*, job: Job, reason: str = "", actor: str = PLATFORM) -> Job:
+    """An operator's abort of a desired-state job: every device it patched gets its previous values back
+    (as `revert`), then the job is canceled with its running executions (nothing left to wait for),
+    the summary in its reason; in one transaction, under the job's row lock (the scheduler skips it)."""
+    if not is_desired_job(job):
+        raise InvalidInput(f"revert: job {job.job_id!r} is not a desired-state job; only those can be reverted",
+                           code="invalid_revert")  # fmt: skip
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.status == JobStatus.COMPLETED:
+            raise Conflict(f"Job {job.job_id!r} is already completed", code="job_completed")
+        told = describe_revert(revert(locked))
+        return job_cancel(job=locked, force=True, reason=f"{reason}; {told}" if reason else told, actor=actor)
+
+
+def describe_revert(summary: dict[str, int]) -> str:
+    """A revert's summary, as a cancel reason ends with it."""
+    return f"reverted {summary['reverted']} device(s), kept {summary['keys_kept']} key(s) changed since"

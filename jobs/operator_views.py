@@ -12,10 +12,12 @@ from iotcloud.api.schema import TENANT_PARAM
 from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
 from jobs import services
 from jobs.choices import ExecutionStatus
+from jobs.desired import cancel_and_revert
 from jobs.filters import ExecutionFilter, JobFilter
 from jobs.models import Job, JobExecution
 from jobs.selectors import job_execution, job_for_operator, jobs_for_operator
 from jobs.serializers import (
+    ExecutionCancelSerializer,
     ExecutionDetailSerializer,
     ExecutionSerializer,
     JobCancelSerializer,
@@ -101,15 +103,19 @@ class JobViewSet(TenantScopedViewSet):
         request=JobCancelSerializer,
         responses={200: JobSerializer, **ERRORS},
         parameters=[TENANT_PARAM],
-        description="Cancel QUEUED executions; with force, IN_PROGRESS ones too. The job ends CANCELED.",
+        description="Cancel QUEUED executions; with force, IN_PROGRESS ones too. The job ends CANCELED. With "
+        "revert (desired-state jobs), every device the job patched gets its previous values back first.",
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, job_id=None):
         body = JobCancelSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
-        job = services.job_cancel(job=self.get_object(), force=body.validated_data["force"],
-                                  reason=body.validated_data.get("reason", ""),
-                                  actor=services.operator_actor(request.user))  # fmt: skip
+        data, actor = body.validated_data, services.operator_actor(request.user)
+        if data["revert"]:
+            job = cancel_and_revert(job=self.get_object(), reason=data.get("reason", ""), actor=actor)
+        else:
+            job = services.job_cancel(job=self.get_object(), force=data["force"], reason=data.get("reason", ""),
+                                      actor=actor)  # fmt: skip
         return Response(JobSerializer(job).data)
 
     @extend_schema(
@@ -122,13 +128,13 @@ class JobViewSet(TenantScopedViewSet):
         return Response(ExecutionDetailSerializer(job_execution(self.get_object(), device_id)).data)
 
     @extend_schema(
-        operation_id="jobs_execution_cancel", request=JobCancelSerializer,
+        operation_id="jobs_execution_cancel", request=ExecutionCancelSerializer,
         responses={200: ExecutionDetailSerializer, **ERRORS}, parameters=[TENANT_PARAM],
         description="Cancel one device's execution: a QUEUED one, or an IN_PROGRESS one with force (409 otherwise).",
     )  # fmt: skip
     @action(detail=True, methods=["post"], url_path=r"executions/(?P<device_id>[^/]+)/cancel")
     def execution_cancel(self, request, job_id=None, device_id=None):
-        body = JobCancelSerializer(data=request.data or {})
+        body = ExecutionCancelSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         execution = services.execution_cancel(
             job=self.get_object(), device_id=device_id, force=body.validated_data["force"],

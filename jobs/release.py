@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -21,7 +23,7 @@ from django.utils import timezone
 from devices.audit import acting
 from iotcloud import outbox
 from jobs.choices import DESIRED_PATCH, ExecutionStatus, JobStatus
-from jobs.desired import apply_released, converge, is_desired_job, revert
+from jobs.desired import apply_released, converge, describe_revert, is_desired_job, revert
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 FAILURES = (ExecutionStatus.FAILED, ExecutionStatus.REJECTED, ExecutionStatus.TIMED_OUT)
 RELEASE_ALL = 10_000_000  # a job without a pace releases everything at once (jobs hold at most this many)
+TURN_SECONDS = 5.0  # one job's turn in a tick, batch after batch, before the next job's
 
 
 def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
@@ -43,14 +46,20 @@ def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
         ~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}) | Q(continuous=True) | Q(document_type=DESIRED_PATCH)
     )
     for pk in paced.order_by("pk").values_list("pk", flat=True):
-        with transaction.atomic():
-            job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status__in=live).first()
-            if job is None:  # another bridge has it, or it finished meanwhile
-                continue
-            with acting(f"job:{job.job_id}", "job"):  # the audit trail's actor of what the job does
-                count, was_aborted = _tick(job, now)
+        # A transaction releases at most JOBS_RELEASE_BATCH; a job with more due goes on in the next
+        # one (its allowance was saved), for up to TURN_SECONDS, then the next job has its turn.
+        turn_ends = time.monotonic() + TURN_SECONDS
+        while True:
+            with transaction.atomic():
+                job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status__in=live).first()
+                if job is None:  # another bridge has it, or it finished meanwhile
+                    break
+                with acting(f"job:{job.job_id}", "job"):  # the audit trail's actor of what the job does
+                    count, was_aborted = _tick(job, now)
             released += count
             aborted += was_aborted
+            if was_aborted or count < settings.JOBS_RELEASE_BATCH or time.monotonic() > turn_ends:
+                break
     if released or aborted:
         logger.info("rollout tick: released=%d aborted=%d", released, aborted)
     return {"released": released, "aborted": aborted}
@@ -130,6 +139,7 @@ def _release(job: Job, limit: int, now: datetime) -> int:
     """Release up to `limit` of the job's unreleased QUEUED executions, in id order (targets' order);
     a desired-state job's are applied to their twins at once (jobs.desired)."""
     desired = is_desired_job(job)
+    limit = min(limit, settings.JOBS_RELEASE_BATCH)
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -164,9 +174,7 @@ def _abort_if_tripped(job: Job) -> bool:
         return False
     reason = criterion.describe(released=job.released, failures=counts)
     if is_desired_job(job):  # put back what it changed; its running executions stop (nothing left to wait for)
-        summary = revert(job)
-        reason += (f"; reverted {summary['reverted']} device(s), kept {summary['keys_kept']} key(s) changed "
-                   f"since")  # fmt: skip
+        reason += f"; {describe_revert(revert(job))}"
         job_cancel(job=job, force=True, reason=reason)
         return True
     job_cancel(job=job, force=abort.force, reason=reason)

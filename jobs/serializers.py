@@ -69,14 +69,26 @@ class JobCreateSerializer(StrictSerializer):
         return super().to_internal_value(data)
 
 
-class JobCancelSerializer(StrictSerializer):
+class ExecutionCancelSerializer(StrictSerializer):
+    BOOLEANS = ("force",)
+
     force = serializers.BooleanField(required=False, default=False, help_text="Also cancel IN_PROGRESS executions.")
     reason = StrictCharField(required=False, allow_blank=True, max_length=256)
 
     def to_internal_value(self, data):
-        if isinstance(data, dict) and "force" in data and not isinstance(data["force"], bool):
-            raise serializers.ValidationError({"force": [f"Must be true or false, got {json_kind(data['force'])}."]})
+        for name in self.BOOLEANS:
+            if isinstance(data, dict) and name in data and not isinstance(data[name], bool):
+                raise serializers.ValidationError({name: [f"Must be true or false, got {json_kind(data[name])}."]})
         return super().to_internal_value(data)
+
+
+class JobCancelSerializer(ExecutionCancelSerializer):
+    BOOLEANS = ("force", "revert")
+
+    revert = serializers.BooleanField(
+        required=False, default=False, help_text="A desired-state job: put back every device's previous values first "
+        "(as an abort does; keys changed since the job wrote them are kept); implies force.",
+    )  # fmt: skip
 
 
 class JobSerializer(serializers.ModelSerializer):

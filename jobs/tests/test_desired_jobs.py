@@ -189,3 +189,52 @@ def test_a_named_shadow_job_patches_that_shadow_and_converges_on_its_reports(ten
     shadow_apply([ShadowChange(tenant.id, device.device_id, "config", reported={"interval_s": 30}, by_device=True)])
     rollout_tick()
     assert statuses(job) == ["SUCCEEDED"]
+
+
+def test_an_operator_cancels_and_reverts_over_the_api(operator, tenant, fleet):
+    from devices.models import AuditEvent
+
+    job = patch_job(tenant, fleet, {"led": "on"}, job_id="wave", rollout={"maximum_per_minute": 60})
+    start = Job.objects.get(pk=job.pk).rollout_ticked_at
+    rollout_tick(now=start)
+    rollout_tick(now=start + timedelta(seconds=1))  # a wave of 2; 4 never released
+    twin_record_reported(device=fleet[0], reported={"led": "on", "fan": 1}, version=row(fleet[0]).desired_version)
+    rollout_tick(now=start + timedelta(seconds=1.5))  # the first one succeeded
+    body = operator.post("/customer/jobs/wave/cancel", {"revert": True, "reason": "wrong colour"}, expect=200).json()
+
+    assert body["status"] == "CANCELED"
+    assert body["cancel_reason"] == "wrong colour; reverted 2 device(s), kept 0 key(s) changed since"
+    assert all(row(d).desired_state == {"led": "off", "fan": 1} for d in fleet)
+    assert statuses(job) == ["SUCCEEDED", "CANCELED", "CANCELED", "CANCELED", "CANCELED", "CANCELED"]
+    reverts = AuditEvent.objects.filter(action="desired.write", version=3, device__in=fleet[:2])  # v2: the patch
+    assert reverts.count() == 2 and {(e.actor, e.channel) for e in reverts} == {("operator:alice", "api")}
+
+
+def test_revert_is_refused_for_other_jobs_for_bad_input_and_once_completed(operator, tenant, fleet):
+    job_create(tenant=tenant, job_id="reboot", document_type="reboot", device_ids=["d0"])
+    refused = operator.post("/customer/jobs/reboot/cancel", {"revert": True}, expect=400).json()
+    assert refused["detail"].startswith("revert: job 'reboot' is not a desired-state job")
+    assert Job.objects.get(job_id="reboot").status == JobStatus.IN_PROGRESS  # nothing done
+    bad = operator.post("/customer/jobs/reboot/cancel", {"revert": "yes"}, expect=400).json()
+    assert "revert" in str(bad)
+
+    done = patch_job(tenant, fleet[:1], {"led": "on"}, job_id="done")
+    rollout_tick()
+    twin_record_reported(device=fleet[0], reported={"led": "on", "fan": 1}, version=row(fleet[0]).desired_version)
+    rollout_tick()
+    assert Job.objects.get(pk=done.pk).status == JobStatus.COMPLETED
+    operator.post("/customer/jobs/done/cancel", {"revert": True}, expect=409)
+    assert row(fleet[0]).desired_state["led"] == "on"  # a completed job's values stay
+
+
+def test_a_big_wave_is_released_batch_by_batch_in_one_tick(settings, monkeypatch, tenant, fleet):
+    import jobs.desired
+
+    settings.JOBS_RELEASE_BATCH = 4
+    waves = []
+    real = jobs.desired.shadow_apply
+    monkeypatch.setattr(jobs.desired, "shadow_apply", lambda changes: waves.append(len(changes)) or real(changes))
+    job = patch_job(tenant, fleet, {"led": "on"})  # no rollout: every device at once
+    assert rollout_tick()["released"] == 6
+    assert waves == [4, 2]  # a transaction per batch: the device rows are locked a batch at a time
+    assert Job.objects.get(pk=job.pk).released == 6 and statuses(job) == ["IN_PROGRESS"] * 6
