@@ -199,7 +199,10 @@ class JobAdmin(TenantScopedAdmin):
                 "fields": ["rollout_chart", "rollout_summary", "schedule_summary", "abort_summary", "retry_summary"],
             },
         ),
-        ("History", {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason"]}),
+        (
+            "History",
+            {"fields": ["created_at", "updated_at", "completed_at", "canceled_at", "cancel_reason", "revert_progress"]},
+        ),
     ]
 
     def get_queryset(self, request):
@@ -288,6 +291,20 @@ class JobAdmin(TenantScopedAdmin):
     def rollout_chart(self, obj):
         # The page's JS finds it (data-job-chart) and puts progress.json's fresh chart inside.
         return format_html('<div data-job-chart="{}">{}</div>', obj.pk, rollout_chart_svg(rollout_series(obj)))
+
+    @admin.display(description="revert")
+    def revert_progress(self, obj):
+        summary = obj.revert_summary
+        if not summary:
+            return "none"
+        state = "under way (the scheduler puts devices back a batch at a time)" if obj.reverting else "done"
+        return format_html(
+            "{}: {} device(s) put back, {} key(s) kept (changed since), {} left as written meanwhile",
+            state,
+            summary.get("reverted", 0),
+            summary.get("keys_kept", 0),
+            summary.get("refused", 0),
+        )
 
     @admin.display(description="schedule")
     def schedule_summary(self, obj):

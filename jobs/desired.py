@@ -20,9 +20,13 @@ import json
 import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
 
+from devices.audit import who
+from iotcloud import outbox
 from iotcloud.errors import Conflict, InvalidInput
 from jobs.choices import DESIRED_PATCH, ExecutionStatus, JobStatus
 from jobs.models import ExecutionHistory, Job, JobExecution
@@ -131,15 +135,47 @@ def converge(job: Job, now) -> int:
                             job_pk=job.pk, actor=PLATFORM)  # fmt: skip
 
 
-def revert(job: Job) -> dict[str, int]:
-    """Every device the job patched gets its previous values back, but for keys changed since the job
-    wrote them. Returns the summary: devices reverted, keys kept (changed since), devices with nothing left."""
+def start_revert(job: Job, *, reason: str, history_actor: str = PLATFORM) -> Job:
+    """Under the job's row lock: cancel it with its running executions (nothing left to wait for) and
+    have every device it patched put back, a batch per transaction (revert_step) until none is left;
+    the cancel reason ends with the summary then. The revert's writes are made for whoever acts now."""
+    actor = who()
+    summary = {"reverted": 0, "keys_kept": 0, "untouched": 0, "refused": 0, "reason": reason[:200],
+               "by": actor.actor, "channel": actor.channel}  # fmt: skip
+    job = job_cancel(job=job, force=True, reason=f"{reason}; reverting", actor=history_actor)
+    Job.objects.filter(pk=job.pk).update(reverting=True, revert_summary=summary)
+    job.reverting, job.revert_summary = True, summary
+    return job
+
+
+def revert_step(job: Job, now) -> int:
+    """Under the job's row lock: put back the next JOBS_RELEASE_BATCH devices the job patched (their
+    previous values, but for keys changed since the job wrote them); the last step ends the revert.
+    Returns how many executions it handled."""
     shadow = job.document_params.get("shadow", CLASSIC)
-    patched = list(JobExecution.objects.filter(job=job, target_version__isnull=False).order_by("pk")
-                   .values_list("device__tenant_id", "device__device_id", "applied"))  # fmt: skip
-    summary = {"reverted": 0, "keys_kept": 0, "untouched": 0}
-    if not patched:
-        return summary
+    batch = list(JobExecution.objects.filter(job=job, target_version__isnull=False, reverted_at__isnull=True)
+                 .order_by("pk").values_list("pk", "device__tenant_id", "device__device_id", "applied")
+                 [: settings.JOBS_RELEASE_BATCH])  # fmt: skip
+    summary = dict(job.revert_summary)
+    if batch:
+        for key, count in _revert([row[1:] for row in batch], shadow).items():
+            summary[key] = summary.get(key, 0) + count
+        JobExecution.objects.filter(pk__in=[row[0] for row in batch]).update(reverted_at=now)
+    done = len(batch) < settings.JOBS_RELEASE_BATCH
+    changes = {"revert_summary": summary}
+    if done:
+        changes.update(reverting=False, cancel_reason=f"{summary['reason']}; {describe_revert(summary)}"[:256])
+        logger.warning("desired-state job %s reverted: %s", job, describe_revert(summary))
+    Job.objects.filter(pk=job.pk).update(**changes)
+    job.revert_summary = summary
+    outbox.jobs_changed(job.tenant_id, [job.job_id])
+    return len(batch)
+
+
+def _revert(patched: list[tuple[str, str, dict]], shadow: str) -> dict[str, int]:
+    """Put back what each (tenant, device, applied) had before the job wrote it, but for keys whose value
+    changed since (an operator's or another job's newer intent wins); one shadow_apply."""
+    counts = {"reverted": 0, "keys_kept": 0, "untouched": 0, "refused": 0}
     now_shadows = load_shadows({(tenant_id, device_id, shadow) for tenant_id, device_id, _ in patched})
     changes = []
     for tenant_id, device_id, applied in patched:
@@ -147,9 +183,9 @@ def revert(job: Job) -> dict[str, int]:
         desired = current.desired if current is not None and current.exists else {}
         written, previous = applied.get("written", {}), applied.get("previous", {})
         back = [key for key, value in written.items() if desired.get(key) == value]  # unchanged since
-        summary["keys_kept"] += len(written) - len(back)
+        counts["keys_kept"] += len(written) - len(back)
         if not back:
-            summary["untouched"] += 1
+            counts["untouched"] += 1
             continue
         restored = dict(desired)
         for key in back:
@@ -162,15 +198,14 @@ def revert(job: Job) -> dict[str, int]:
         changes.append(ShadowChange(tenant_id, device_id, shadow, desired=restored, desired_mode=Mode.REPLACE,
                                     expected_desired_version=current.desired_version))  # fmt: skip
     results = shadow_apply(changes) if changes else []
-    summary["reverted"] = sum(1 for r in results if r.error is None)
-    logger.warning("desired-state job %s reverted: %s", job, summary)
-    return summary
+    counts["reverted"] = sum(1 for r in results if r.error is None)
+    counts["refused"] = len(results) - counts["reverted"]
+    return counts
 
 
 def cancel_and_revert(*, job: Job, reason: str = "", actor: str = PLATFORM) -> Job:
-    """An operator's abort of a desired-state job: every device it patched gets its previous values back
-    (as `revert`), then the job is canceled with its running executions (nothing left to wait for),
-    the summary in its reason; in one transaction, under the job's row lock (the scheduler skips it)."""
+    """An operator's abort of a desired-state job: canceled with its running executions, and every
+    device it patched put back (start_revert); the first batch now, the rest by the scheduler."""
     if not is_desired_job(job):
         raise InvalidInput(f"revert: job {job.job_id!r} is not a desired-state job; only those can be reverted",
                            code="invalid_revert")  # fmt: skip
@@ -178,10 +213,17 @@ def cancel_and_revert(*, job: Job, reason: str = "", actor: str = PLATFORM) -> J
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.status == JobStatus.COMPLETED:
             raise Conflict(f"Job {job.job_id!r} is already completed", code="job_completed")
-        told = describe_revert(revert(locked))
-        return job_cancel(job=locked, force=True, reason=f"{reason}; {told}" if reason else told, actor=actor)
+        if locked.reverting:
+            return locked  # already under way
+        locked = start_revert(locked, reason=reason or "canceled and reverted", history_actor=actor)
+        revert_step(locked, timezone.now())
+        locked.refresh_from_db()
+        return locked
 
 
-def describe_revert(summary: dict[str, int]) -> str:
-    """A revert's summary, as a cancel reason ends with it."""
-    return f"reverted {summary['reverted']} device(s), kept {summary['keys_kept']} key(s) changed since"
+def describe_revert(summary: dict) -> str:
+    """A revert's counts, as the cancel reason ends with them."""
+    text = f"reverted {summary['reverted']} device(s), kept {summary['keys_kept']} key(s) changed since"
+    if summary.get("refused"):
+        text += f", {summary['refused']} device(s) left as written meanwhile"
+    return text

@@ -47,6 +47,11 @@ class Job(models.Model):
     released = models.PositiveIntegerField(default=0)
     rollout_allowance = models.FloatField(default=0.0)
     rollout_ticked_at = models.DateTimeField(null=True, blank=True)
+    # A desired-state job being reverted (aborted, or canceled with revert): the scheduler puts its
+    # devices back a batch per transaction until none is left; revert_summary counts what it did
+    # and says for whom ({"reverted", "keys_kept", "untouched", "refused", "by", "channel"}).
+    reverting = models.BooleanField(default=False)
+    revert_summary = models.JSONField(default=dict, blank=True)
 
     class Meta:
         db_table = "jobs"
@@ -86,6 +91,8 @@ class JobExecution(models.Model):
     # When it was made visible to its device (pending lists, notify); None: its job's rollout has not
     # got to it yet (jobs.rollout). Devices never see an unreleased execution.
     released_at = models.DateTimeField(null=True, blank=True)
+    # When a revert of its desired-state job put its device's previous values back (jobs.desired).
+    reverted_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     last_updated_at = models.DateTimeField()
     # The device's step timer (AWS stepTimeoutInMinutes): an IN_PROGRESS execution still

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from datetime import datetime
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -23,7 +24,7 @@ from django.utils import timezone
 from devices.audit import acting
 from iotcloud import outbox
 from jobs.choices import DESIRED_PATCH, ExecutionStatus, JobStatus
-from jobs.desired import apply_released, converge, describe_revert, is_desired_job, revert
+from jobs.desired import apply_released, converge, is_desired_job, revert_step, start_revert
 from jobs.models import Job, JobExecution
 from jobs.rollout import parse_abort, parse_rollout
 from jobs.schedule import parse_schedule
@@ -31,63 +32,80 @@ from jobs.services import close_executions, complete_if_done, continuous_reconci
 
 logger = logging.getLogger(__name__)
 
+LIVE = (JobStatus.SCHEDULED, JobStatus.IN_PROGRESS)
 FAILURES = (ExecutionStatus.FAILED, ExecutionStatus.REJECTED, ExecutionStatus.TIMED_OUT)
 RELEASE_ALL = 10_000_000  # a job without a pace releases everything at once (jobs hold at most this many)
 TURN_SECONDS = 5.0  # one job's turn in a tick, batch after batch, before the next job's
 
 
 def rollout_tick(*, now: datetime | None = None) -> dict[str, int]:
-    """One pass over the jobs in progress that have a rollout or abort configuration; returns how many
-    executions were released and how many jobs were aborted."""
+    """One pass over the jobs in progress that have a rollout, a schedule or abort criteria (and the
+    desired-state jobs being reverted); returns how many executions were released and how many jobs
+    were aborted."""
     now = now or timezone.now()
     released = aborted = 0
-    live = (JobStatus.SCHEDULED, JobStatus.IN_PROGRESS)
-    paced = Job.objects.filter(status__in=live).filter(
+    due = Q(status__in=LIVE) | Q(reverting=True)
+    paced = Job.objects.filter(due).filter(
         ~Q(rollout={}) | ~Q(abort_config={}) | ~Q(scheduling={}) | Q(continuous=True) | Q(document_type=DESIRED_PATCH)
     )
     for pk in paced.order_by("pk").values_list("pk", flat=True):
-        # A transaction releases at most JOBS_RELEASE_BATCH; a job with more due goes on in the next
-        # one (its allowance was saved), for up to TURN_SECONDS, then the next job has its turn.
+        # A transaction releases (or reverts) at most JOBS_RELEASE_BATCH; a job with more due goes on
+        # in the next one (its allowance was saved), for up to TURN_SECONDS, then the next job's turn.
         turn_ends = time.monotonic() + TURN_SECONDS
         while True:
             with transaction.atomic():
-                job = Job.objects.select_for_update(skip_locked=True).filter(pk=pk, status__in=live).first()
+                job = Job.objects.select_for_update(skip_locked=True).filter(due, pk=pk).first()
                 if job is None:  # another bridge has it, or it finished meanwhile
                     break
-                with acting(f"job:{job.job_id}", "job"):  # the audit trail's actor of what the job does
-                    count, was_aborted = _tick(job, now)
-            released += count
-            aborted += was_aborted
-            if was_aborted or count < settings.JOBS_RELEASE_BATCH or time.monotonic() > turn_ends:
+                turn = _turn(job, now)
+            released += turn.released
+            aborted += turn.aborted
+            if not turn.more or time.monotonic() > turn_ends:
                 break
     if released or aborted:
         logger.info("rollout tick: released=%d aborted=%d", released, aborted)
     return {"released": released, "aborted": aborted}
 
 
-def _tick(job: Job, now: datetime) -> tuple[int, bool]:
-    """One job's turn, under its row lock: (executions released, whether it was aborted)."""
+class Turn(NamedTuple):
+    released: int = 0
+    aborted: bool = False
+    more: bool = False  # a full batch was done: there may be more due now
+
+
+def _turn(job: Job, now: datetime) -> Turn:
+    """One job's turn, under its row lock, acting for the job (the audit trail's actor of its writes),
+    or, reverting, for whoever asked for the revert."""
+    if job.reverting:
+        with acting(job.revert_summary.get("by") or f"job:{job.job_id}", job.revert_summary.get("channel", "job")):
+            return Turn(more=revert_step(job, now) >= settings.JOBS_RELEASE_BATCH)
+    with acting(f"job:{job.job_id}", "job"):
+        return _tick(job, now)
+
+
+def _tick(job: Job, now: datetime) -> Turn:
     schedule = parse_schedule(job.scheduling)
     if job.status == JobStatus.SCHEDULED:
         if schedule is not None and not schedule.started(now):
-            return 0, False
+            return Turn()
         _start(job, now)
     if schedule is not None and schedule.ended(now):
         _end(job, schedule.end_behavior)
-        return 0, False
+        return Turn()
     if job.continuous:
         continuous_reconcile(job, now)
         job.refresh_from_db()
     if is_desired_job(job):
         converge(job, now)
-    if _abort_if_tripped(job):
-        return 0, True
+    if (aborted := _abort_if_tripped(job, now)) is not None:
+        return aborted
     if job.abort_config and complete_if_done(job.pk):  # its executions all ended, none tripped it
-        return 0, False
+        return Turn()
     if schedule is not None and not schedule.open(now):  # outside its maintenance windows
         Job.objects.filter(pk=job.pk).update(rollout_ticked_at=now)  # nothing accrues meanwhile
-        return 0, False
-    return _release_due(job, now), False
+        return Turn()
+    released = _release_due(job, now)
+    return Turn(released=released, more=released >= settings.JOBS_RELEASE_BATCH)
 
 
 def _start(job: Job, now: datetime) -> None:
@@ -159,10 +177,10 @@ def _release(job: Job, limit: int, now: datetime) -> int:
     return len(released)
 
 
-def _abort_if_tripped(job: Job) -> bool:
+def _abort_if_tripped(job: Job, now: datetime) -> Turn | None:
     abort = parse_abort(job.abort_config)
     if abort is None or not job.released:
-        return False
+        return None
     counts = dict(
         JobExecution.objects.filter(job=job, status__in=FAILURES, released_at__isnull=False)
         .values_list("status")
@@ -171,12 +189,11 @@ def _abort_if_tripped(job: Job) -> bool:
     )
     criterion = abort.tripped(released=job.released, failures=counts)
     if criterion is None:
-        return False
+        return None
     reason = criterion.describe(released=job.released, failures=counts)
-    if is_desired_job(job):  # put back what it changed; its running executions stop (nothing left to wait for)
-        reason += f"; {describe_revert(revert(job))}"
-        job_cancel(job=job, force=True, reason=reason)
-        return True
-    job_cancel(job=job, force=abort.force, reason=reason)
     logger.warning("job %s aborted: %s", job, reason)
-    return True
+    if is_desired_job(job):  # put back what it changed, a batch at a time (the first one now)
+        reverting = start_revert(job, reason=reason)
+        return Turn(aborted=True, more=revert_step(reverting, now) >= settings.JOBS_RELEASE_BATCH)
+    job_cancel(job=job, force=abort.force, reason=reason)
+    return Turn(aborted=True)

@@ -103,7 +103,7 @@ class JobSerializer(serializers.ModelSerializer):
             "in_progress_timeout_seconds", "rollout", "abort_config", "scheduling", "retry_config", "template",
             "continuous",
             "created_at", "updated_at",
-            "completed_at", "canceled_at", "cancel_reason", "progress",
+            "completed_at", "canceled_at", "cancel_reason", "reverting", "revert_summary", "progress",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -601,3 +601,24 @@ def test_adding_a_template_in_admin_saves_its_next_version(alice, tenant):
     change = reverse("admin:jobs_jobtemplate_change", args=[JobTemplate.objects.first().pk])
     page = alice.get(change)
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()  # a version is read-only
+
+
+def test_cancel_and_revert_puts_a_desired_state_job_back_and_refuses_others(alice, tenant, fleet):
+    from jobs.release import rollout_tick
+    from twin.services import twin_update_desired
+
+    twin_update_desired(device=fleet["a"][0], document={"mode": "eco"})
+    patch = services.job_create(tenant=tenant, job_id="patch", document_type="desired_state_patch",
+                                device_ids=["pump-0"], document_params={"patch": {"mode": "boost"}})  # fmt: skip
+    rollout_tick()
+    assert Device.objects.get(pk=fleet["a"][0].pk).desired_state == {"mode": "boost"}
+    response = alice.post(CHANGELIST, {"action": "cancel_and_revert", "_selected_action": [patch.pk,
+                                       fleet["a_job"].pk]}, follow=True)  # fmt: skip
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Job patch: canceled and reverted in admin by alice-admin; reverted 1 device(s)")
+               for m in shown)  # fmt: skip
+    assert any("Not reverted: revert: job 'acme-job' is not a desired-state job" in m for m in shown)
+    assert Device.objects.get(pk=fleet["a"][0].pk).desired_state == {"mode": "eco"}
+    assert Job.objects.get(pk=fleet["a_job"].pk).status == JobStatus.IN_PROGRESS  # untouched
+    page = alice.get(reverse("admin:jobs_job_change", args=[patch.pk])).content.decode()
+    assert "done: 1 device(s) put back" in page

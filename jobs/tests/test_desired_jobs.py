@@ -238,3 +238,48 @@ def test_a_big_wave_is_released_batch_by_batch_in_one_tick(settings, monkeypatch
     assert rollout_tick()["released"] == 6
     assert waves == [4, 2]  # a transaction per batch: the device rows are locked a batch at a time
     assert Job.objects.get(pk=job.pk).released == 6 and statuses(job) == ["IN_PROGRESS"] * 6
+
+
+def test_a_revert_goes_a_batch_per_transaction_and_resumes_where_it_stopped(settings, operator, tenant, fleet):
+    from devices.models import AuditEvent
+
+    settings.JOBS_RELEASE_BATCH = 2
+    job = patch_job(tenant, fleet[:5], {"led": "on"}, job_id="big")
+    rollout_tick()  # released in batches of 2: all five patched
+    assert all(row(d).desired_state["led"] == "on" for d in fleet[:5])
+    body = operator.post("/customer/jobs/big/cancel", {"revert": True}, expect=200).json()
+    assert body["status"] == "CANCELED" and body["reverting"] is True  # the first batch only
+    assert body["revert_summary"]["reverted"] == 2 and body["cancel_reason"].endswith("; reverting")
+    assert [row(d).desired_state["led"] for d in fleet[:5]] == ["off", "off", "on", "on", "on"]
+
+    rollout_tick()  # the scheduler goes on from there, batch after batch
+    done = Job.objects.get(pk=job.pk)
+    assert not done.reverting and done.revert_summary["reverted"] == 5
+    assert done.cancel_reason == "canceled and reverted; reverted 5 device(s), kept 0 key(s) changed since"
+    assert all(row(d).desired_state == {"led": "off", "fan": 1} for d in fleet[:5])
+    assert JobExecution.objects.filter(job=job, reverted_at__isnull=False).count() == 5
+    reverts = AuditEvent.objects.filter(action="desired.write", version=3, device__in=fleet[:5])
+    assert reverts.count() == 5 and {e.actor for e in reverts} == {"operator:alice"}  # the scheduler's too
+    rollout_tick()
+    assert all(row(d).desired_version == 3 for d in fleet[:5])  # nothing reverted twice
+
+
+def test_an_abort_reverts_batch_after_batch_within_its_turn(settings, monkeypatch, tenant, fleet):
+    import jobs.desired
+
+    settings.JOBS_RELEASE_BATCH = 2
+    job = patch_job(tenant, fleet[:5], {"led": "on"}, in_progress_timeout_seconds=60, abort_config=ABORT_ON_TIMEOUTS)
+    rollout_tick()
+    JobExecution.objects.filter(job=job).update(started_at=timezone.now() - timedelta(hours=1))
+    job_sweep()
+    waves = []
+    real = jobs.desired.shadow_apply
+    monkeypatch.setattr(jobs.desired, "shadow_apply", lambda changes: waves.append(len(changes)) or real(changes))
+    assert rollout_tick()["aborted"] == 1
+    assert waves == [2, 2, 1]  # three transactions, one tick
+    aborted = Job.objects.get(pk=job.pk)
+    assert aborted.status == JobStatus.CANCELED and not aborted.reverting
+    assert (
+        aborted.cancel_reason.startswith("abort criterion tripped") and "reverted 5 device(s)" in aborted.cancel_reason
+    )
+    assert all(row(d).desired_state == {"led": "off", "fan": 1} for d in fleet[:5])
