@@ -13,10 +13,10 @@
    the desired state, to its report, and to the execution SUCCEEDED (p50/p99).
 2. abort: a second desired-state job over the first --abort-devices devices, released at once
    (JOBS_RELEASE_BATCH per transaction), whose patch the fleet does not apply (no report); the
-   in-progress timeout (--abort-timeout s) times them out, the abort criterion (TIMED_OUT >= 10 %,
-   at least 100 executed) trips: the job is canceled and every device gets its previous desired
-   state back, a batch per transaction. Reported: seconds from the timeouts to the job canceled
-   (its first batch reverted), to its last batch committed, and to the last device receiving it.
+   in-progress timeout (--abort-timeout s) times them out, the abort criterion (TIMED_OUT >= 10 %
+   once all were released) trips: the job is canceled and every device gets its previous desired
+   state back, a batch per transaction. Reported: seconds from the abort (the job canceled, its
+   first batch reverted) to its last batch committed, and to the last device receiving it.
 3. audit: desired writes through twin.services.twin_update_desired (the write path of the API and
    the admin) from --audit-threads writers, alternating write by write between the audit trail on
    and its rows neither built nor written, for --audit-rounds x --audit-seconds (the bridge
@@ -162,7 +162,7 @@ def abort_phase(args, tenant, pipe) -> dict:
                      document_params={"patch": {REFUSED_KEY: "on"}}, device_ids=ids,
                      in_progress_timeout_seconds=args.abort_timeout,
                      abort_config={"criteria": [{"failure_type": "TIMED_OUT", "threshold_percentage": 10,
-                                                 "min_executed": min(100, args.abort_devices)}]})  # fmt: skip
+                                                 "min_executed": args.abort_devices}]})  # fmt: skip
     log(f"abort job over {job.total:,} devices; their timeouts come in {args.abort_timeout} s")
     wait_job(job.pk, {"CANCELED", "COMPLETED"}, args.abort_timeout + 300, "abort")
     deadline = time.monotonic() + 600
@@ -174,11 +174,12 @@ def abort_phase(args, tenant, pipe) -> dict:
     job = Job.objects.get(pk=job.pk)
     rows = executions(job.pk)
     # A revert is the version after the job's own (a device the patch had not reached yet gets only that).
-    pipe.send({device_id: target + 1 for device_id, _, target, _, _ in rows if target is not None})
+    expected = {device_id: target + 1 for device_id, _, target, _, _ in rows if target is not None}
+    pipe.send(expected)
     deadline, reverted = time.monotonic() + 300, 0
     while time.monotonic() < deadline:
         pipe.send("count")
-        if (reverted := pipe.recv()) >= args.abort_devices:
+        if (reverted := pipe.recv()) >= len(expected):
             break
         time.sleep(0.2)
     return {"job": job, "rows": rows, "fleet_reverted": reverted, "reverted_at": reverted_at}
@@ -327,27 +328,32 @@ def show_abort(args, report, aborted: dict, arrivals, first: dict) -> None:
         if not refused and version > targets.get(device_id, version):
             revert_received[device_id] = min(received, revert_received.get(device_id, received))
     wave = ms([first[(d, t)][0] - stamp(r) for d, r, t, _, _ in rows if (d, t) in first])
-    first_timeout = min(timeouts, default=float("nan"))
-    canceled = stamp(job.canceled_at) - first_timeout if job.canceled_at else float("nan")
-    to_commit = aborted["reverted_at"] - first_timeout  # polled every 0.1 s
-    reverted_by = max(revert_received.values(), default=float("nan")) - first_timeout
-    print(f"\nAbort: {len(rows):,} devices patched at once (release -> device p50 {wave['p50']:,.0f} ms, p99 "
-          f"{wave['p99']:,.0f} ms, {wave['n']:,} received; the rest got the revert only), {len(timeouts):,} timed "
+    aborted_at = stamp(job.canceled_at)  # the criterion tripped: canceled, its first batch reverted
+    to_commit = aborted["reverted_at"] - aborted_at  # polled every 0.1 s
+    reverted_by = max(revert_received.values(), default=float("nan")) - aborted_at
+    released_s = stamp(max(r[1] for r in rows)) - stamp(min(r[1] for r in rows))
+    print(f"\nAbort: {len(rows):,} devices patched at once (released in {released_s:.1f} s, "
+          f"{settings_batch()} per transaction; release -> device p50 {wave['p50']:,.0f} ms, p99 "
+          f"{wave['p99']:,.0f} ms, {wave['n']:,} received, the rest got the revert only), {len(timeouts):,} timed "
           f"out; {job.cancel_reason}")  # fmt: skip
-    print(table(["from the timeouts to", "seconds"],
-                [["the job canceled (its first batch reverted)", f"{canceled:.2f}"],
-                 ["the revert committed (its last batch)", f"{to_commit:.2f}"],
+    print(table(["from the abort (job canceled, first batch reverted) to", "seconds"],
+                [["the revert's last batch committed", f"{to_commit:.2f}"],
                  [f"the last of {len(revert_received):,} devices receiving it", f"{reverted_by:.2f}"]]))  # fmt: skip
     print(f"CPU (% of one core): {cpu.summary(aborted['cpu'])}")
     if aborted["fleet_reverted"] < args.abort_devices:
         report.problem(f"only {aborted['fleet_reverted']:,} of {args.abort_devices:,} devices received the revert")
     report.data["abort"] = {
         "devices": len(rows), "timed_out": len(timeouts), "cancel_reason": job.cancel_reason,
-        "wave_release_to_device_ms": wave, "timeouts_to_canceled_s": round(canceled, 3),
-        "timeouts_to_revert_committed_s": round(to_commit, 3),
-        "timeouts_to_last_device_reverted_s": round(reverted_by, 3), "devices_reverted": aborted["fleet_reverted"],
-        "cpu": aborted["cpu"],
+        "wave_release_to_device_ms": wave, "wave_released_s": round(released_s, 2),
+        "abort_to_revert_committed_s": round(to_commit, 3), "abort_to_last_device_reverted_s": round(reverted_by, 3),
+        "devices_reverted": aborted["fleet_reverted"], "cpu": aborted["cpu"],
     }  # fmt: skip
+
+
+def settings_batch() -> int:
+    from django.conf import settings
+
+    return settings.JOBS_RELEASE_BATCH
 
 
 def show_audit(args, report, audit: dict) -> None:
