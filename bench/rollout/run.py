@@ -304,7 +304,8 @@ def show_rollout(args, report, rolled: dict, first: dict) -> None:
     worst = max((abs((x["achieved_per_min"] or 0) / x["configured_per_min"] - 1) for x in rolled["rates"]), default=0)
     report.goal("release rate off the configured one (worst step)", achieved=round(worst * 100, 1),
                 target=RATE_TOLERANCE * 100, unit="%", met=worst <= RATE_TOLERANCE)  # fmt: skip
-    latency = {str(level): {k: ms(v) for k, v in lists.items()} for level, lists in by_level.items()}
+    ordered = sorted(by_level.items(), key=lambda item: (item[0] == "all", item[0] if item[0] != "all" else 0))
+    latency = {str(level): {k: ms(v) for k, v in lists.items()} for level, lists in ordered}
     print()
     print(table(["released at /min", "executions", "-> received p50/p99 ms", "-> reported p50/p99 ms",
                  "-> SUCCEEDED p50/p99 ms"],
