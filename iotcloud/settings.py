@@ -258,6 +258,10 @@ BROKER_CREDENTIALS_KEY = env.str("BROKER_CREDENTIALS_KEY", default="")
 MQTT_AUTH_HOOK_TOKEN = env.str("MQTT_AUTH_HOOK_TOKEN", default="")
 EMBEDDED_MQTT_HOST = env.str("EMBEDDED_MQTT_HOST", default="127.0.0.1")
 EMBEDDED_MQTT_PORT = env.int("EMBEDDED_MQTT_PORT", default=1884)
+# The embedded broker's MQTT over TLS port (0: none), with the development certificate from MQTT_TLS_DIR.
+EMBEDDED_MQTT_TLS_PORT = env.int("EMBEDDED_MQTT_TLS_PORT", default=8884)
+# Where `manage.py tls_dev_ca` keeps the development CA and broker certificate (mqtt_bridge.dev_tls).
+MQTT_TLS_DIR = Path(env.str("MQTT_TLS_DIR", default=str(VAR_DIR / "tls")))
 
 REDIS_URL = env.str("REDIS_URL", default="")
 

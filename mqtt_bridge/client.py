@@ -31,8 +31,8 @@ def make_client(
     )
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
-    if broker.tls:
-        client.tls_set(ca_certs=broker.ca_file)
+    if broker.tls:  # the broker's certificate is verified (chain and host name), never skipped
+        client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
     client.on_socket_open = _no_delay
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client.max_inflight_messages_set(100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 PROTOCOLS = ("auto", "5", "3.1.1")
+TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,9 @@ class BrokerSettings:
     username: str | None = None
     password: str | None = None
     tls: bool = False
-    ca_file: str | None = None
+    ca_file: str | None = None  # the CA bundle the broker's certificate must chain to (None: the system's)
+    cert_file: str | None = None  # the bridge's own client certificate and key, for a broker that wants one
+    key_file: str | None = None
     protocol: str = "auto"
     embedded: bool = False
 
@@ -38,13 +42,25 @@ def parse_mqtt_url(url: str) -> BrokerSettings:
     protocol = query.get("protocol", "auto")
     if protocol not in PROTOCOLS:
         raise ImproperlyConfigured(f"MQTT_URL protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    unknown = sorted(query.keys() - {"protocol", *TLS_FILES})
+    if unknown:
+        raise ImproperlyConfigured(f"MQTT_URL: unknown parameter(s) {', '.join(unknown)} (protocol, "
+                                   f"{', '.join(TLS_FILES)})")  # fmt: skip
+    files = {name: query.get(name) for name in TLS_FILES}
+    if any(files.values()) and not tls:
+        raise ImproperlyConfigured("MQTT_URL: ca_file, cert_file and key_file need mqtts://")
+    if bool(files["cert_file"]) != bool(files["key_file"]):
+        raise ImproperlyConfigured("MQTT_URL: give cert_file and key_file together (the bridge's client certificate)")
+    for name, path in files.items():
+        if path and not os.path.isfile(path):
+            raise ImproperlyConfigured(f"MQTT_URL {name}: no such file {path!r}")
     return BrokerSettings(
         host=parts.hostname,
         port=parts.port or (8883 if tls else 1883),
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         tls=tls,
-        ca_file=query.get("ca_file"),
+        **files,
         protocol=protocol,
     )
 

@@ -23,6 +23,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+from mqtt_bridge.dev_tls import ensure_dev_tls
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
@@ -317,8 +319,12 @@ def dynsec_broker(tmp_path):
     (tmp_path / "dynamic-security.json").write_text(json.dumps(initial_dynsec_json(username, password)))
     port = free_port()
     conf = DYNSEC_CONF.read_text()
+    tls_port = free_port()
+    tls, _ = ensure_dev_tls(tmp_path / "tls")  # what compose's tls-init makes (manage.py tls_dev_ca)
     conf = conf.replace(DYNSEC_PLUGIN_IMAGE, DYNSEC_PLUGIN_LOCAL).replace("/mosquitto/data/", f"{tmp_path}/")
+    conf = conf.replace("/mosquitto/tls/", f"{tmp_path}/tls/")
     conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf = re.sub(r"^listener 8883$", f"listener {tls_port} 127.0.0.1", conf, flags=re.M)
     conf += f"\nuser {getpass.getuser()}\n"  # as root, mosquitto would switch to a user who cannot write tmp_path
     (tmp_path / "mosquitto.conf").write_text(conf)
     log = open(tmp_path / "mosquitto.log", "w")  # noqa: SIM115
@@ -333,7 +339,14 @@ def dynsec_broker(tmp_path):
                 assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
                 assert time.monotonic() < deadline, "mosquitto did not start"
                 time.sleep(0.05)
-        yield {"port": port, "username": username, "password": password, "dir": tmp_path}
+        yield {
+            "port": port,
+            "username": username,
+            "password": password,
+            "dir": tmp_path,
+            "tls_port": tls_port,
+            "ca_file": str(tls.ca_file),
+        }
     finally:
         process.terminate()
         process.wait(10)
@@ -341,11 +354,13 @@ def dynsec_broker(tmp_path):
 
 
 class Client:
-    def __init__(self, port, username=None, password=None, client_id=""):
+    def __init__(self, port, username=None, password=None, client_id="", ca_file=None):
         self.messages, self.connected, self.reason = [], threading.Event(), None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if username:
             self.client.username_pw_set(username, password)
+        if ca_file:
+            self.client.tls_set(ca_certs=ca_file)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
         self.client.connect("127.0.0.1", port)
@@ -400,6 +415,25 @@ def test_dynsec_broker_starts_and_the_bridge_account_works(dynsec_broker):
     finally:
         bridge.close()
         publisher.close()
+
+
+def test_devices_reach_the_compose_broker_over_tls_only(dynsec_broker):
+    """8883 (the only port compose publishes) speaks TLS with tls-init's certificate, same accounts."""
+    tls_port, ca_file = dynsec_broker["tls_port"], dynsec_broker["ca_file"]
+    user, password = dynsec_broker["username"], dynsec_broker["password"]
+    over_tls = Client(tls_port, user, password, "bridge-tls", ca_file=ca_file)
+    try:
+        assert over_tls.ok
+    finally:
+        over_tls.close()
+    plain = Client(tls_port, user, password, "bridge-plain")  # plain MQTT on the TLS port: no session
+    try:
+        assert not plain.ok
+    finally:
+        plain.close()
+    assert SERVICES["mosquitto"]["ports"] == ["${MQTT_TLS_PORT:-8883}:8883"]
+    assert SERVICES["mosquitto"]["depends_on"]["tls-init"] == {"condition": "service_completed_successfully"}
+    assert "manage.py tls_dev_ca --dir /tls" in " ".join(SERVICES["tls-init"]["command"])
 
 
 def test_compose_health_checks_pass_against_the_broker(dynsec_broker):

@@ -52,12 +52,17 @@ class EmbeddedBroker:
         device_auth: bool = True,
         persistence_path: str | Path | None = None,
         session_expiry: int | None = 7 * 24 * 3600,
+        tls_port: int | None = None,
+        tls_files: tuple[str | Path, str | Path] | None = None,
     ) -> None:
         """service_users: username -> password of trusted accounts (the bridge).
 
         persistence_path: SQLite file keeping retained messages across restarts (None: memory only).
         session_expiry: seconds a disconnected persistent session (and its queue) is kept.
+        tls_port, tls_files (certificate, key): also MQTT over TLS on that port, same accounts and ACL.
         """
+        if (tls_port is None) != (tls_files is None):
+            raise ValueError("tls_port and tls_files go together")
         if not all(isinstance(u, str) and u and isinstance(p, str) and p for u, p in service_users.items()):
             raise ValueError("service_users needs non-empty usernames and passwords")
         self.host = host
@@ -67,6 +72,8 @@ class EmbeddedBroker:
         self._device_auth = device_auth
         self._persistence_path = Path(persistence_path) if persistence_path else None
         self._session_expiry = session_expiry
+        self.tls_port = int(tls_port) if tls_port else None
+        self._tls_files = tuple(str(f) for f in tls_files) if tls_files else None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,7 +84,8 @@ class EmbeddedBroker:
         _quiet_amqtt_logging()
 
     def __repr__(self) -> str:
-        return f"<EmbeddedBroker mqtt://{self.host}:{self.port} {'running' if self.is_running else 'stopped'}>"
+        tls = f" mqtts://{self.host}:{self.tls_port}" if self.tls_port else ""
+        return f"<EmbeddedBroker mqtt://{self.host}:{self.port}{tls} {'running' if self.is_running else 'stopped'}>"
 
     @property
     def url(self) -> str:
@@ -99,8 +107,13 @@ class EmbeddedBroker:
         }
         if self._persistence_path is not None:
             plugins[f"{iotcloud_plugins.__name__}.RetainedStorePlugin"] = {"path": str(self._persistence_path)}
+        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{host}:{self.port}", "max_connections": 0}}
+        if self.tls_port:
+            certfile, keyfile = self._tls_files
+            listeners["tls"] = {"type": "tcp", "bind": f"{host}:{self.tls_port}", "max_connections": 0, "ssl": True,
+                                "certfile": certfile, "keyfile": keyfile}  # fmt: skip
         return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self.port}", "max_connections": 0}},
+            "listeners": listeners,
             "session_expiry_interval": self._session_expiry,
             "plugins": plugins,  # no $SYS, no packet/event logging, no anonymous access
         }

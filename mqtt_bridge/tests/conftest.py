@@ -54,7 +54,9 @@ def wait_until(predicate, timeout: float = TIMEOUT, interval: float = 0.05, mess
 
 def broker_url(broker: BrokerSettings) -> str:
     auth = f"{quote(broker.username, safe='')}:{quote(broker.password or '', safe='')}@" if broker.username else ""
-    return f"mqtt://{auth}{broker.host}:{broker.port}?protocol={broker.protocol}"
+    files = "".join(f"&{name}={quote(getattr(broker, name), safe='/')}"
+                    for name in ("ca_file", "cert_file", "key_file") if getattr(broker, name))  # fmt: skip
+    return f"{'mqtts' if broker.tls else 'mqtt'}://{auth}{broker.host}:{broker.port}?protocol={broker.protocol}{files}"
 
 
 # --- brokers ---------------------------------------------------------------------------
@@ -254,6 +256,8 @@ class MqttClient:
         )
         if broker.username:
             self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self.client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
         self.client.on_connect = lambda *a: self._connected.set()
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = lambda client, userdata, message: self.messages.put(message)
@@ -318,6 +322,8 @@ def purge_session(broker: BrokerSettings, client_id: str) -> None:
                          clean_session=True)  # fmt: skip
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
     connected = threading.Event()
     client.on_connect = lambda *args: connected.set()
     try:
