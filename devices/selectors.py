@@ -11,7 +11,7 @@ from devices.choices import DeviceStatus
 from devices.models import AuditEvent, Device, Membership, Tenant
 from devices.tokens import hash_token
 from iotcloud.errors import InvalidInput, NotFound
-from iotcloud.rules import DEVICE_ID
+from iotcloud.rules import DEVICE_ID, TENANT_ID
 
 
 def operator_membership(user) -> Membership | None:
@@ -65,9 +65,9 @@ def tenant_for_write(user, requested: str | None) -> Tenant:
         return own
     if own is not None and requested != own.id and not user.is_superuser:
         raise InvalidInput(f"You can only act in your own tenant ({own.id!r})", code="foreign_tenant")
-    tenant = Tenant.objects.filter(id=requested).first()
+    tenant = Tenant.objects.filter(id=requested).first() if TENANT_ID.matches(requested) else None  # no NUL to SQL
     if tenant is None:
-        raise InvalidInput(f"Tenant {requested!r} does not exist", code="unknown_tenant")
+        raise InvalidInput(f"Tenant {requested[:80]!r} does not exist", code="unknown_tenant")
     return tenant
 
 

@@ -7,6 +7,7 @@ functions; none of them changes a Device row on its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from django.conf import settings
@@ -15,20 +16,21 @@ from django.contrib.auth.password_validation import validate_password
 from django.contrib.auth.validators import ASCIIUsernameValidator
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from knox.models import AuthToken
 from knox.settings import knox_settings
 
-from devices.audit import audit_record
+from devices.audit import audit_record, audit_rows, who
+from devices.bulk import BulkRow, RowError, RowsRefused, RowsTaken, shown_id
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.signals import device_decommissioned
 from devices.tokens import hash_token, new_provision_token
 from iotcloud import outbox
-from iotcloud.errors import Conflict, InvalidInput
-from iotcloud.rules import DEVICE_ID, TAG_KEY, TENANT_ID
+from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
+from iotcloud.rules import DEVICE_ID, TAG_KEY, TENANT_ID, Limit
 from iotcloud.sealing import seal
 
 logger = logging.getLogger(__name__)
@@ -62,8 +64,10 @@ USERNAME_MAX_LENGTH = 150
 _username_validator = ASCIIUsernameValidator()
 
 
-def _shown(value: str, limit: int = 60) -> str:
+def _shown(value, limit: int = 60) -> str:
     """A user-supplied value quoted for a message: repr (escapes control characters), shortened."""
+    if not isinstance(value, str):
+        return repr(value)[:limit]
     return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
@@ -254,7 +258,8 @@ def validate_tags(tags) -> dict[str, str]:
         )
     for key, value in tags.items():
         if not TAG_KEY.matches(key):
-            raise InvalidInput(f"Invalid tag key {key!r}: use {TAG_KEY.text}", code="invalid_tags")
+            shown = _shown(key, TAG_KEY.max_length + 2)
+            raise InvalidInput(f"Invalid tag key {shown}: use {TAG_KEY.text}", code="invalid_tags")
         if not isinstance(value, str) or len(value) > TAG_VALUE_MAX or "\x00" in value:
             raise InvalidInput(
                 f"Tag {key!r} must be a string of at most {TAG_VALUE_MAX} characters", code="invalid_tags"
@@ -262,15 +267,20 @@ def validate_tags(tags) -> dict[str, str]:
     return dict(tags)
 
 
-def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None) -> tuple[Device, str]:
-    """Register a device; returns it with its provision token (shown only now)."""
+def device_check(*, device_id, tags=None) -> dict[str, str]:
+    """Every rule a new device's id and tags keep (device_provision, devices_provision_bulk); the tags, cleaned."""
     if not DEVICE_ID.matches(device_id):
         raise InvalidInput(
-            f"Invalid device id {device_id!r}: use {DEVICE_ID.text} "
+            f"Invalid device id {_shown(device_id, DEVICE_ID.max_length + 2)}: use {DEVICE_ID.text} "
             "(no '/', '+', '#' or spaces: the id is part of MQTT topics)",
             code="invalid_device_id",
         )
-    tags = validate_tags(tags if tags is not None else {})
+    return validate_tags(tags if tags is not None else {})
+
+
+def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None) -> tuple[Device, str]:
+    """Register a device; returns it with its provision token (shown only now)."""
+    tags = device_check(device_id=device_id, tags=tags)
     token = new_provision_token()
     try:
         with transaction.atomic():
@@ -285,6 +295,110 @@ def device_provision(*, tenant: Tenant, device_id: str, tags: dict | None = None
     _wake_broker_sync()
     logger.info("device provisioned %s/%s", tenant.id, device_id)
     return device, token
+
+
+BULK_INSERT_BATCH = 1000  # rows per INSERT (SQLite: fewer, Django caps them at its parameter limit)
+BULK_IDS_PER_QUERY = 10_000  # ids per "which exist already" query (SQLite: its parameter limit)
+
+
+def devices_provision_bulk(*, tenant: Tenant, rows: Sequence[BulkRow | Mapping]) -> list[tuple[Device, str]]:
+    """Register many devices at once, all or none; returns them with their tokens (shown only now), in order.
+
+    `rows` are devices.bulk.BulkRow (numbered as the user sees them) or mappings of device_id and
+    tags (numbered 1, 2...). Every row is checked against device_check's rules, against the other
+    rows (an id given twice) and against the tenant's devices before anything is written; all the
+    rows breaking a rule are refused together (RowsRefused, 400, naming them). More rows than
+    DEVICES_BULK_MAX_ROWS is PayloadTooLarge. Then one transaction inserts them in batches with
+    their audit events; an id created meanwhile by someone else is RowsTaken (409), nothing created.
+    """
+    rows = [row if isinstance(row, BulkRow) else _bulk_row(number, row) for number, row in enumerate(rows, 1)]
+    limit = Limit(settings.DEVICES_BULK_MAX_ROWS, "DEVICES_BULK_MAX_ROWS")
+    if len(rows) > limit:
+        raise PayloadTooLarge(
+            f"{len(rows)} devices in one call; the limit is {limit} ({limit.name}): split them",
+            code="too_many_rows",
+            limit=int(limit),
+        )
+    if not rows:
+        raise InvalidInput("No devices to provision: the upload has no rows", code="no_rows")
+    errors: list[RowError] = []
+    accepted: dict[str, tuple[BulkRow, dict]] = {}  # device id -> its row and tags
+    first_row: dict[str, int] = {}  # device id -> the first row giving it, refused or not
+    for row in rows:
+        first = first_row.setdefault(row.device_id, row.number) if isinstance(row.device_id, str) else row.number
+        try:
+            if row.error:
+                raise InvalidInput(row.error, code=row.code or "invalid_row")
+            tags = device_check(device_id=row.device_id, tags=row.tags)
+            if first != row.number:
+                raise InvalidInput(
+                    f"Device id {row.device_id!r} is given twice: also on row {first}", code="duplicate_device_id"
+                )
+        except InvalidInput as exc:
+            errors.append(RowError(row.number, shown_id(row.device_id), exc.message, exc.code))
+            continue
+        accepted[row.device_id] = (row, tags)
+    for device_id in sorted(_existing_device_ids(tenant, list(accepted)), key=lambda d: accepted[d][0].number):
+        errors.append(_exists_error(tenant, accepted.pop(device_id)[0]))
+    if errors:
+        raise RowsRefused(sorted(errors, key=lambda e: e.row), total=len(rows))
+
+    created: list[tuple[Device, str]] = []
+    for device_id, (_, tags) in accepted.items():
+        token = new_provision_token()
+        device = Device(
+            tenant=tenant, device_id=device_id, tags=tags, provision_token_hash=hash_token(token),
+            **_broker_account_change(token, current_version=0),
+        )  # fmt: skip
+        created.append((device, token))
+    devices = [device for device, _ in created]
+    try:
+        with transaction.atomic():
+            Device.objects.bulk_create(devices, batch_size=BULK_INSERT_BATCH)
+            if any(device.pk is None for device in devices):  # databases that return no ids from a bulk insert
+                pks = dict(_tenant_devices(tenant, list(accepted)).values_list("device_id", "pk"))
+                for device in devices:
+                    device.pk = pks[device.device_id]
+            actor, now = who(), timezone.now()
+            audit_rows([
+                {"tenant_id": tenant.id, "device_id": device.pk, "at": now, "actor": actor.actor,
+                 "channel": actor.channel, "action": "device.provision", "after": {"tags": device.tags}}
+                for device in devices
+            ])  # fmt: skip
+    except IntegrityError:  # some of them were created in between, by another request
+        taken = sorted(_existing_device_ids(tenant, list(accepted)), key=lambda d: accepted[d][0].number)
+        if not taken:  # pragma: no cover (only ids are unique, besides 256-bit token digests)
+            raise Conflict("A conflicting change was made meanwhile; nothing was created: try again") from None
+        taken_errors = [_exists_error(tenant, accepted[device_id][0], meanwhile=True) for device_id in taken]
+        raise RowsTaken(taken_errors, total=len(rows)) from None
+    outbox.twins_changed(tenant.id, accepted)
+    _wake_broker_sync()
+    logger.info("devices provisioned in bulk %s: %d", tenant.id, len(devices))
+    return created
+
+
+def _bulk_row(number: int, row: Mapping) -> BulkRow:
+    return BulkRow(number, row.get("device_id"), row.get("tags"))
+
+
+def _tenant_devices(tenant: Tenant, device_ids: list[str]):
+    return Device.objects.filter(tenant=tenant, device_id__in=device_ids)
+
+
+def _existing_device_ids(tenant: Tenant, device_ids: list[str]) -> set[str]:
+    """Which of these ids the tenant already has: one query for 10,000 ids (SQLite: one per 998, its parameter cap)."""
+    per_query = min(BULK_IDS_PER_QUERY, (connection.features.max_query_params or BULK_IDS_PER_QUERY + 1) - 1)
+    found: set[str] = set()
+    for start in range(0, len(device_ids), per_query):
+        batch = device_ids[start : start + per_query]
+        found.update(_tenant_devices(tenant, batch).values_list("device_id", flat=True))
+    return found
+
+
+def _exists_error(tenant: Tenant, row: BulkRow, *, meanwhile: bool = False) -> RowError:
+    when = " (created meanwhile by someone else)" if meanwhile else ""
+    detail = f"Device {row.device_id!r} already exists in tenant {tenant.id!r}{when}"
+    return RowError(row.number, row.device_id, detail, "device_exists")
 
 
 def device_rotate_token(*, device: Device) -> str:

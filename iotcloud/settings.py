@@ -314,6 +314,12 @@ TWIN_EVENTS_FOR_SEED_REPORTS = env.bool("TWIN_EVENTS_FOR_SEED_REPORTS", default=
 # does not turn every GET into a write.
 DEVICE_LAST_SEEN_RESOLUTION = timedelta(seconds=env.int("DEVICE_LAST_SEEN_RESOLUTION_SECONDS", default=60))
 DEVICE_MAX_TAGS = env.int("DEVICE_MAX_TAGS", default=32)
+# Bulk provisioning (POST /customer/devices/bulk, the admin's "Provision devices from a file"): at most
+# this many devices per call, in a body or file (JSON or CSV) of at most this many bytes.
+DEVICES_BULK_MAX_ROWS = env.int("DEVICES_BULK_MAX_ROWS", default=10_000)
+DEVICES_BULK_MAX_BYTES = env.int("DEVICES_BULK_MAX_BYTES", default=8 * 1024 * 1024)
+if DEVICES_BULK_MAX_ROWS < 1 or DEVICES_BULK_MAX_BYTES < 1:
+    raise ImproperlyConfigured("DEVICES_BULK_MAX_ROWS and DEVICES_BULK_MAX_BYTES must be 1 or more")
 
 # --- Jobs ------------------------------------------------------------------------
 JOB_MAX_DOCUMENT_BYTES = env.int("JOB_MAX_DOCUMENT_BYTES", default=32 * 1024)
