@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from devices.models import AuditEvent, Device
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
+from iotcloud.api.serializers import ErrorSerializer
 from iotcloud.rules import DEVICE_ID
 from twin.choices import SYNC_STATUSES
 from twin.selectors import device_sync_status
@@ -67,3 +68,40 @@ class AuditEventSerializer(serializers.ModelSerializer):
         fields = ["at", "tenant", "actor", "channel", "action", "device_id", "shadow", "job_id", "before", "after",
                   "version"]  # fmt: skip
         read_only_fields = fields
+
+
+# Bulk provisioning, POST /customer/devices/bulk. The JSON body is read by devices.bulk.read_json (every row's
+# error reported at once, not only the first serializer error); these declare it for the OpenAPI schema.
+class BulkDeviceSerializer(StrictSerializer):
+    device_id = StrictCharField(help_text=f"{DEVICE_ID.text} (no / + #); unique within the tenant and the upload.")
+    tags = JSONObjectField(required=False, help_text='Flat string tags, e.g. {"site": "paris"}.')
+
+
+class BulkProvisionSerializer(StrictSerializer):
+    devices = BulkDeviceSerializer(many=True, help_text="At most DEVICES_BULK_MAX_ROWS (10,000) devices.")
+    tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to provision into.")
+
+
+class BulkProvisionedDeviceSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    tags = serializers.DictField(child=serializers.CharField())
+    provision_token = serializers.CharField(help_text="Shown once; store it on the device.")
+
+
+class BulkProvisionedSerializer(serializers.Serializer):
+    tenant = serializers.CharField()
+    count = serializers.IntegerField(help_text="How many devices were created: every row of the upload.")
+    devices = BulkProvisionedDeviceSerializer(many=True, help_text="In the order of the upload.")
+
+
+class BulkRowErrorSerializer(serializers.Serializer):
+    row = serializers.IntegerField(help_text="1-based: the position in `devices`, or the line of the CSV file.")
+    device_id = serializers.CharField(help_text='As given (shortened); "" when it is not text.')
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+class BulkRefusedSerializer(ErrorSerializer):
+    rows = BulkRowErrorSerializer(many=True, required=False, help_text="The rows refused (the first 100).")
+    rows_refused = serializers.IntegerField(required=False, help_text="How many rows were refused in all.")
+    rows_total = serializers.IntegerField(required=False, help_text="How many rows the upload had.")
