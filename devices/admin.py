@@ -14,20 +14,21 @@ from django.contrib import admin, messages
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html
 
-from devices import services
+from devices import bulk, services
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
 from devices.choices import DeviceStatus, Role
 from devices.models import AuditEvent, Device, Membership, Tenant
 from devices.selectors import filter_by_tag
 from iotcloud.errors import DomainError, error_body
 from iotcloud.form_fields import StrictJSONField
+from iotcloud.limits import setting_limit
 from iotcloud.rules import DEVICE_ID, valid_pk
 from twin.admin_panel import SyncStatusFilter, TwinPanelAdmin, sync_annotation, sync_badge
 
@@ -270,6 +271,38 @@ class ProvisionForm(forms.Form):
             self.fields["tenant"].initial = tenant.pk
 
 
+class BulkProvisionForm(forms.Form):
+    """Provisioning from a CSV file: devices_provision_bulk checks every row; refused rows are listed on the page."""
+
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.all())
+    file = forms.FileField(
+        label="CSV file",
+        help_text=f"UTF-8, a header then a device per line: <code>{bulk.CSV_EXAMPLE}</code>. Columns: "
+        "<code>device_id</code>, and a <code>tag:&lt;key&gt;</code> column per tag (an empty cell: no such tag).",
+    )
+
+    def __init__(self, *args, tenant: Tenant | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tenant is not None:  # an operator provisions into their own tenant only
+            self.fields["tenant"].queryset = Tenant.objects.filter(pk=tenant.pk)
+            self.fields["tenant"].initial = tenant.pk
+        self.fields["file"].help_text += (
+            f" At most {settings.DEVICES_BULK_MAX_ROWS} devices (DEVICES_BULK_MAX_ROWS) and "
+            f"{settings.DEVICES_BULK_MAX_BYTES // 1024} KiB (DEVICES_BULK_MAX_BYTES)."
+        )
+
+    def clean_file(self):
+        """The file's rows (devices.bulk.read_csv); a file that cannot be read is an error on this field."""
+        upload = self.cleaned_data["file"]
+        limit = setting_limit("DEVICES_BULK_MAX_BYTES")
+        if upload.size > limit:
+            raise forms.ValidationError(f"The file is larger than {limit} bytes ({limit.name}); split it")
+        try:
+            return bulk.read_csv(upload.read(), max_rows=setting_limit("DEVICES_BULK_MAX_ROWS"))
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+
 @admin.register(Device)
 class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
     form = DeviceForm
@@ -349,6 +382,7 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
         view = self.admin_site.admin_view
         return [
             path("status.json", view(self.status_json), name="devices_device_status"),
+            path("bulk/", view(self.bulk_view), name="devices_device_bulk"),
             *self.twin_panel_urls(),
             path("<int:pk>/rotate-token/", view(self.rotate_token_view), name="devices_device_rotate"),
             path("<int:pk>/decommission/", view(self.decommission_view), name="devices_device_decommission"),
@@ -437,6 +471,46 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
             "media": self.media + form.media,
         }
         return TemplateResponse(request, "admin/devices/device/provision.html", context)
+
+    def bulk_view(self, request):
+        """Provisioning from a file: the response to a successful upload is the tokens file itself, never stored."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        tenant = None if request.user.is_superuser else admin_tenant(request)
+        form = BulkProvisionForm(request.POST or None, request.FILES or None, tenant=tenant)
+        refused = None
+        if request.method == "POST" and form.is_valid():
+            tenant = form.cleaned_data["tenant"]
+            try:
+                created = services.devices_provision_bulk(tenant=tenant, rows=form.cleaned_data["file"])
+            except bulk.RowsError as exc:  # the rows to fix, listed on the page
+                refused = exc
+            except DomainError as exc:  # too many rows, nothing to provision
+                form.add_error("file", exc.message)
+            else:
+                filename = bulk.tokens_filename(tenant.id, timezone.now())
+                self.message_user(
+                    request,
+                    f"{len(created)} device(s) provisioned in {tenant.id}; their provision tokens were downloaded "
+                    f"as {filename}, this once (iotcloud keeps only their digests).",
+                    messages.SUCCESS,
+                )
+                response = HttpResponse(
+                    bulk.tokens_csv((device.device_id, token) for device, token in created),
+                    content_type="text/csv; charset=utf-8",
+                )
+                response["Content-Disposition"] = f'attachment; filename="{filename}"'
+                response["Cache-Control"] = "no-store"  # the tokens must not linger in caches
+                return response
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Provision devices from a file",
+            "form": form,
+            "refused": refused,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/devices/device/bulk_provision.html", context)
 
     def _confirm(self, request, device, action, explanation):
         context = {
