@@ -359,6 +359,14 @@ def test_body_size_is_capped_a_little_above_api_max_body_bytes(proxy, upstreams,
     assert call(proxy.port, "POST", "/admin/jobs/job/add/", b"x" * (300 * 1024))[0] == 413
     assert [s["body_length"] for s in admin.seen] == [200 * 1024]
 
+    # Bulk provisioning takes files of up to DEVICES_BULK_MAX_BYTES (8 MiB), on its two paths only.
+    assert settings.DEVICES_BULK_MAX_BYTES <= 8 * 1024 * 1024
+    assert call(proxy.port, "POST", "/customer/devices/bulk", b"x" * (2 * 1024 * 1024))[0] == 200
+    assert call(proxy.port, "POST", "/admin/devices/device/bulk/", b"x" * (2 * 1024 * 1024))[0] == 200
+    assert call(proxy.port, "POST", "/customer/devices/bulk", b"x" * (8 * 1024 * 1024 + 1))[0] == 413
+    assert call(proxy.port, "POST", "/customer/devices/bulky", b"x" * (200 * 1024))[0] == 413  # exactly that path
+    assert [s["body_length"] for s in web.seen][-1] == 2 * 1024 * 1024
+
 
 def test_a_slow_body_reaches_gunicorn_only_once_complete(proxy, upstreams):
     web, _ = upstreams
