@@ -149,3 +149,45 @@ class AuditEvent(models.Model):
 
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"
+
+
+class CertificateAuthority(models.Model):
+    """The platform's certificate authority for device certificates (devices.certificates): one row,
+    made on first use. Its key is sealed (iotcloud.sealing: Fernet with BROKER_CREDENTIALS_KEY or a key
+    derived from SECRET_KEY), never stored in the clear; the broker trusts its certificate."""
+
+    name = models.CharField(max_length=32, unique=True)
+    certificate_pem = models.TextField()
+    key_sealed = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "certificate_authorities"
+
+    def __str__(self):
+        return self.name
+
+
+class DeviceCertificate(models.Model):
+    """An X.509 certificate the platform issued to a device: subject CN "<tenant>/<device_id>" (its
+    broker username), O "<tenant>". Revoked by a newer certificate, by decommissioning, or by hand;
+    the revocation list names the revoked ones until they expire."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="certificates")
+    serial = models.CharField(max_length=40, unique=True)  # hex, as the revocation list names it
+    fingerprint = models.CharField(max_length=64, unique=True)  # SHA-256 of the DER, hex
+    certificate_pem = models.TextField()
+    not_after = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoke_reason = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        db_table = "device_certificates"
+        indexes = [
+            models.Index(fields=["device", "created_at"], name="idx_device_cert_device"),
+            models.Index(fields=["revoked_at"], name="idx_device_cert_revoked", condition=Q(revoked_at__isnull=False)),
+        ]
+
+    def __str__(self):
+        return f"{self.device} #{self.serial[:12]}"
