@@ -23,3 +23,13 @@ class DesiredWrites(models.TextChoices):
     DENY = "deny", "No: desired state is the operators' (403)"
     VERSIONED = "versioned", "Yes, with the shadow's version (stale writes 409)"
     ALLOW = "allow", "Yes, as AWS IoT does (a merge; version optional)"
+
+
+class CredentialKind(models.TextChoices):
+    """What identity a provisioning template issues to a device registering with one of its claims.
+
+    Only provision tokens today; "certificate" (an X.509 certificate signed by the tenant's CA)
+    comes with the device certificates.
+    """
+
+    TOKEN = "token", "Provision token"

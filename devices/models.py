@@ -10,8 +10,8 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 
-from devices.choices import DesiredWrites, DeviceStatus, Role
-from iotcloud.rules import DEVICE_ID, TENANT_ID
+from devices.choices import CredentialKind, DesiredWrites, DeviceStatus, Role
+from iotcloud.rules import DEVICE_ID, PROVISIONING_TEMPLATE_NAME, SERIAL, TENANT_ID
 
 # Tenant and device ids go into MQTT topics: the rules (iotcloud.rules) keep / + # out.
 tenant_id_validator = RegexValidator(TENANT_ID.pattern, f"Tenant id: {TENANT_ID.text}.")
@@ -191,3 +191,85 @@ class DeviceCertificate(models.Model):
 
     def __str__(self):
         return f"{self.device} #{self.serial[:12]}"
+
+
+# --- fleet provisioning by claim (devices.claims) ----------------------------------------------------
+
+
+class ProvisioningTemplate(models.Model):
+    """What a device registering with one of the template's claims becomes: its id (device_id_prefix +
+    its serial), tags, initial desired state (classic and named shadows) and credential."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="provisioning_templates")
+    name = models.CharField(max_length=PROVISIONING_TEMPLATE_NAME.max_length)
+    description = models.TextField(blank=True, default="")
+    device_id_prefix = models.CharField(max_length=64, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    desired = models.JSONField(default=dict, blank=True)  # the classic shadow's initial desired state
+    shadows = models.JSONField(default=dict, blank=True)  # {shadow name: its initial desired state}
+    credential = models.CharField(max_length=16, choices=CredentialKind.choices, default=CredentialKind.TOKEN)
+    # null: any serial; else the serials that may register (a list, read with the template's row).
+    allowed_serials = models.JSONField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "provisioning_templates"
+        ordering = ["tenant_id", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="uniq_provisioning_template_tenant_name"),
+        ]
+
+    def __str__(self):
+        return f"{self.tenant_id}/{self.name}"
+
+
+class ProvisioningClaim(models.Model):
+    """A claim credential of a template, baked into firmware: a token (its sha256 digest here, the
+    token shown once), optionally limited in registrations and time, revocable."""
+
+    template = models.ForeignKey(ProvisioningTemplate, on_delete=models.CASCADE, related_name="claims")
+    token_hash = models.CharField(max_length=64, unique=True)
+    label = models.CharField(max_length=200, blank=True, default="")
+    max_registrations = models.PositiveIntegerField(null=True, blank=True)  # null: no limit
+    registrations = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "provisioning_claims"
+        ordering = ["template_id", "id"]
+        constraints = [
+            # The limit is kept by the guarded UPDATE of devices.claims; the database keeps it too.
+            models.CheckConstraint(
+                condition=Q(max_registrations__isnull=True) | Q(registrations__lte=F("max_registrations")),
+                name="provisioning_claim_within_limit",
+            ),
+        ]
+
+    def __str__(self):
+        return f"claim {self.pk} of {self.template}"
+
+
+class Registration(models.Model):
+    """A device registered by claim. Unique per (tenant, serial): a serial registers exactly once."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    serial = models.CharField(max_length=SERIAL.max_length)
+    claim = models.ForeignKey(ProvisioningClaim, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    template_name = models.CharField(max_length=PROVISIONING_TEMPLATE_NAME.max_length)  # kept if it is deleted
+    device = models.ForeignKey(Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    channel = models.CharField(max_length=16)  # http, mqtt
+    at = models.DateTimeField()
+
+    class Meta:
+        db_table = "provisioning_registrations"
+        ordering = ["tenant_id", "-at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "serial"], name="uniq_provisioning_registration_serial"),
+        ]
+
+    def __str__(self):
+        return f"{self.tenant_id}/{self.serial}"

@@ -37,6 +37,11 @@ DEVICE_ID = plain_id(128)
 JOB_ID = plain_id(64)
 DOCUMENT_TYPE = plain_id(64)
 TAG_KEY = plain_id(64)
+# Fleet provisioning by claim (devices.claims): a template's name, a device's serial (the template's
+# device_id_prefix + the serial is the new device's id, so both keep DEVICE_ID's characters).
+PROVISIONING_TEMPLATE_NAME = plain_id(64)
+SERIAL = plain_id(64)
+DEVICE_ID_PREFIX = IdRule(64, r"^[A-Za-z0-9_.:-]{0,64}$", "0-64 of A-Z a-z 0-9 _ . : -")
 # Named shadows, as AWS IoT allows them: no "$" (AWS reserves it), no "." (kept out of topics' way).
 SHADOW_NAME = IdRule(64, r"^[A-Za-z0-9:_-]{1,64}$", "1-64 of A-Z a-z 0-9 _ : -")
 # A client's request id (AWS clientToken): echoed in the answer; AWS refuses more than 64 bytes.
