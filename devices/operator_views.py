@@ -8,6 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from devices import bulk, services
+from devices.certificates import ca_certificate_pem, certificate_issue, certificates_revoke, identity
 from devices.filters import AuditFilter, DeviceFilter
 from devices.models import AuditEvent, Device
 from devices.selectors import audit_for_operator, device_for_operator, devices_for_operator, tenant_for_write
@@ -16,10 +17,14 @@ from devices.serializers import (
     BulkProvisionedSerializer,
     BulkProvisionSerializer,
     BulkRefusedSerializer,
+    CertificateRequestSerializer,
+    DeviceCertificateSerializer,
     DeviceSerializer,
     DeviceUpdateSerializer,
+    IssuedCertificateSerializer,
     ProvisionedSerializer,
     ProvisionSerializer,
+    RevokedSerializer,
     TokenSerializer,
 )
 from iotcloud.api.parsers import LimitedCSVParser, LimitedJSONParser
@@ -206,6 +211,43 @@ class DeviceViewSet(TenantScopedViewSet):
         device = self.get_object()
         token = services.device_rotate_token(device=device)
         return Response({"device_id": device.device_id, "provision_token": token})
+
+    @extend_schema(
+        operation_id="devices_certificate_issue",
+        request=CertificateRequestSerializer,
+        responses={201: IssuedCertificateSerializer, **ERRORS},
+        parameters=[TENANT_PARAM],
+        description="Issue an X.509 certificate for the device (CN '<tenant>/<device_id>', its broker username), "
+        "from its CSR or with a key pair made now (the private key returned only in this answer). The device's "
+        "previous certificates are revoked.",
+    )
+    @action(detail=True, methods=["post"])
+    def certificates(self, request, device_id=None):
+        body = CertificateRequestSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        device = self.get_object()
+        issued, key_pem = certificate_issue(device=device, csr_pem=body.validated_data.get("csr"))
+        data = {**DeviceCertificateSerializer(issued).data, "private_key_pem": key_pem,
+                "ca_certificate_pem": ca_certificate_pem(), "username": identity(device)}  # fmt: skip
+        return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+
+    @extend_schema(
+        operation_id="devices_certificates_list", responses={200: DeviceCertificateSerializer(many=True), **ERRORS},
+        parameters=[TENANT_PARAM], description="The device's certificates, newest first, revoked ones included.",
+    )  # fmt: skip
+    @certificates.mapping.get
+    def certificates_list(self, request, device_id=None):
+        rows = self.get_object().certificates.select_related("device").order_by("-created_at", "-pk")
+        return Response(DeviceCertificateSerializer(rows, many=True).data)
+
+    @extend_schema(
+        operation_id="devices_certificates_revoke", request=None, responses={200: RevokedSerializer, **ERRORS},
+        parameters=[TENANT_PARAM], description="Revoke every certificate of the device: the broker refuses them "
+        "at their next connect once it has reloaded the revocation list (manage.py broker_crl).",
+    )  # fmt: skip
+    @action(detail=True, methods=["post"], url_path="certificates/revoke")
+    def revoke_certificates(self, request, device_id=None):
+        return Response({"revoked": certificates_revoke(device=self.get_object(), reason="revoked by an operator")})
 
     @extend_schema(
         operation_id="devices_decommission",

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from devices.models import AuditEvent, Device
+from devices.models import AuditEvent, Device, DeviceCertificate
 from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictSerializer
 from iotcloud.api.serializers import ErrorSerializer
 from iotcloud.rules import DEVICE_ID
@@ -105,3 +105,35 @@ class BulkRefusedSerializer(ErrorSerializer):
     rows = BulkRowErrorSerializer(many=True, required=False, help_text="The rows refused (the first 100).")
     rows_refused = serializers.IntegerField(required=False, help_text="How many rows were refused in all.")
     rows_total = serializers.IntegerField(required=False, help_text="How many rows the upload had.")
+
+
+class CertificateRequestSerializer(StrictSerializer):
+    csr = StrictCharField(
+        required=False, allow_blank=False, max_length=16384, trim_whitespace=False,
+        help_text="The device's certificate signing request (PEM; subject CN empty or '<tenant>/<device_id>'). "
+        "Without it a key pair is made and its private key returned once.",
+    )  # fmt: skip
+
+
+class DeviceCertificateSerializer(serializers.ModelSerializer):
+    device_id = serializers.CharField(source="device.device_id", read_only=True)
+
+    class Meta:
+        model = DeviceCertificate
+        fields = ["device_id", "serial", "fingerprint", "not_after", "created_at", "revoked_at", "revoke_reason",
+                  "certificate_pem"]  # fmt: skip
+        read_only_fields = fields
+
+
+class IssuedCertificateSerializer(DeviceCertificateSerializer):
+    private_key_pem = serializers.CharField(allow_null=True, help_text="Only when no CSR was given; shown only now.")
+    ca_certificate_pem = serializers.CharField(help_text="The CA the broker trusts for device certificates.")
+    username = serializers.CharField(help_text="The broker username the certificate stands for (its CN).")
+
+    class Meta(DeviceCertificateSerializer.Meta):
+        fields = [*DeviceCertificateSerializer.Meta.fields, "private_key_pem", "ca_certificate_pem", "username"]
+        read_only_fields = fields
+
+
+class RevokedSerializer(serializers.Serializer):
+    revoked = serializers.IntegerField(help_text="How many certificates were revoked now.")

@@ -24,6 +24,7 @@ from knox.settings import knox_settings
 
 from devices.audit import audit_record, audit_rows, who
 from devices.bulk import BulkRow, RowError, RowsRefused, RowsTaken, shown_id
+from devices.certificates import certificates_revoke
 from devices.choices import DeviceStatus, Role
 from devices.models import Device, Membership, Tenant
 from devices.signals import device_decommissioned
@@ -435,6 +436,7 @@ def device_decommission(*, device: Device) -> Device:
     )
     if changed:
         audit_record(tenant_id=device.tenant_id, device_id=device.pk, action="device.decommission")
+        certificates_revoke(device=device, reason="device decommissioned")  # refused at their next connect
         device_decommissioned.send(sender=Device, device=device, reason="device decommissioned")  # jobs cancel theirs
         outbox.wake_delivery()
         outbox.twins_changed(device.tenant_id, [device.device_id])

@@ -67,6 +67,51 @@ def server_certificate(ca_cert, ca_key: PrivateKey, key: PrivateKey, hostnames: 
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def client_certificate(ca_cert, ca_key: PrivateKey, public_key, common_name: str, *, organization: str = "",
+                       days: int = 365, now: datetime | None = None):  # fmt: skip
+    """A TLS client certificate (a device's identity) for `public_key`, subject CN=`common_name`
+    (and O=`organization`), signed by the CA; its serial is random (what a CRL names)."""
+    now = now or datetime.now(UTC)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def revocation_list(ca_cert, ca_key: PrivateKey, revoked: list[tuple[int, datetime]], *, days: int = 7,
+                    now: datetime | None = None):  # fmt: skip
+    """The CA's certificate revocation list: (serial, revoked at) of every revoked certificate."""
+    now = now or datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=days))
+    )
+    for serial, at in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def crl_pem(crl) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
 def certificate_pem(cert) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 

@@ -34,6 +34,13 @@ def plain_id(max_length: int) -> IdRule:
 
 TENANT_ID = IdRule(63, r"^[a-z0-9](?:[a-z0-9_-]{0,62})$", "1-63 of a-z 0-9 _ - starting with a letter or digit")
 DEVICE_ID = plain_id(128)
+
+
+def device_login(tenant_id: str, device_id: str) -> str:
+    """A device's name on the broker: its username, its client id and its certificate's CN."""
+    return f"{tenant_id}/{device_id}"
+
+
 JOB_ID = plain_id(64)
 DOCUMENT_TYPE = plain_id(64)
 TAG_KEY = plain_id(64)

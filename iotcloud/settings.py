@@ -314,6 +314,9 @@ TWIN_EVENTS_FOR_SEED_REPORTS = env.bool("TWIN_EVENTS_FOR_SEED_REPORTS", default=
 # does not turn every GET into a write.
 DEVICE_LAST_SEEN_RESOLUTION = timedelta(seconds=env.int("DEVICE_LAST_SEEN_RESOLUTION_SECONDS", default=60))
 DEVICE_MAX_TAGS = env.int("DEVICE_MAX_TAGS", default=32)
+# X.509 device certificates (devices.certificates): days a device certificate and the platform CA are valid.
+DEVICE_CERTIFICATE_DAYS = env.int("DEVICE_CERTIFICATE_DAYS", default=365)
+DEVICE_CA_DAYS = env.int("DEVICE_CA_DAYS", default=3650)
 # Bulk provisioning (POST /customer/devices/bulk, the admin's "Provision devices from a file"): at most
 # this many devices per call, in a body or file (JSON or CSV) of at most this many bytes.
 DEVICES_BULK_MAX_ROWS = env.int("DEVICES_BULK_MAX_ROWS", default=10_000)

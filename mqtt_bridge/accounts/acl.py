@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iotcloud.rules import device_login
 from mqtt_bridge import topics
 
 PUBLISH = "publish"
@@ -39,7 +40,7 @@ class Grant:
 
 
 def device_username(tenant_id: str, device_id: str) -> str:
-    return f"{tenant_id}/{device_id}"
+    return device_login(tenant_id, device_id)  # also its certificate's CN (devices.certificates)
 
 
 def device_client_id(tenant_id: str, device_id: str) -> str:
