@@ -190,6 +190,7 @@ def _warn_cache_down() -> None:
 def reset_device_rate_limits() -> None:
     """Forget every device's bucket (tests; an operator after changing the limit). Other cache keys stay."""
     MQTT_REPORT_BUCKETS.clear()
+    CLAIM_MQTT_BUCKETS.clear()
     cache = caches[DeviceRateThrottle.cache_alias]
     if not isinstance(cache, RedisCache):
         cache.clear()
@@ -246,3 +247,50 @@ class RateLimitedViewMixin:
         if isinstance(exc, RateLimited) and isinstance(response.data, dict):
             response.data.update(exc.extra)
         return response
+
+
+# --- claim tokens (fleet provisioning by claim) -------------------------------------------------------
+
+
+def claim_rate() -> Rate | None:
+    return parse_rate(
+        settings.CLAIM_RATE_LIMIT, settings.CLAIM_RATE_BURST, name="CLAIM_RATE_LIMIT", burst_name="CLAIM_RATE_BURST"
+    )
+
+
+def claim_cache_key(token_digest: str) -> str:
+    return f"throttle:claim:{token_digest}"
+
+
+CLAIM_MQTT_BUCKETS = LocalBuckets()  # the bridge's registrations, per claim token, in this process
+
+
+class ClaimRegistrationLimited(RateLimited):
+    def __init__(self, rate: Rate, wait: int):
+        super().__init__(rate, wait)
+        self.detail = exceptions.ErrorDetail(
+            f"Rate limit exceeded: {rate.describe('registration').replace('per device', 'per claim')} "
+            f"(CLAIM_RATE_LIMIT). Retry in {self.wait} second{'' if self.wait == 1 else 's'}.",
+            code=self.default_code,
+        )
+
+
+class ClaimRateThrottle(DeviceRateThrottle):
+    """Token bucket per claim token (its digest: the same bucket whatever the claim's state), before any lookup."""
+
+    def allow_request(self, request, view) -> bool:
+        from devices.tokens import hash_token
+
+        rate = claim_rate()
+        token = request.META.get("HTTP_X_CLAIM_TOKEN", "")
+        if rate is None or not token or len(token) > 256:
+            return True
+        now = int(self.timer() * MICROS)
+        try:
+            over = _take(caches[self.cache_alias], self.cache_alias, claim_cache_key(hash_token(token)), now, rate)
+        except Exception:  # the cache is down: let the request through (logged once a minute)
+            _warn_cache_down()
+            return True
+        if over <= 0:
+            return True
+        raise ClaimRegistrationLimited(rate, max(1, math.ceil(over / MICROS)))

@@ -12,3 +12,10 @@ def new_provision_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+CLAIM_PREFIX = "iotc_"  # claim tokens (devices.claims): baked into firmware, shared by a fleet
+
+
+def new_claim_token() -> str:
+    return CLAIM_PREFIX + secrets.token_urlsafe(32)

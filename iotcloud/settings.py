@@ -323,6 +323,13 @@ DEVICES_BULK_MAX_ROWS = env.int("DEVICES_BULK_MAX_ROWS", default=10_000)
 DEVICES_BULK_MAX_BYTES = env.int("DEVICES_BULK_MAX_BYTES", default=8 * 1024 * 1024)
 if DEVICES_BULK_MAX_ROWS < 1 or DEVICES_BULK_MAX_BYTES < 1:
     raise ImproperlyConfigured("DEVICES_BULK_MAX_ROWS and DEVICES_BULK_MAX_BYTES must be 1 or more")
+# Fleet provisioning by claim (devices.claims): serials on a template's allow-list, at most; and registrations
+# per claim token (POST /device/v1/register and MQTT), same syntax as DEVICE_RATE_LIMIT (empty or "0": off).
+PROVISIONING_MAX_ALLOWED_SERIALS = env.int("PROVISIONING_MAX_ALLOWED_SERIALS", default=10_000)
+CLAIM_RATE_LIMIT = env.str("CLAIM_RATE_LIMIT", default="10/s").strip().replace(" ", "")
+CLAIM_RATE_BURST = env.int("CLAIM_RATE_BURST", default=0)
+if CLAIM_RATE_LIMIT not in ("", "0") and not RATE_RE.fullmatch(CLAIM_RATE_LIMIT):
+    raise ImproperlyConfigured(f'CLAIM_RATE_LIMIT must look like "10/s" or "600/m", not {CLAIM_RATE_LIMIT!r}')
 
 # --- Jobs ------------------------------------------------------------------------
 JOB_MAX_DOCUMENT_BYTES = env.int("JOB_MAX_DOCUMENT_BYTES", default=32 * 1024)

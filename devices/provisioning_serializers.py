@@ -1,0 +1,107 @@
+"""Fleet provisioning by claim (devices.claims): the operator API's templates, claims and registrations,
+and the device's registration. The rules are the service's; these declare the shapes."""
+
+from rest_framework import serializers
+
+from devices.choices import CredentialKind
+from devices.models import ProvisioningClaim, ProvisioningTemplate, Registration
+from iotcloud.api.fields import JSONObjectField, StrictCharField, StrictIntegerField, StrictSerializer
+from iotcloud.rules import DEVICE_ID_PREFIX, PROVISIONING_TEMPLATE_NAME, SERIAL
+
+
+class ProvisioningTemplateSerializer(serializers.ModelSerializer):
+    tenant = serializers.CharField(source="tenant_id", read_only=True)
+    allowed_serials = serializers.ListField(child=serializers.CharField(), allow_null=True)
+
+    class Meta:
+        model = ProvisioningTemplate
+        fields = ["name", "tenant", "description", "device_id_prefix", "tags", "desired", "shadows", "credential",
+                  "allowed_serials", "enabled", "created_at", "updated_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class ProvisioningTemplateWriteSerializer(StrictSerializer):
+    name = StrictCharField(allow_blank=True, help_text=f"{PROVISIONING_TEMPLATE_NAME.text}; unique in the tenant.")
+    description = StrictCharField(required=False, allow_blank=True, max_length=2000)
+    device_id_prefix = StrictCharField(
+        required=False,
+        allow_blank=True,
+        help_text=f"{DEVICE_ID_PREFIX.text}: a device's id is the prefix + its serial.",
+    )
+    tags = JSONObjectField(required=False, help_text="Tags every registered device gets.")
+    desired = JSONObjectField(required=False, help_text="The classic shadow's initial desired state.")
+    shadows = JSONObjectField(required=False, help_text='Named shadows\' initial desired state: {"config": {...}}.')
+    credential = serializers.ChoiceField(
+        choices=CredentialKind.choices, required=False, help_text="The identity issued: a provision token."
+    )
+    allowed_serials = serializers.ListField(
+        child=serializers.JSONField(), allow_null=True, required=False,
+        help_text=f"Only these serials ({SERIAL.text}) may register; null or absent: any serial.",
+    )  # fmt: skip
+    enabled = serializers.BooleanField(required=False, help_text="false: no claim of it registers anybody.")
+    tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create it in.")
+
+
+class ProvisioningTemplateUpdateSerializer(ProvisioningTemplateWriteSerializer):
+    name = StrictCharField(required=False, allow_blank=True, help_text=PROVISIONING_TEMPLATE_NAME.text)
+    tenant = None
+
+
+class ClaimSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(read_only=True)
+    template = serializers.CharField(source="template.name", read_only=True)
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ProvisioningClaim
+        fields = ["id", "template", "label", "status", "max_registrations", "registrations", "expires_at",
+                  "revoked_at", "created_at"]  # fmt: skip
+        read_only_fields = fields
+
+    def get_status(self, claim) -> str:
+        from django.utils import timezone
+
+        if claim.revoked_at is not None:
+            return "revoked"
+        if claim.expires_at is not None and claim.expires_at <= timezone.now():
+            return "expired"
+        if claim.max_registrations is not None and claim.registrations >= claim.max_registrations:
+            return "exhausted"
+        return "active"
+
+
+class ClaimCreatedSerializer(ClaimSerializer):
+    claim_token = serializers.CharField(help_text="Shown once; bake it into the firmware.")
+
+    class Meta(ClaimSerializer.Meta):
+        fields = [*ClaimSerializer.Meta.fields, "claim_token"]
+        read_only_fields = fields
+
+
+class ClaimCreateSerializer(StrictSerializer):
+    label = StrictCharField(required=False, allow_blank=True, max_length=200, help_text="e.g. the factory or batch.")
+    max_registrations = StrictIntegerField(
+        required=False, allow_null=True, min_value=1, help_text="At most this many devices register with it."
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="ISO 8601, with a time zone.")
+
+
+class RegistrationSerializer(serializers.ModelSerializer):
+    device_id = serializers.CharField(source="device.device_id", allow_null=True, default=None)
+    claim = serializers.IntegerField(source="claim_id", allow_null=True)
+    template = serializers.CharField(source="template_name")
+
+    class Meta:
+        model = Registration
+        fields = ["serial", "device_id", "template", "claim", "channel", "at"]
+        read_only_fields = fields
+
+
+class RegisterSerializer(StrictSerializer):
+    serial = StrictCharField(allow_blank=True, max_length=1024, help_text=f"The device's serial: {SERIAL.text}.")
+
+
+class RegisteredSerializer(serializers.Serializer):
+    tenant = serializers.CharField()
+    device_id = serializers.CharField()
+    provision_token = serializers.CharField(help_text="The device's own credential, shown once: store it.")

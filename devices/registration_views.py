@@ -1,0 +1,61 @@
+"""The device's side of fleet provisioning by claim: POST /device/v1/register (devices.claims.claim_register).
+
+The device has no identity yet: it presents the claim token baked into its firmware (`X-Claim-Token`) and
+its serial, and gets its own provision token back, once. Rate-limited per claim token (CLAIM_RATE_LIMIT).
+"""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices.claims import ClaimRefused, claim_register
+from devices.provisioning_serializers import RegisteredSerializer, RegisterSerializer
+from devices.throttling import ClaimRateThrottle, RateLimitedViewMixin
+from iotcloud.api.schema import error_responses
+
+CLAIM_HEADER = OpenApiParameter(
+    "X-Claim-Token", str, location=OpenApiParameter.HEADER, required=True,
+    description="The claim token (iotc_...) of a provisioning claim.",
+)  # fmt: skip
+
+
+class RegisterView(RateLimitedViewMixin, APIView):
+    authentication_classes = []  # the claim token is checked by the service, with its distinct refusals
+    permission_classes = [AllowAny]
+    throttle_classes = [ClaimRateThrottle]
+    renderer_classes = [JSONRenderer]
+
+    @extend_schema(
+        operation_id="device_register",
+        auth=[],
+        parameters=[CLAIM_HEADER],
+        request=RegisterSerializer,
+        responses={201: RegisteredSerializer, **error_responses(400, 401, 403, 409, 413, 429)},
+        description="Register a device by claim: its identity (tenant, device id, provision token) comes back "
+        "this once. 401 invalid_claim / claim_revoked / claim_expired; 403 template_disabled, serial_not_allowed, "
+        "claim_exhausted; 409 serial_registered (a serial registers once), device_exists; 429 over CLAIM_RATE_LIMIT.",
+    )
+    def post(self, request):
+        token = request.META.get("HTTP_X_CLAIM_TOKEN", "")
+        if not token:
+            raise ClaimRefused("Missing claim token: send X-Claim-Token", code="missing_claim_token")
+        body = RegisterSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        registered = claim_register(claim_token=token, serial=body.validated_data["serial"], channel="http")
+        device = registered.device
+        data = {
+            "tenant": device.tenant_id,
+            "device_id": device.device_id,
+            "provision_token": registered.provision_token,
+        }
+        return Response(RegisteredSerializer(data).data, status=status.HTTP_201_CREATED,
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        if response.status_code == status.HTTP_401_UNAUTHORIZED:
+            response["WWW-Authenticate"] = 'ClaimToken header="X-Claim-Token"'
+        return response
