@@ -11,7 +11,7 @@ RUN DEBUG=false SECRET_KEY=build-only-not-a-secret ALLOWED_HOSTS=build.invalid M
     python manage.py collectstatic --noinput --verbosity 0
 # Run as an unprivileged user with a fixed uid (for volumes); the code stays read-only to it.
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin iotcloud \
-    && mkdir -p /app/var && chown iotcloud /app/var
+    && mkdir -p /app/var /device-ca && chown iotcloud /app/var /device-ca
 USER iotcloud
 EXPOSE 8000 8080
 # Health checks are per service in docker-compose.yml (python + urllib, no curl needed):

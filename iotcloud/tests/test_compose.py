@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+from iotcloud import pki
 from mqtt_bridge.dev_tls import ensure_dev_tls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,7 +262,8 @@ def test_dynsec_conf():
         assert line in lines, line
     mosquitto = SERVICES["mosquitto"]
     assert "./mqtt_bridge/mosquitto-dynsec.conf:/mosquitto/config/iotcloud.conf:ro" in mosquitto["volumes"]
-    assert mosquitto["command"] == "mosquitto -c /mosquitto/config/iotcloud.conf"
+    assert " ".join(mosquitto["command"]).startswith("sh -c mosquitto -c /mosquitto/config/iotcloud.conf &")
+    assert "kill -HUP" in mosquitto["command"][2]  # the revocation list is read again when it changes
     assert depends_on("mosquitto")["mosquitto-init"] == {"condition": "service_completed_successfully"}
     init = "\n".join(SERVICES["mosquitto-init"]["command"])
     assert "mosquitto_ctrl dynsec init" in init and "/mosquitto/data/dynamic-security.json" in init
@@ -322,7 +324,12 @@ def dynsec_broker(tmp_path):
     tls_port = free_port()
     tls, _ = ensure_dev_tls(tmp_path / "tls")  # what compose's tls-init makes (manage.py tls_dev_ca)
     conf = conf.replace(DYNSEC_PLUGIN_IMAGE, DYNSEC_PLUGIN_LOCAL).replace("/mosquitto/data/", f"{tmp_path}/")
-    conf = conf.replace("/mosquitto/tls/", f"{tmp_path}/tls/")
+    conf = conf.replace("/mosquitto/tls/", f"{tmp_path}/tls/").replace("/mosquitto/device-ca/", f"{tmp_path}/tls/")
+    (tmp_path / "tls" / "device-ca.crt").write_bytes(tls.ca_file.read_bytes())  # as device-ca writes them
+    ca_key, ca_cert = pki.load_key(tls.ca_key), pki.load_certificate(tls.ca_file)
+    (tmp_path / "tls" / "device-crl.pem").write_bytes(pki.crl_pem(pki.revocation_list(ca_cert, ca_key, [])))
+    cert_port = free_port()
+    conf = re.sub(r"^listener 8884$", f"listener {cert_port} 127.0.0.1", conf, flags=re.M)
     conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
     conf = re.sub(r"^listener 8883$", f"listener {tls_port} 127.0.0.1", conf, flags=re.M)
     conf += f"\nuser {getpass.getuser()}\n"  # as root, mosquitto would switch to a user who cannot write tmp_path
@@ -346,6 +353,8 @@ def dynsec_broker(tmp_path):
             "dir": tmp_path,
             "tls_port": tls_port,
             "ca_file": str(tls.ca_file),
+            "cert_port": cert_port,
+            "tls": tls,
         }
     finally:
         process.terminate()
@@ -431,9 +440,43 @@ def test_devices_reach_the_compose_broker_over_tls_only(dynsec_broker):
         assert not plain.ok
     finally:
         plain.close()
-    assert SERVICES["mosquitto"]["ports"] == ["${MQTT_TLS_PORT:-8883}:8883"]
+    assert SERVICES["mosquitto"]["ports"] == ["${MQTT_TLS_PORT:-8883}:8883", "${MQTT_CERT_PORT:-8884}:8884"]
     assert SERVICES["mosquitto"]["depends_on"]["tls-init"] == {"condition": "service_completed_successfully"}
     assert "manage.py tls_dev_ca --dir /tls" in " ".join(SERVICES["tls-init"]["command"])
+
+
+def test_certificate_devices_log_in_on_8884_as_their_cn_with_its_accounts_rights(dynsec_broker, tmp_path):
+    """8884 wants a certificate from the device CA; its CN is the dynamic-security username, so the
+    account's ACL applies (here the bridge's account, the only one the fixture has)."""
+    tls, port = dynsec_broker["tls"], dynsec_broker["cert_port"]
+    ca_key, ca_cert = pki.load_key(tls.ca_key), pki.load_certificate(tls.ca_file)
+
+    def session(common_name):
+        key = pki.new_key()
+        cert = pki.client_certificate(ca_cert, ca_key, key.public_key(), common_name)
+        name = common_name.replace("/", "_")
+        cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        cert_file.write_bytes(pki.certificate_pem(cert))
+        pki.write_private(key_file, pki.key_pem(key))
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=common_name, protocol=mqtt.MQTTv5)
+        client.tls_set(ca_certs=dynsec_broker["ca_file"], certfile=str(cert_file), keyfile=str(key_file))
+        granted, answered = [], threading.Event()
+        client.on_subscribe = lambda c, u, mid, codes, p: (granted.extend(str(x) for x in codes), answered.set())
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.subscribe("tenant/acme/device/d1/shadow/reported", qos=1)
+        answered.wait(5)
+        client.disconnect()
+        client.loop_stop()
+        return granted
+
+    assert session(dynsec_broker["username"]) == ["Granted QoS 1"]  # the account's rights, no password
+    assert session("acme/no-such-account") == ["Not authorized"]  # a certificate alone grants nothing
+    anonymous = Client(port, client_id="no-certificate", ca_file=dynsec_broker["ca_file"])
+    try:
+        assert not anonymous.ok  # no client certificate: the handshake fails
+    finally:
+        anonymous.close()
 
 
 def test_compose_health_checks_pass_against_the_broker(dynsec_broker):
