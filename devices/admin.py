@@ -569,3 +569,6 @@ class AuditEventAdmin(TenantScopedAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+from devices import provisioning_admin  # noqa: E402, F401  (fleet provisioning by claim: registers its admins)

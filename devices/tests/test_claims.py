@@ -381,3 +381,50 @@ def test_a_claim_limited_to_n_registers_exactly_n_under_concurrency(postgres_onl
     assert claim.registrations == 5
     assert Device.objects.filter(tenant=tenant).count() == Registration.objects.count() == 5
     assert AuditEvent.objects.filter(action="device.register").count() == 5
+
+
+# --- the admin -----------------------------------------------------------------------------------------
+
+
+def test_admin_templates_claims_shown_once_and_revoked(tenant, other_tenant, claim, template):
+    from iotcloud.testing import staff_client
+
+    alice = staff_client(tenant, "alice-admin")
+    add = "/admin/devices/provisioningtemplate/add/"
+    fields = {"tenant": tenant.pk, "name": "meters", "description": "", "device_id_prefix": "m-", "tags": '{"a": "b"}',
+              "desired": '{"x": 1}', "shadows": "{}", "credential": "token", "allowed_serials": "", "enabled": "on",
+              "claims-TOTAL_FORMS": "0", "claims-INITIAL_FORMS": "0"}  # fmt: skip
+    assert alice.post(add, fields).status_code == 302
+    meters = claims.templates_for_operator(alice.user).get(name="meters")
+    assert meters.tags == {"a": "b"} and meters.desired == {"x": 1} and meters.allowed_serials is None
+    refused = alice.post(add, {**fields, "name": "bad", "device_id_prefix": "a/b"})
+    assert refused.status_code == 200 and b"device_id_prefix" in refused.content
+    assert alice.post(add, {**fields, "name": "deep", "desired": '{"a": [[[[[[1]]]]]]}'}).status_code == 200
+    assert not claims.templates_for_operator(alice.user).filter(name__in=["bad", "deep"]).exists()
+    change = alice.post(f"/admin/devices/provisioningtemplate/{meters.pk}/change/",
+                        {**fields, "enabled": "", "allowed_serials": '["S1"]'})  # fmt: skip
+    assert change.status_code == 302
+    meters.refresh_from_db()
+    assert meters.enabled is False and meters.allowed_serials == ["S1"]
+
+    page = alice.post(f"/admin/devices/provisioningtemplate/{meters.pk}/new-claim/", {"max_registrations": "5"})
+    assert page.status_code == 200 and "no-store" in page["Cache-Control"]
+    token = page.context["token"]
+    assert token.startswith("iotc_") and token.encode() in page.content
+    new = ProvisioningClaim.objects.get(token_hash=hash_token(token))
+    assert new.max_registrations == 5
+    assert token.encode() not in alice.get(f"/admin/devices/provisioningtemplate/{meters.pk}/change/").content
+    revoke = f"/admin/devices/provisioningtemplate/{meters.pk}/claims/{new.pk}/revoke/"
+    assert alice.get(revoke).status_code == 200
+    assert alice.post(revoke).status_code == 302
+    assert ProvisioningClaim.objects.get(pk=new.pk).revoked_at is not None
+
+    register(claim.token, "SN-1", expect=201)
+    assert b"SN-1" in alice.get("/admin/devices/registration/").content
+    # Another tenant's operator sees none of it.
+    bob = staff_client(other_tenant, "bob-admin")
+    assert bob.get(f"/admin/devices/provisioningtemplate/{meters.pk}/change/").status_code in (302, 404)
+    assert bob.get(f"/admin/devices/provisioningtemplate/{meters.pk}/new-claim/").status_code == 404
+    assert bob.post(f"/admin/devices/provisioningtemplate/{template.pk}/claims/{claim.pk}/revoke/").status_code == 404
+    assert b"SN-1" not in bob.get("/admin/devices/registration/").content
+    assert ProvisioningClaim.objects.get(pk=claim.pk).revoked_at is None
