@@ -10,12 +10,16 @@ invalid base64 or UTF-8, a megabyte of it) the answer is that 401, never a
 axes' columns have a length) or a decoder that could raise.
 """
 
+import ipaddress
 import re
+from urllib.parse import unquote
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from knox.auth import TokenAuthentication
 from rest_framework import authentication, exceptions
 
+from devices.certificates import device_for_certificate
 from devices.models import Device
 from devices.selectors import active_device_for_token
 from devices.services import device_touch
@@ -27,6 +31,7 @@ BEARER_TOKEN_RE = re.compile(rb"[!-~]{1,256}")
 # refused before it reaches the database, so it cannot exist; this also keeps NUL away from PostgreSQL.
 LOGIN_USERNAME_RE = re.compile(r"[\w.@+-]{1,150}")
 MAX_PASSWORD_LENGTH = 4096
+MAX_FORWARDED_CERT = 32 * 1024  # a URL-escaped PEM certificate is a few KiB
 
 
 class ProvisionTokenAuthentication(authentication.BaseAuthentication):
@@ -42,6 +47,33 @@ class ProvisionTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'ProvisionToken header="X-Provision-Token"'
+
+
+class ClientCertificateAuthentication(authentication.BaseAuthentication):
+    """A device's X.509 certificate, as a TLS proxy that verified it forwards it (DEVICE_CERT_HEADER,
+    URL-escaped PEM: nginx's $ssl_client_escaped_cert). Taken only from DEVICE_CERT_PROXIES' addresses;
+    from anyone else the header is ignored (the provision token is then needed as usual)."""
+
+    def authenticate(self, request):
+        raw = request.META.get(settings.DEVICE_CERT_META)
+        if raw is None or not _from_certificate_proxy(request.META.get("REMOTE_ADDR", "")):
+            return None
+        device = device_for_certificate(unquote(raw).strip()) if len(raw) <= MAX_FORWARDED_CERT else None
+        if device is None:
+            raise exceptions.AuthenticationFailed("Invalid client certificate", code="invalid_certificate")
+        device_touch(device=device)
+        return DevicePrincipal(device), None
+
+    def authenticate_header(self, request):
+        return 'ProvisionToken header="X-Provision-Token"'
+
+
+def _from_certificate_proxy(address: str) -> bool:
+    try:
+        peer = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(peer in network for network in settings.DEVICE_CERT_PROXY_NETWORKS)
 
 
 class DevicePrincipal:

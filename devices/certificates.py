@@ -157,3 +157,19 @@ def revocation_list_pem(*, now: datetime | None = None) -> str:
     revoked = DeviceCertificate.objects.filter(revoked_at__isnull=False, not_after__gt=now)
     entries = [(int(serial, 16), at) for serial, at in revoked.values_list("serial", "revoked_at")]
     return pki.crl_pem(pki.revocation_list(ca_cert, ca_key, entries, now=now)).decode()
+
+
+def device_for_certificate(pem: str, *, now: datetime | None = None) -> Device | None:
+    """The active device this certificate (PEM, as a TLS proxy forwards it) was issued to, if it is
+    one of ours, not revoked and not expired; None for anything else (garbage included)."""
+    if not pem or len(pem) > MAX_CSR_BYTES * 2:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    issued = (DeviceCertificate.objects.select_related("device", "device__tenant")
+              .filter(fingerprint=fingerprint, revoked_at__isnull=True, not_after__gt=now or timezone.now(),
+                      device__status=DeviceStatus.ACTIVE).first())  # fmt: skip
+    return issued.device if issued is not None else None

@@ -13,6 +13,18 @@ class ProvisionTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "apiKey", "in": "header", "name": "X-Provision-Token"}
 
 
+class ClientCertificateScheme(OpenApiAuthenticationExtension):
+    target_class = "devices.authentication.ClientCertificateAuthentication"
+    name = "ClientCertificate"
+
+    def get_security_definition(self, auto_schema):
+        from django.conf import settings
+
+        return {"type": "apiKey", "in": "header", "name": settings.DEVICE_CERT_HEADER,
+                "description": "The device's X.509 certificate (URL-escaped PEM), set by a TLS proxy that verified "
+                "it; accepted only from DEVICE_CERT_PROXIES."}  # fmt: skip
+
+
 class OperatorTokenScheme(KnoxTokenScheme):
     target_class = "devices.authentication.OperatorTokenAuthentication"
 

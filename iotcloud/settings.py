@@ -8,6 +8,7 @@ off fails fast instead of running with a guessable key.
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import socket
 from datetime import timedelta
@@ -317,6 +318,16 @@ DEVICE_MAX_TAGS = env.int("DEVICE_MAX_TAGS", default=32)
 # X.509 device certificates (devices.certificates): days a device certificate and the platform CA are valid.
 DEVICE_CERTIFICATE_DAYS = env.int("DEVICE_CERTIFICATE_DAYS", default=365)
 DEVICE_CA_DAYS = env.int("DEVICE_CA_DAYS", default=3650)
+# The device HTTP API takes a device's certificate from a TLS proxy that verified it: in this header
+# (URL-escaped PEM, nginx's $ssl_client_escaped_cert), only from these addresses or networks
+# (comma-separated, e.g. "10.0.0.5,10.1.0.0/16"); empty: never (the default).
+DEVICE_CERT_HEADER = env.str("DEVICE_CERT_HEADER", default="X-Client-Certificate")
+DEVICE_CERT_META = "HTTP_" + DEVICE_CERT_HEADER.upper().replace("-", "_")
+try:
+    DEVICE_CERT_PROXY_NETWORKS = [ipaddress.ip_network(n.strip(), strict=False)
+                                  for n in env.list("DEVICE_CERT_PROXIES", default=[]) if n.strip()]  # fmt: skip
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DEVICE_CERT_PROXIES: {exc}") from None
 # Bulk provisioning (POST /customer/devices/bulk, the admin's "Provision devices from a file"): at most
 # this many devices per call, in a body or file (JSON or CSV) of at most this many bytes.
 DEVICES_BULK_MAX_ROWS = env.int("DEVICES_BULK_MAX_ROWS", default=10_000)

@@ -13,7 +13,7 @@ from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from devices.authentication import ProvisionTokenAuthentication
+from devices.authentication import ClientCertificateAuthentication, ProvisionTokenAuthentication
 from devices.permissions import IsDevice
 from devices.throttling import RateLimitedViewMixin
 from iotcloud.errors import InvalidInput
@@ -149,7 +149,8 @@ class TenantScopedViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 class DeviceAPIView(RateLimitedViewMixin, APIView):
     """Device endpoints: provision-token auth, per-device rate limit (DEVICE_RATE_LIMIT), JSON only."""
 
-    authentication_classes = [ProvisionTokenAuthentication]
+    # A TLS proxy's forwarded certificate (from DEVICE_CERT_PROXIES only), else the provision token.
+    authentication_classes = [ClientCertificateAuthentication, ProvisionTokenAuthentication]
     permission_classes = [IsDevice]
     renderer_classes = [JSONRenderer]  # devices speak JSON; no browsable-API negotiation on the hot path
 

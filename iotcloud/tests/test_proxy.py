@@ -222,6 +222,7 @@ SPOOFED = {
     "X-Forwarded-Port": "443",
     "Forwarded": "for=203.0.113.9;proto=https",
     "X-Real-IP": "203.0.113.9",
+    "X-Client-Certificate": "-----BEGIN%20CERTIFICATE-----%0Aforged",  # only a TLS proxy that verified one
 }
 
 
@@ -279,7 +280,7 @@ def test_routes_and_forwarded_headers(proxy, path, upstream):
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-real-ip"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
-    for name in ("x-forwarded-host", "x-forwarded-port", "forwarded"):
+    for name in ("x-forwarded-host", "x-forwarded-port", "forwarded", "x-client-certificate"):
         assert name not in headers, name
 
 
