@@ -78,6 +78,11 @@ def ca_certificate_pem() -> str:
 
 def check_csr(csr_pem, device: Device):
     """The CSR's public key, if the CSR is one this device may have signed; InvalidInput naming why not."""
+    return check_csr_for(csr_pem, identity(device))
+
+
+def check_csr_for(csr_pem, login: str):
+    """check_csr for the device whose login (tenant/device id) this is, before it exists."""
     if not isinstance(csr_pem, str):
         raise InvalidInput("csr must be a PEM string (-----BEGIN CERTIFICATE REQUEST-----...)", code="invalid_csr")
     if len(csr_pem.encode()) > MAX_CSR_BYTES:
@@ -101,9 +106,9 @@ def check_csr(csr_pem, device: Device):
         raise InvalidInput("csr key must be EC (secp256r1, secp384r1) or RSA", code="invalid_csr_key")
     names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     common = names[0].value if names else None
-    if common not in (None, identity(device)) or len(names) > 1:
-        raise InvalidInput(f"csr subject CN={common!r} is not this device: leave it empty or use "
-                           f"{identity(device)!r}", code="csr_subject_mismatch")  # fmt: skip
+    if common not in (None, login) or len(names) > 1:
+        raise InvalidInput(f"csr subject CN={common!r} is not this device: leave it empty or use {login!r}",
+                           code="csr_subject_mismatch")  # fmt: skip
     return key
 
 

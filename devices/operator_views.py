@@ -1,5 +1,6 @@
 """Operator device API: list, provision (one, or many from JSON or CSV), detail, tags, rotate token, decommission."""
 
+from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -8,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from devices import bulk, services
-from devices.certificates import ca_certificate_pem, certificate_issue, certificates_revoke, identity
+from devices.certificates import ca_certificate_pem, certificate_issue, certificates_revoke, check_csr_for, identity
 from devices.filters import AuditFilter, DeviceFilter
 from devices.models import AuditEvent, Device
 from devices.selectors import audit_for_operator, device_for_operator, devices_for_operator, tenant_for_write
@@ -34,6 +35,7 @@ from iotcloud.api.serializers import ErrorSerializer
 from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
 from iotcloud.errors import InvalidInput
 from iotcloud.limits import setting_limit
+from iotcloud.rules import device_login
 
 
 class BulkJSONParser(LimitedJSONParser):
@@ -120,12 +122,24 @@ class DeviceViewSet(TenantScopedViewSet):
     def create(self, request):
         body = ProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        tenant = tenant_for_write(request.user, body.validated_data.get("tenant"))
-        device, token = services.device_provision(
-            tenant=tenant, device_id=body.validated_data["device_id"], tags=body.validated_data.get("tags")
-        )
+        data = body.validated_data
+        tenant = tenant_for_write(request.user, data.get("tenant"))
+        csr = data.get("csr")
+        if csr is not None:  # refused before anything exists: nothing half-created
+            check_csr_for(csr, device_login(tenant.id, data["device_id"]))
+        with transaction.atomic():  # the device and its certificate, or neither
+            device, token = services.device_provision(tenant=tenant, device_id=data["device_id"], tags=data.get("tags"))
+            issued = certificate_issue(device=device, csr_pem=csr) if csr is not None or data["certificate"] else None
         device.provision_token = token
-        return Response(ProvisionedSerializer(device).data, status=status.HTTP_201_CREATED)
+        answer = ProvisionedSerializer(device).data
+        if issued is not None:
+            answer["certificate"] = self._issued(device, *issued)
+        return Response(answer, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+
+    @staticmethod
+    def _issued(device, certificate, key_pem) -> dict:
+        return {**DeviceCertificateSerializer(certificate).data, "private_key_pem": key_pem,
+                "ca_certificate_pem": ca_certificate_pem(), "username": identity(device)}  # fmt: skip
 
     @extend_schema(
         operation_id="devices_provision_bulk",
@@ -226,10 +240,9 @@ class DeviceViewSet(TenantScopedViewSet):
         body = CertificateRequestSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         device = self.get_object()
-        issued, key_pem = certificate_issue(device=device, csr_pem=body.validated_data.get("csr"))
-        data = {**DeviceCertificateSerializer(issued).data, "private_key_pem": key_pem,
-                "ca_certificate_pem": ca_certificate_pem(), "username": identity(device)}  # fmt: skip
-        return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+        issued = certificate_issue(device=device, csr_pem=body.validated_data.get("csr"))
+        return Response(self._issued(device, *issued), status=status.HTTP_201_CREATED,
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
 
     @extend_schema(
         operation_id="devices_certificates_list", responses={200: DeviceCertificateSerializer(many=True), **ERRORS},

@@ -40,13 +40,31 @@ class ProvisionSerializer(StrictSerializer):
     device_id = StrictCharField(allow_blank=True, help_text=f"{DEVICE_ID.text} (no / + #).")
     tags = JSONObjectField(required=False, help_text='Flat string tags, e.g. {"site": "paris"}.')
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to provision into.")
+    certificate = serializers.BooleanField(
+        required=False, default=False, help_text="Also issue an X.509 certificate (a key pair made now, its private "
+        "key returned once), or give csr.",
+    )  # fmt: skip
+    csr = StrictCharField(
+        required=False,
+        allow_blank=False,
+        max_length=16384,
+        trim_whitespace=False,
+        help_text="The device's CSR: a certificate is issued for its key (implies certificate).",
+    )
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "certificate" in data and not isinstance(data["certificate"], bool):
+            raise serializers.ValidationError({"certificate": ["Must be true or false."]})
+        return super().to_internal_value(data)
 
 
 class ProvisionedSerializer(DeviceSerializer):
     provision_token = serializers.CharField(help_text="Shown once; store it on the device.")
+    certificate = serializers.JSONField(required=False, help_text="With certificate or csr: as "
+                                        "POST /customer/devices/{id}/certificates answers.")  # fmt: skip
 
     class Meta(DeviceSerializer.Meta):
-        fields = [*DeviceSerializer.Meta.fields, "provision_token"]
+        fields = [*DeviceSerializer.Meta.fields, "provision_token", "certificate"]
         read_only_fields = fields
 
 

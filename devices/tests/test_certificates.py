@@ -138,3 +138,25 @@ def test_broker_crl_writes_the_ca_and_the_list(tmp_path, tenant, make_device, ca
     assert [format(r.serial_number, "x") for r in crl] == [issued.serial]
     ca = x509.load_pem_x509_certificate((tmp_path / "device-ca.crt").read_bytes())
     assert ca == platform_ca()[0]
+
+
+def test_a_device_provisioned_with_a_certificate_gets_it_in_the_same_answer(operator, tenant):
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = operator.post("/customer/devices", {"device_id": "pump-9", "csr": csr_pem(key)}, expect=201).json()
+    cert = x509.load_pem_x509_certificate(body["certificate"]["certificate_pem"].encode())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert body["provision_token"] and body["certificate"]["username"] == f"{tenant.id}/pump-9"
+    generated = operator.post("/customer/devices", {"device_id": "pump-10", "certificate": True}, expect=201).json()
+    assert "PRIVATE KEY" in generated["certificate"]["private_key_pem"]
+    plain = operator.post("/customer/devices", {"device_id": "pump-11"}, expect=201).json()
+    assert plain.get("certificate") is None
+
+
+def test_a_bad_csr_at_provisioning_creates_nothing(operator, tenant):
+    from devices.models import Device
+
+    refused = operator.post("/customer/devices", {"device_id": "pump-9", "csr": csr_pem(None, "acme/other")},
+                            expect=400).json()  # fmt: skip
+    assert refused["code"] == "csr_subject_mismatch"
+    operator.post("/customer/devices", {"device_id": "pump-9", "certificate": "yes"}, expect=400)
+    assert not Device.objects.filter(device_id="pump-9").exists() and not DeviceCertificate.objects.exists()

@@ -45,7 +45,9 @@ def test_openapi_lists_every_route_with_its_methods(client):
     schemes = schema["components"]["securitySchemes"]
     assert schemes["ProvisionToken"] == {"type": "apiKey", "in": "header", "name": "X-Provision-Token"}
     device_ops = schema["paths"]["/device/v1/shadow"]["get"]
-    assert device_ops["security"] == [{"ProvisionToken": []}]
+    # Either credential: a certificate forwarded by a trusted TLS proxy, or the provision token.
+    assert device_ops["security"] == [{"ClientCertificate": []}, {"ProvisionToken": []}]
+    assert schemes["ClientCertificate"]["name"] == "X-Client-Certificate"
 
 
 def test_openapi_declares_the_device_rate_limit(client, settings):
