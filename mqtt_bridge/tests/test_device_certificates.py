@@ -188,3 +188,18 @@ def test_a_certificate_from_another_ca_is_refused(broker, fleet):
         assert not Session(broker, cert_file, key_file, client_id="acme/pump-7").connected
     finally:
         shutil.rmtree(ca_dir, ignore_errors=True)
+
+
+def test_an_expired_device_certificate_is_refused(broker, fleet, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from devices.certificates import platform_ca
+
+    ca_cert, ca_key = platform_ca()
+    key = pki.new_key()
+    old = pki.client_certificate(ca_cert, ca_key, key.public_key(), "acme/pump-7", organization="acme", days=1,
+                                 now=datetime.now(UTC) - timedelta(days=3))  # fmt: skip
+    cert_file, key_file = tmp_path / "expired.crt", tmp_path / "expired.key"
+    cert_file.write_bytes(pki.certificate_pem(old))
+    pki.write_private(key_file, pki.key_pem(key))
+    assert not Session(broker, cert_file, key_file, client_id="acme/pump-7").connected
