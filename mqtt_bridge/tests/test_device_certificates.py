@@ -35,7 +35,7 @@ ACL_ACCESS = {"publish": "write", "subscribe": "read", "receive": "read"}
 class CertificateMosquitto(PrivateMosquitto):
     """Mosquitto asking every client for a certificate from the device CA; ACLs per device username."""
 
-    def __init__(self, directory: Path, devices):
+    def __init__(self, directory: Path, devices, superusers=()):
         self.dir = directory
         self.port = free_port()
         server, _ = ensure_dev_tls(directory / "server")  # the broker's own certificate, as compose's tls-init
@@ -45,6 +45,8 @@ class CertificateMosquitto(PrivateMosquitto):
             acl += [
                 f"topic {ACL_ACCESS[g.action]} {g.pattern}" for g in device_grants(device.tenant_id, device.device_id)
             ]
+        for name in superusers:  # e.g. the bridge, with a client certificate of its own
+            acl += [f"user {name}", "topic readwrite #", "topic readwrite $aws/#"]
         (directory / "acl").write_text("\n".join(acl) + "\n")
         (directory / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\ncafile {directory}/device-ca.crt\ncertfile {server.cert_file}\n"
