@@ -57,8 +57,9 @@ def test_the_stock_sdk_logs_in_with_its_certificate_and_gets_its_shadow(broker, 
     bridge_cert = pki.client_certificate(ca_cert, ca_key, bridge_key.public_key(), BRIDGE_CN)
     bridge_files = write_pair(tmp_path, "bridge", pki.certificate_pem(bridge_cert).decode(),
                               pki.key_pem(bridge_key).decode())  # fmt: skip
+    cert, key = (str(f) for f in bridge_files)
     bridge = BrokerSettings(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(broker.server_ca),
-                            cert_file=str(bridge_files[0]), key_file=str(bridge_files[1]), protocol="3.1.1")  # fmt: skip
+                            cert_file=cert, key_file=key, protocol="3.1.1")  # fmt: skip
     start_bridge(bridge)
     twin_update_desired(device=device, document={"fan": 3})
 
