@@ -200,7 +200,7 @@ class Bridge:
         logger.info("connected to %s session_present=%s", self.broker, flags.session_present)
         # Subscribing here means every reconnect resubscribes: the seed's reports and the device
         # protocol's requests (MQTT_DIALECTS), in one SUBSCRIBE.
-        filters = [topics.REPORTED_FILTER, *topics.request_filters(settings.MQTT_DIALECTS)]
+        filters = [topics.REPORTED_FILTER, *topics.request_filters(settings.MQTT_DIALECTS), topics.REGISTRATION_FILTER]
         filters = [topics.subscription(f, self.shared_group) for f in filters]
         if self.protocol == V5:
             # retainAsPublished: a device's message published with the retain flag shows it at once,

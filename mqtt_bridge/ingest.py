@@ -24,6 +24,7 @@ from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
 from mqtt_bridge import topics
 from mqtt_bridge.jobs_api import aws_code as jobs_aws_code
 from mqtt_bridge.jobs_api import handle_jobs_requests
+from mqtt_bridge.provisioning_api import handle_registrations
 from mqtt_bridge.requests import Reply, rejection, token_of
 from mqtt_bridge.shadow_api import handle_shadow_requests
 from twin.services import Report, parse_report_payload, twin_record_reports
@@ -66,8 +67,17 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
     keys: list[tuple[str, str]] = []
     admitted = _admitted(messages)
     requests: list[tuple[int, topics.Request]] = []
+    registrations: list[tuple[int, topics.Registration]] = []
     for index, message in enumerate(messages):
         key = topics.parse_reported(message.topic)
+        registration = topics.parse_registration(message.topic) if key is None else None
+        if registration is not None:
+            if message.retained or not message.payload:  # replayed to every subscriber: never applied, cleared
+                refusal = _retained_or_over_rate(message, True) or InvalidInput("Empty message", code=EMPTY)
+                verdicts[index] = Verdict(message, refusal)
+            else:
+                registrations.append((index, registration))
+            continue
         if key is None:
             request = topics.parse_request(message.topic)
             if request is not None and request.dialect in settings.MQTT_DIALECTS:
@@ -93,6 +103,10 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
         verdicts[index] = Verdict(messages[index], error, key)
     if requests:
         _answer_requests(messages, requests, admitted, verdicts)
+    if registrations:
+        answers = handle_registrations([(request, messages[index].payload) for index, request in registrations])
+        for (index, _), reply in zip(registrations, answers, strict=True):
+            verdicts[index] = Verdict(messages[index], replies=(reply,))
     return verdicts  # type: ignore[return-value]
 
 

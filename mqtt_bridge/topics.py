@@ -90,6 +90,45 @@ def parse_canary(topic: str) -> str | None:
     return match.group(1) if match else None
 
 
+# --- fleet provisioning by claim (mqtt_bridge.provisioning_api) ----------------------------------
+# A device without an identity yet logs in with a claim token (mqtt_bridge.accounts.acl.claim_username)
+# and a client id of its choosing, `_claim/<tenant>/<session>`; it may only publish its registration
+# request and hear the answer, on topics of its session. Under PLATFORM_ROOT (not "$iotcloud/..."): the
+# bridge's account may use it in every deployment, and no device grant covers it.
+PROVISIONING_ROOT = f"{PLATFORM_ROOT}/provisioning"
+REGISTRATION_FILTER = f"{PROVISIONING_ROOT}/+/+/register"
+_REGISTRATION_RE = re.compile(rf"{PROVISIONING_ROOT}/({_ID})/({_ID})/register")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registration request, parsed from its topic (the payload carries the claim token and the serial)."""
+
+    topic: str
+    tenant_id: str
+    session: str
+
+    def reply_topic(self, outcome: str) -> str:
+        return f"{self.topic}/{outcome}"
+
+
+def registration(tenant_id: str, session: str) -> str:
+    """Device (with a claim) -> platform: register; answered on + /accepted or /rejected."""
+    return f"{PROVISIONING_ROOT}/{tenant_id}/{session}/register"
+
+
+def registration_replies(tenant_id: str, session: str) -> str:
+    """Filter: the answers to a session's registration (what its claim login may subscribe to)."""
+    return f"{registration(tenant_id, session)}/+"
+
+
+def parse_registration(topic: str) -> Registration | None:
+    match = _REGISTRATION_RE.fullmatch(topic)
+    if match is None or not TENANT_ID.matches(match[1]):
+        return None
+    return Registration(topic, match[1], match[2])
+
+
 # --- the device protocol: shadows and jobs, both dialects ------------------------------------------
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iotcloud.rules import device_login
+from iotcloud.rules import TENANT_ID, device_login, plain_id
 from mqtt_bridge import topics
 
 PUBLISH = "publish"
@@ -81,6 +81,63 @@ def device_may(action: str, tenant_id: str, device_id: str, topic: str) -> bool:
         # No shared subscriptions ($share/...) for devices: Mosquitto checks its ACL on the whole filter.
         return not topics.is_shared(topic) and valid_filter(topic) and any(filter_within(topic, p) for p in grants)
     return valid_topic(topic) and any(topic_matches(p, topic) for p in grants)
+
+
+# --- claim logins (fleet provisioning by claim) -------------------------------------------------------
+# A device not registered yet logs in as `_claim/<tenant>` with a claim token as password and the client
+# id `_claim/<tenant>/<session>` (session: its serial, or anything random). "_" starts no tenant id, so
+# no claim login is a device's, and its client id, which holds a "/" as no service account's does and
+# starts as no device's, can take over no session but another claim login's of the same tenant.
+CLAIM_USER_PREFIX = "_claim/"
+SESSION = plain_id(64)
+
+
+@dataclass(frozen=True)
+class ClaimLogin:
+    tenant_id: str
+
+
+def claim_username(tenant_id: str) -> str:
+    return f"{CLAIM_USER_PREFIX}{tenant_id}"
+
+
+def claim_client_id(tenant_id: str, session: str) -> str:
+    return f"{CLAIM_USER_PREFIX}{tenant_id}/{session}"
+
+
+def parse_claim_username(username: str) -> ClaimLogin | None:
+    if not isinstance(username, str) or not username.startswith(CLAIM_USER_PREFIX):
+        return None
+    tenant_id = username[len(CLAIM_USER_PREFIX) :]
+    return ClaimLogin(tenant_id) if TENANT_ID.matches(tenant_id) else None
+
+
+def claim_session(login: ClaimLogin, client_id: str | None) -> str | None:
+    """The session a claim login's client id names (`_claim/<tenant>/<session>`), or None if it names none."""
+    prefix = claim_client_id(login.tenant_id, "")
+    if not isinstance(client_id, str) or not client_id.startswith(prefix):
+        return None
+    session = client_id[len(prefix) :]
+    return session if SESSION.matches(session) else None
+
+
+def claim_grants(tenant_id: str, session: str) -> list[Grant]:
+    """A claim login may publish its registration and hear the answer: nothing else."""
+    replies = topics.registration_replies(tenant_id, session)
+    return [Grant(PUBLISH, topics.registration(tenant_id, session)), Grant(SUBSCRIBE, replies), Grant(RECEIVE, replies)]
+
+
+def claim_may(action: str, tenant_id: str, session: str, topic: str) -> bool:
+    return _may(claim_grants(tenant_id, session), action, topic)
+
+
+def _may(grants: list[Grant], action: str, topic: str) -> bool:
+    if action not in (PUBLISH, SUBSCRIBE, RECEIVE):
+        return False
+    patterns = [g.pattern for g in grants if g.action == action]
+    if action == SUBSCRIBE:
+        return not topics.is_shared(topic) and valid_filter(topic) and any(filter_within(topic, p) for p in patterns)
+    return valid_topic(topic) and any(topic_matches(p, topic) for p in patterns)
 
 
 def dynsec_acls(tenant_id: str, device_id: str) -> list[dict]:

@@ -8,6 +8,7 @@ import hmac
 from dataclasses import dataclass
 
 from devices.choices import DeviceStatus
+from devices.claims import claim_login_check
 from devices.models import Device
 from devices.selectors import active_device_for_token
 from mqtt_bridge.accounts import acl
@@ -32,6 +33,14 @@ def login_decision(username: str, password: str, client_id: str) -> Decision:
     if broker.username and username == broker.username:
         ok = hmac.compare_digest((password or "").encode(), (broker.password or "").encode())
         return Decision(ok, superuser=ok, reason="bridge" if ok else "bad bridge password")
+    claim = acl.parse_claim_username(username)
+    if claim is not None:  # fleet provisioning by claim: a device registering
+        if acl.claim_session(claim, client_id) is None:
+            return Decision(False, reason="a claim login must connect with client id _claim/<tenant>/<session>")
+        found = claim_login_check(password or "")
+        if found is None or found.template.tenant_id != claim.tenant_id:
+            return Decision(False, reason="unknown, revoked or expired claim, or another tenant's")
+        return Decision(True, reason="claim")
     login = acl.parse_username(username)
     if login is None:
         return Decision(False, reason="username is not <tenant>/<device>")
@@ -48,6 +57,13 @@ def topic_decision(username: str, action: str, topic: str, client_id: str | None
     broker sends it, must be the device's own, as at login.)"""
     if _bridge_username() and username == _bridge_username():
         return Decision(True, superuser=True, reason="bridge")
+    claim = acl.parse_claim_username(username)
+    if claim is not None:  # its rights follow from its client id: the broker must send it
+        session = acl.claim_session(claim, client_id)
+        if session is None:
+            return Decision(False, reason="a claim login's client id (_claim/<tenant>/<session>) is needed")
+        allowed = acl.claim_may(action, claim.tenant_id, session, topic)
+        return Decision(allowed, reason="own registration topic" if allowed else "not the session's topic")
     login = acl.parse_username(username)
     if login is None:
         return Decision(False, reason="username is not <tenant>/<device>")

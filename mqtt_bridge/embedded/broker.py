@@ -252,8 +252,8 @@ class _Broker(Broker):
         qos: int | None = None,
     ) -> None:
         principal = _principal_of(source_session)
-        if principal is not None and principal[0] == "device":
-            return  # devices only report: a retained report would be replayed to the bridge forever
+        if principal is not None and principal[0] in ("device", "claim"):
+            return  # devices only report (and register): a retained one would be replayed to the bridge forever
         await super().retain_message(source_session, topic_name, data, qos)
 
     async def _publish_session_retained_messages(self, session: Session) -> None:

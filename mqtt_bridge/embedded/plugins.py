@@ -24,7 +24,9 @@ from mqtt_bridge.accounts import acl
 logger = logging.getLogger(__name__)
 
 # Session.attributes keys (amqtt asks for namespaced keys).
-PRINCIPAL = "iotcloud.principal"  # ("service", username) or ("device", tenant_id, device_id)
+PRINCIPAL = (
+    "iotcloud.principal"  # ("service", username), ("device", tenant_id, device_id), ("claim", tenant_id, session)
+)
 
 
 def password_digest(secret: str) -> str:
@@ -44,6 +46,20 @@ def _lookup_device(tenant_id: str, device_id: str, token: str) -> bool:
     finally:
         # Logins are rare and the executor's threads live on: do not leave
         # an idle connection behind in each of them.
+        connection.close()
+
+
+def _lookup_claim(tenant_id: str, token: str) -> bool:
+    """Whether token is a usable claim token of tenant_id (fleet provisioning by claim; in a worker thread)."""
+    from django.db import close_old_connections, connection
+
+    from devices.claims import claim_login_check
+
+    close_old_connections()
+    try:
+        claim = claim_login_check(token)
+        return claim is not None and claim.template.tenant_id == tenant_id
+    finally:
         connection.close()
 
 
@@ -81,6 +97,16 @@ class IotcloudAuthPlugin(BaseAuthPlugin):
             return ("service", username) if hmac.compare_digest(password_digest(password), expected) else None
         if not self.config.device_auth:
             return None
+        claim = acl.parse_claim_username(username)
+        if claim is not None:
+            session = acl.claim_session(claim, client_id)
+            if session is None:
+                logger.info("MQTT connection refused: a claim login must use client id %r<session>, not %r",
+                            acl.claim_client_id(claim.tenant_id, ""), client_id)  # fmt: skip
+                return None
+            if await asyncio.to_thread(_lookup_claim, claim.tenant_id, password):
+                return ("claim", claim.tenant_id, session)
+            return None
         login = acl.parse_username(username)
         if login is None:
             return None
@@ -104,6 +130,11 @@ class IotcloudTopicPlugin(BaseTopicPlugin):
             return False
         if principal[0] == "service":
             return True
+        if principal[0] == "claim":
+            allowed = acl.claim_may(str(action), principal[1], principal[2], topic)
+            if not allowed and action != Action.RECEIVE:
+                logger.info("MQTT %s denied: claim login %s/%s topic %r", action, principal[1], principal[2], topic)
+            return allowed
         allowed = acl.device_may(str(action), principal[1], principal[2], topic)
         if not allowed and action != Action.RECEIVE:
             logger.info("MQTT %s denied: device %s/%s topic %r", action, principal[1], principal[2], topic)

@@ -1,0 +1,79 @@
+"""Fleet provisioning by claim over MQTT: a device registers and gets its identity (devices.claims.claim_register).
+
+    tenant/_iotcloud/provisioning/{tenant}/{session}/register     device -> platform, QoS 1, not retained
+        {"claim_token": "iotc_...", "serial": "SN-0001", "clientToken"?: "..."}
+    .../register/accepted    {"tenant", "device_id", "provision_token", "timestamp", "clientToken"?}
+    .../register/rejected    {"detail", "code", "status", "timestamp", "clientToken"?} (the HTTP API's refusals)
+
+The device logs in with its claim (mqtt_bridge.accounts.acl: username `_claim/{tenant}`, the claim token as
+password, client id `_claim/{tenant}/{session}`), which lets it publish this one topic and hear its answers.
+The bridge does not trust the login: the payload carries the claim token, checked again here, and the claim
+must be of the topic's tenant. Registrations run in the ingest batch's transaction, each in a savepoint of
+its own, and their answers are published once it has committed. Rate-limited per claim token
+(CLAIM_RATE_LIMIT, counted in each bridge process).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from devices.claims import ClaimRefused, claim_for_token, claim_register
+from devices.throttling import CLAIM_MQTT_BUCKETS, claim_rate
+from devices.tokens import hash_token
+from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
+from mqtt_bridge import topics
+from mqtt_bridge.requests import Reply, client_token, encode, parse_body, stamped, token_of
+
+logger = logging.getLogger(__name__)
+
+FIELDS = frozenset({"claim_token", "serial", "clientToken"})
+
+
+def handle_registrations(items: Sequence[tuple[topics.Registration, bytes]]) -> list[Reply]:
+    """One answer per registration request, in order."""
+    return [_handle(request, payload) for request, payload in items]
+
+
+def _handle(request: topics.Registration, payload: bytes) -> Reply:
+    try:
+        body = parse_body(payload)
+        token = client_token(body)
+    except DomainError as exc:
+        return _rejected(request, exc, token_of(payload))
+    try:
+        unknown = sorted(body.keys() - FIELDS)
+        if unknown:
+            raise InvalidInput(f"Unknown field(s) in a registration: {', '.join(map(repr, unknown))}", code="invalid")
+        claim_token = body.get("claim_token")
+        if not isinstance(claim_token, str) or not claim_token:
+            raise ClaimRefused('Missing claim token: send "claim_token", a string', code="missing_claim_token")
+        _check_rate(claim_token)
+        claim = claim_for_token(claim_token)
+        if claim is not None and claim.template.tenant_id != request.tenant_id:  # another tenant's: unknown here
+            raise ClaimRefused("Invalid claim token", code="invalid_claim")
+        registered = claim_register(claim_token=claim_token, serial=body.get("serial"), channel="mqtt")
+    except DomainError as exc:
+        return _rejected(request, exc, token)
+    device = registered.device
+    document = {
+        "tenant": device.tenant_id,
+        "device_id": device.device_id,
+        "provision_token": registered.provision_token,
+    }
+    return Reply(request.reply_topic(topics.ACCEPTED), encode(stamped(document, token)))
+
+
+def _check_rate(claim_token: str) -> None:
+    rate = claim_rate()
+    if rate is not None and not CLAIM_MQTT_BUCKETS.take_many([hash_token(claim_token[:256])], rate)[0]:
+        raise TooManyRequests(
+            f"Rate limit exceeded: {rate.describe('registration').replace('per device', 'per claim')} "
+            "(CLAIM_RATE_LIMIT); retry later",
+            limit=rate.text, burst=rate.burst,
+        )  # fmt: skip
+
+
+def _rejected(request: topics.Registration, error: DomainError, token: str | None) -> Reply:
+    logger.info("registration refused on %s: %s (%s)", request.topic, error.code, error.message)
+    return Reply(request.reply_topic(topics.REJECTED), encode(stamped({**error.body(), "status": error.status}, token)))
