@@ -1,6 +1,7 @@
 """Fleet provisioning by claim (devices.claims): the operator API's templates, claims and registrations,
 and the device's registration. The rules are the service's; these declare the shapes."""
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from devices.choices import CredentialKind
@@ -59,8 +60,6 @@ class ClaimSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_status(self, claim) -> str:
-        from django.utils import timezone
-
         if claim.revoked_at is not None:
             return "revoked"
         if claim.expires_at is not None and claim.expires_at <= timezone.now():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from iotcloud.errors import InvalidInput
 from iotcloud.limits import check_document
 from iotcloud.rules import SHADOW_NAME
-from twin.engine import CLASSIC, Mode, ShadowChange, check_shadow_name, shadow_apply
+from twin.engine import CLASSIC, Mode, ShadowChange, shadow_apply
 
 MAX_SHADOWS = 10  # named shadows a template may give a device
 
@@ -24,8 +24,12 @@ def check_template_desired(sender, *, desired: dict, shadows: dict, **kwargs) ->
             f"{len(shadows)} named shadows; a template gives at most {MAX_SHADOWS}", code="too_many_shadows"
         )
     for name, document in shadows.items():
-        if name == CLASSIC or not SHADOW_NAME.matches(name):
-            check_shadow_name(name if name != CLASSIC else "\x00")  # raises invalid_shadow_name
+        if not SHADOW_NAME.matches(name):  # "" too: the classic shadow's initial state is "desired"
+            raise InvalidInput(
+                f"Invalid shadow name {name[:80]!r} in shadows: use {SHADOW_NAME.text} (the classic shadow's initial "
+                'desired state is "desired")',
+                code="invalid_shadow_name",
+            )
         check_document(document, name=f"shadows.{name}")
 
 
