@@ -19,10 +19,11 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import formats, timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from devices import bulk, services
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
+from devices.certificates import ca_certificate_pem, certificate_issue, certificates_revoke, identity
 from devices.choices import DeviceStatus, Role
 from devices.models import AuditEvent, Device, Membership, Tenant
 from devices.selectors import filter_by_tag
@@ -325,10 +326,22 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)
         fields = [*fields, "broker_account"] if settings.MQTT_DEVICE_AUTH and obj else fields
-        return [*fields, "audit_link"] if obj else fields
+        return [*fields, "certificates_list", "audit_link"] if obj else fields
 
     def get_readonly_fields(self, request, obj=None):
-        return [*super().get_readonly_fields(request, obj), "broker_account", "audit_link"]
+        return [*super().get_readonly_fields(request, obj), "broker_account", "certificates_list", "audit_link"]
+
+    @admin.display(description="X.509 certificates")
+    def certificates_list(self, obj):
+        rows = list(obj.certificates.order_by("-created_at", "-pk")[:10])
+        if not rows:
+            return "none (the device logs in with its provision token)"
+        items = format_html_join(
+            "", "<li><code>{}</code> valid until {} — {}</li>",
+            ((c.serial[:16], f"{c.not_after:%Y-%m-%d}", f"revoked ({c.revoke_reason})" if c.revoked_at else "active")
+             for c in rows),
+        )  # fmt: skip
+        return format_html('<ul class="iot-certificates">{}</ul>', items)
 
     @admin.display(description="audit trail")
     def audit_link(self, obj):
@@ -386,6 +399,12 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
             *self.twin_panel_urls(),
             path("<int:pk>/rotate-token/", view(self.rotate_token_view), name="devices_device_rotate"),
             path("<int:pk>/decommission/", view(self.decommission_view), name="devices_device_decommission"),
+            path("<int:pk>/certificate/", view(self.certificate_view), name="devices_device_certificate"),
+            path(
+                "<int:pk>/revoke-certificates/",
+                view(self.revoke_certificates_view),
+                name="devices_device_revoke_certificates",
+            ),
             *super().get_urls(),
         ]
 
@@ -433,6 +452,40 @@ class DeviceAdmin(TwinPanelAdmin, TenantScopedAdmin):
             self.message_user(request, exc.message, messages.ERROR)
             return redirect("admin:devices_device_change", device.pk)
         return self._token_page(request, device, token, "New provision token")
+
+    def certificate_view(self, request, pk):
+        """A new X.509 certificate with a key pair made now: both shown once (the key is not kept)."""
+        device = self._device(request, pk, write=True)
+        if request.method != "POST":
+            return self._confirm(
+                request, device, "Issue a certificate",
+                "A new X.509 certificate and private key for the device, shown once (iotcloud keeps no copy of "
+                "the key). The device's current certificates are revoked. To keep the key on the device, send "
+                "its CSR to POST /customer/devices/<id>/certificates instead.",
+            )  # fmt: skip
+        try:
+            issued, key_pem = certificate_issue(device=device)
+        except DomainError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return redirect("admin:devices_device_change", device.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "New certificate",
+                   "device": device, "certificate": issued, "private_key": key_pem, "ca": ca_certificate_pem(),
+                   "username": identity(device)}  # fmt: skip
+        response = TemplateResponse(request, "admin/devices/device/certificate_once.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def revoke_certificates_view(self, request, pk):
+        device = self._device(request, pk, write=True)
+        if request.method != "POST":
+            return self._confirm(
+                request, device, "Revoke certificates",
+                "Every certificate of the device is revoked: the broker refuses them at their next connect, "
+                "once it has reloaded the revocation list (seconds, in the compose stack).",
+            )  # fmt: skip
+        count = certificates_revoke(device=device, reason=f"revoked in admin by {request.user}")
+        self.message_user(request, f"{device.device_id}: {count} certificate(s) revoked.", messages.SUCCESS)
+        return redirect("admin:devices_device_change", device.pk)
 
     def decommission_view(self, request, pk):
         device = self._device(request, pk, write=True)

@@ -271,6 +271,31 @@ def test_rotate_token_shows_the_new_token_once_and_the_old_one_stops_working(ali
     device_client(device).get("/device/v1/shadow", expect=200)
 
 
+def test_issue_and_revoke_certificates_from_the_device_page(alice, viewer, fleet):
+    from cryptography import x509
+
+    from devices.models import DeviceCertificate
+
+    device = fleet["a1"]
+    page = alice.get(reverse("admin:devices_device_change", args=[device.pk])).content.decode()
+    assert "Issue certificate" in page and "none (the device logs in with its provision token)" in page
+    url = reverse("admin:devices_device_certificate", args=[device.pk])
+    assert "shown once" in alice.get(url).content.decode()  # confirmation first
+    response = alice.post(url)
+    assert "no-store" in response["Cache-Control"]
+    issued = response.context["certificate"]
+    assert "PRIVATE KEY" in response.context["private_key"] and issued.certificate_pem in response.content.decode()
+    assert x509.load_pem_x509_certificate(issued.certificate_pem.encode()).serial_number == int(issued.serial, 16)
+    page = alice.get(reverse("admin:devices_device_change", args=[device.pk])).content.decode()
+    assert issued.serial[:16] in page and "active" in page
+    assert viewer.post(url).status_code == 403 and DeviceCertificate.objects.count() == 1  # viewers cannot
+    revoke = reverse("admin:devices_device_revoke_certificates", args=[device.pk])
+    assert alice.post(revoke).status_code == 302
+    assert DeviceCertificate.objects.get().revoke_reason == "revoked in admin by alice-admin"
+    other = fleet["b1"]
+    assert alice.post(reverse("admin:devices_device_certificate", args=[other.pk])).status_code == 404
+
+
 def test_decommission_after_confirmation(alice, fleet):
     device = fleet["a1"]
     url = reverse("admin:devices_device_decommission", args=[device.pk])
