@@ -19,6 +19,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 BENCHMARKS = [
     "http_device_api", "desired_latency", "mqtt_ingest", "mqtt_shadow_rtt", "job_fanout", "admin_pages", "rollout",
+    "tls",
 ]  # fmt: skip
 SMOKE_ONLY = {"job_fanout_whatif": "job_fanout/whatif.py"}
 

@@ -2,7 +2,9 @@
 
 db       a PostgreSQL database per run (name always contains "bench"), migrated from a template
 seed     tenants and devices in bulk (the one place that knows the app's models)
-servers  gunicorn, the MQTT bridge and a private Mosquitto as child processes
+servers  gunicorn, the MQTT bridge, a private Mosquitto (optionally with a TLS listener) and nginx
+         as a TLS terminator, as child processes
+ingest   the MQTT ingest experiment's publishers and bridge phase (mqtt_ingest, tls), plain or TLS
 wrk      wrk scenarios (Lua), runs and their parsed output
 cpu      CPU seconds per process group during a measured phase (/proc)
 report   tables of what was achieved, goals, JSON in bench/results/<name>.json

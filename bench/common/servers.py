@@ -2,6 +2,8 @@
 
     with Mosquitto() as broker, Bridge(env, broker.url) as bridge: ...   # stats = bridge.stop()
     with Gunicorn(env, workdir, workers=5) as web: web.base_url ...
+    with Mosquitto(tls=dev_tls) as broker: broker.tls_port, broker.tls_url   # a TLS listener as well
+    with TlsProxy(web.port, dev_tls, workdir) as proxy: proxy.url, proxy.tls_url   # nginx, plain and TLS
 
 Each runs in its own process group with its output in a log file (shown when it fails to
 start), is stopped with SIGTERM on exit, Ctrl-C or error, and killed if it does not stop.
@@ -172,27 +174,52 @@ def project_conf(port: int) -> str:
     return "\n".join([header, *private, *kept]) + "\n"
 
 
+def tls_listener(port: int, tls) -> str:
+    """A second listener, TLS with the broker certificate of `tls` (mqtt_bridge.dev_tls.DevTls: ca_file,
+    cert_file, key_file), appended after the broker's settings (listener options follow their listener).
+    As root, Mosquitto drops to the mosquitto user before it reads certificates: `user root` keeps it
+    able to read the run's key (readable by its owner only)."""
+    lines = [
+        *(["user root"] if os.geteuid() == 0 else []),
+        f"listener {port} 127.0.0.1",
+        f"cafile {tls.ca_file}",
+        f"certfile {tls.cert_file}",
+        f"keyfile {tls.key_file}",
+    ]
+    return "\n".join(["# TLS listener added by bench/common/servers.py", *lines]) + "\n"
+
+
 class Mosquitto(Child):
-    """A private Mosquitto on a free port: MOSQUITTO_CONF, or `config(port)` (e.g. project_conf)."""
+    """A private Mosquitto on a free port: MOSQUITTO_CONF, or `config(port)` (e.g. project_conf).
+
+    With `tls` (mqtt_bridge.dev_tls.DevTls) the same broker also listens with TLS on `tls_port`
+    (`tls_url`: mqtts://127.0.0.1:<tls_port>?ca_file=..., what the bridge's MQTT_URL takes)."""
 
     name = "mosquitto"
 
-    def __init__(self, config: Callable[[int], str] | None = None):
+    def __init__(self, config: Callable[[int], str] | None = None, tls=None):
         super().__init__()
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
         if binary is None:
             raise Unavailable("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
         self.port = free_port()
         self.conf = self.log_path.with_suffix(".conf")
-        self.conf.write_text(config(self.port) if config else MOSQUITTO_CONF.format(port=self.port))
+        text = config(self.port) if config else MOSQUITTO_CONF.format(port=self.port)
+        self.tls, self.tls_port, self.tls_url = tls, None, None
+        if tls is not None:
+            self.tls_port = free_port()
+            self.tls_url = f"mqtts://127.0.0.1:{self.tls_port}?ca_file={tls.ca_file}"
+            text = text.rstrip("\n") + "\n" + tls_listener(self.tls_port, tls)
+        self.conf.write_text(text)
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.spawn([binary, "-c", str(self.conf)])
         self.starting(self._wait)
 
     def _wait(self) -> None:
-        if not wait_port(self.port):
-            self.check_alive("while starting")
-            raise BenchError(f"mosquitto does not listen on {self.port}:\n{self.log_tail()}")
+        for port in (self.port, self.tls_port):
+            if port is not None and not wait_port(port):
+                self.check_alive("while starting")
+                raise BenchError(f"mosquitto does not listen on {port}:\n{self.log_tail()}")
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
@@ -276,6 +303,88 @@ class Gunicorn(Child):
                     return
             time.sleep(0.2)
         raise BenchError(f"gunicorn did not answer /healthz/live within {timeout:g} s:\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *cpu.children_of(self.proc.pid)] if self.proc else []
+
+
+# A TLS terminator in front of gunicorn, shaped like the compose proxy (iotcloud/deploy/nginx.conf.template:
+# the official image's worker_processes auto, its keepalive settings, Host and X-Forwarded-* passed on)
+# with only what a benchmark needs. TLS 1.2 and 1.3 (the image's default since nginx 1.23.4; older
+# nginx offer no 1.3 unless told). Sessions are neither cached nor ticketed, so every new TLS
+# connection is a full handshake (the cost of a fleet reconnecting, not of a resumed session).
+NGINX_CONF = """# made by bench/common/servers.py (TlsProxy)
+daemon off;
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log stderr warn;
+{user}
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    server_tokens off;
+{temp_paths}
+    upstream bench_app {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        listen 127.0.0.1:{tls_port} ssl default_server;
+        ssl_certificate {cert_file};
+        ssl_certificate_key {key_file};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        keepalive_timeout 15s;
+        keepalive_requests 1000;
+        location / {{
+            proxy_pass http://bench_app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"""
+
+
+class TlsProxy(Child):
+    """nginx in front of 127.0.0.1:`upstream_port`: plain HTTP on `port` (`url`), TLS on `tls_port`
+    (`tls_url`) with the broker certificate of `tls` (mqtt_bridge.dev_tls.DevTls); files under `workdir`."""
+
+    name = "nginx"
+
+    def __init__(self, upstream_port: int, tls, workdir: Path, workers: str = "auto", timeout: float = 10):
+        super().__init__()
+        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if binary is None:
+            raise Unavailable("nginx is not installed (Debian: apt-get install -y nginx)")
+        self.port, self.tls_port = free_port(), free_port()
+        self.url, self.tls_url = f"http://127.0.0.1:{self.port}", f"https://127.0.0.1:{self.tls_port}"
+        self.dir = Path(workdir) / f"nginx-{self.port}"
+        self.dir.mkdir(parents=True)
+        kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        conf = NGINX_CONF.format(
+            workers=workers, dir=self.dir, upstream_port=upstream_port, port=self.port, tls_port=self.tls_port,
+            cert_file=tls.cert_file, key_file=tls.key_file,
+            # As root, workers would switch to the compiled-in user, who cannot write here: stay root.
+            user="user root;" if os.geteuid() == 0 else "",
+            temp_paths="\n".join(f"    {kind}_temp_path {self.dir / kind};" for kind in kinds),
+        )  # fmt: skip
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(conf)
+        self.version = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stderr.strip()
+        self.spawn([binary, "-p", str(self.dir), "-e", "stderr", "-c", str(self.conf)])
+        self.starting(lambda: self._wait(timeout))
+
+    def _wait(self, timeout: float) -> None:
+        for port in (self.port, self.tls_port):
+            if not wait_port(port, timeout):
+                self.check_alive("while starting")
+                raise BenchError(f"nginx does not listen on {port}:\n{self.log_tail()}")
 
     def pids(self) -> list[int]:
         return [self.proc.pid, *cpu.children_of(self.proc.pid)] if self.proc else []

@@ -6,10 +6,11 @@
     result["rps"], result["latency_ms"]["p99"], result["errors"]["total"], result["cpu_s"]
 
 The Lua template (wrk_scenario.lua) walks the device tokens round-robin (each wrk thread
-its own share), counts every response outside 2xx and prints one JSON line at the end,
-cross-checked here with wrk's text report. An error is any response outside 2xx or any
-socket error or timeout. wrk runs a closed loop: `connections` clients each wait for their
-answer, so mean latency = connections / req/s.
+its own share), adds the scenario's headers (`Connection: close`: a new connection, over
+https a new TLS handshake, for every request), counts every response outside 2xx and
+prints one JSON line at the end, cross-checked here with wrk's text report. An error is
+any response outside 2xx or any socket error or timeout. wrk runs a closed loop:
+`connections` clients each wait for their answer, so mean latency = connections / req/s.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Scenario:
     path: str = "/"
     body: str | None = None
     needs_token: bool = True
+    headers: tuple[tuple[str, str], ...] = ()  # more request headers, e.g. (("Connection", "close"),)
 
 
 def require(*, smoke: bool = False) -> str | None:
@@ -72,6 +74,9 @@ def script(scenario: Scenario, tokens: list[str], workdir: Path) -> Path:
         f"bench_path = {lua(scenario.path)}",
         f"bench_body = {lua(scenario.body) if scenario.body is not None else 'nil'}",
         f"bench_content_type = {lua('application/json')}",
+        "bench_headers = {",
+        *(f"  [{lua(k)}] = {lua(v)}," for k, v in scenario.headers),
+        "}",
         "bench_tokens = {",
         *(f"  {lua(t)}," for t in (tokens if scenario.needs_token else [])),
         "}",

@@ -1,6 +1,7 @@
 -- wrk script template for bench/common/wrk.py: wrk.script() prepends a generated
--- block that defines bench_method, bench_path, bench_body, bench_content_type and
--- bench_tokens (the devices' provision tokens, sent as X-Provision-Token; empty: none).
+-- block that defines bench_method, bench_path, bench_body, bench_content_type,
+-- bench_headers (more request headers, e.g. Connection: close) and bench_tokens (the
+-- devices' provision tokens, sent as X-Provision-Token; empty: none).
 --
 -- Each wrk thread has its own Lua state: setup() runs in the main state and
 -- numbers the threads; init() runs in each thread and pre-builds that
@@ -23,6 +24,9 @@ function init(args)
    requests_ = {}
    local headers_for = function(token)
       local headers = {}
+      for name, value in pairs(bench_headers or {}) do
+         headers[name] = value
+      end
       if token ~= nil then
          headers["X-Provision-Token"] = token
       end

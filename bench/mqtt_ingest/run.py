@@ -12,8 +12,6 @@ was sent, every device holds its last round). --protocol 3.1.1 writes mqtt_inges
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
 import os
 import sys
 import threading
@@ -25,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import paho.mqtt.client as mqtt
 
 from bench.common import app, cli, cpu, log, seed, servers
+from bench.common.ingest import FILTER, bridge_rate, publish_all
 from bench.common.report import table
 
 GOAL_RATIO = 0.70
-FILTER = "tenant/bench/device/+/shadow/reported"
 
 
 def options(p):
@@ -37,47 +35,6 @@ def options(p):
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
     p.add_argument("--batch-max", type=int, default=2000, help="MQTT_BATCH_MAX of the bridge")
     p.add_argument("--protocol", default="auto", choices=["auto", "5", "3.1.1"], help="the bridge's MQTT protocol")
-
-
-def publisher(port: int, device_ids: list[str], rounds: int, ready, start, done) -> None:
-    """Publish every round for our share of devices, QoS 1, many messages in flight; report our CPU seconds."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    ready.put(1)
-    start.wait()
-    infos = []
-    for round_ in range(rounds):
-        for device_id in device_ids:
-            payload = json.dumps({"reported": {"round": round_, "temperature_c": 21.5, "fw": "1.4.2"}, "version": 0})
-            infos.append(client.publish(f"tenant/bench/device/{device_id}/shadow/reported", payload, qos=1))
-    for info in infos:
-        info.wait_for_publish(120)
-    client.disconnect()
-    client.loop_stop()
-    done.put(time.process_time())
-
-
-def publish_all(port: int, device_ids: list[str], args, usage: cpu.CpuMonitor) -> float:
-    """Run the publishers once all are connected; returns the wall-clock start."""
-    ready, start, done = mp.Queue(), mp.Event(), mp.Queue()
-    workers = [
-        mp.Process(target=publisher, args=(port, device_ids[n :: args.publishers], args.rounds, ready, start, done))
-        for n in range(args.publishers)
-    ]
-    for w in workers:
-        w.start()
-    for _ in workers:
-        ready.get(timeout=30)
-    started = time.time()
-    start.set()
-    for _ in workers:
-        usage.add("publishers", done.get(timeout=300))
-    for w in workers:
-        w.join()
-    return started
 
 
 def raw_rate(broker, device_ids, args) -> dict:
@@ -108,40 +65,6 @@ def raw_rate(broker, device_ids, args) -> dict:
         "messages": got["count"],
         "seconds": round(seconds, 3),
         "rate": round(got["count"] / seconds),
-        "cpu": usage.usage,
-    }
-
-
-def bridge_rate(run, db, broker, device_ids, args) -> dict:
-    from django.db import connection
-
-    expected = len(device_ids) * args.rounds
-    url = f"{broker.url}?protocol={args.protocol}"
-    bridge = run.start(servers.Bridge(run.env(MQTT_BATCH_MAX=str(args.batch_max)), url))
-
-    def complete() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM device_state WHERE (reported_state->>'round')::int = %s", [args.rounds - 1]
-            )
-            return cursor.fetchone()[0]
-
-    groups = {"bridge": bridge.pids, "mosquitto": broker.pids, "postgres": cpu.postgres_pids(db.name)}
-    with cpu.CpuMonitor(**groups) as usage:
-        started = publish_all(broker.port, device_ids, args, usage)
-        deadline = time.time() + 300
-        while (done := complete()) < len(device_ids) and time.time() < deadline:
-            time.sleep(0.02)
-        committed_at = time.time()
-    stats = bridge.stop()
-    seconds = committed_at - started
-    return {
-        "messages": expected,
-        "seconds": round(seconds, 3),
-        "rate": round(expected / seconds),
-        "devices_complete": done,
-        "bridge_stats": stats,
-        "lost": expected - stats.get("accepted", 0),
         "cpu": usage.usage,
     }
 
