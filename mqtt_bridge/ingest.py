@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 RETAINED = "retained_report"
 EMPTY = "empty_message"
 # Errors that mean "no such active device" or "not a report at all": nobody to tell.
-SILENT_CODES = frozenset({"device_not_found", "device_decommissioned", "not_a_report_topic", EMPTY})
+SILENT_CODES = frozenset({"device_not_found", "device_decommissioned", "not_a_report_topic", "tenant_not_found", EMPTY})
 HANDLERS = {topics.SHADOW: handle_shadow_requests, topics.JOBS: handle_jobs_requests}
 
 
@@ -105,8 +105,11 @@ def ingest_batch(messages: Sequence[Incoming]) -> list[Verdict]:
         _answer_requests(messages, requests, admitted, verdicts)
     if registrations:
         answers = handle_registrations([(request, messages[index].payload) for index, request in registrations])
-        for (index, _), reply in zip(registrations, answers, strict=True):
-            verdicts[index] = Verdict(messages[index], replies=(reply,))
+        for (index, request), reply in zip(registrations, answers, strict=True):
+            verdicts[index] = (
+                Verdict(messages[index], replies=(reply,)) if reply else
+                Verdict(messages[index], InvalidInput(f"No tenant {request.tenant_id!r}", code="tenant_not_found"))
+            )  # fmt: skip
     return verdicts  # type: ignore[return-value]
 
 

@@ -8,9 +8,9 @@
 The device logs in with its claim (mqtt_bridge.accounts.acl: username `_claim/{tenant}`, the claim token as
 password, client id `_claim/{tenant}/{session}`), which lets it publish this one topic and hear its answers.
 The bridge does not trust the login: the payload carries the claim token, checked again here, and the claim
-must be of the topic's tenant. Registrations run in the ingest batch's transaction, each in a savepoint of
-its own, and their answers are published once it has committed. Rate-limited per claim token
-(CLAIM_RATE_LIMIT, counted in each bridge process).
+must be of the topic's tenant (a tenant the platform does not have gets no answer). Registrations run in the
+ingest batch's transaction, each in a savepoint of its own, and their answers are published once it has
+committed. Rate-limited per claim token (CLAIM_RATE_LIMIT, counted in each bridge process).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 
 from devices.claims import ClaimRefused, claim_for_token, claim_register
+from devices.models import Tenant
 from devices.throttling import CLAIM_MQTT_BUCKETS, claim_rate
 from devices.tokens import hash_token
 from iotcloud.errors import DomainError, InvalidInput, TooManyRequests
@@ -30,9 +31,11 @@ logger = logging.getLogger(__name__)
 FIELDS = frozenset({"claim_token", "serial", "clientToken"})
 
 
-def handle_registrations(items: Sequence[tuple[topics.Registration, bytes]]) -> list[Reply]:
-    """One answer per registration request, in order."""
-    return [_handle(request, payload) for request, payload in items]
+def handle_registrations(items: Sequence[tuple[topics.Registration, bytes]]) -> list[Reply | None]:
+    """One answer per registration request, in order; None for a tenant this platform does not have
+    (nobody to answer, as for a device's request naming no device)."""
+    tenants = set(Tenant.objects.filter(id__in={r.tenant_id for r, _ in items}).values_list("id", flat=True))
+    return [_handle(request, payload) if request.tenant_id in tenants else None for request, payload in items]
 
 
 def _handle(request: topics.Registration, payload: bytes) -> Reply:

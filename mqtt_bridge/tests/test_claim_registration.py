@@ -246,3 +246,11 @@ def test_claim_acl_rule():
     assert topics.parse_request(topics.registration("acme", "s")) is None
     assert not acl.claim_may(acl.PUBLISH, "acme", "s", topics.registration("acme", "s") + "/accepted")
     assert not acl.claim_may(acl.SUBSCRIBE, "acme", "s", "$share/g/" + topics.registration_replies("acme", "s"))
+
+
+def test_a_registration_for_a_tenant_the_platform_does_not_have_gets_no_answer(transactional_db, template):
+    claim = make_claim(template)
+    payload = json.dumps({"claim_token": claim.token, "serial": "SN-1"}).encode()
+    (verdict,) = ingest_batch([Incoming(topics.registration("no-such-tenant", "s"), payload)])
+    assert verdict.error.code == "tenant_not_found" and not verdict.replies
+    assert not Device.objects.exists()
