@@ -28,8 +28,9 @@ class DesiredWrites(models.TextChoices):
 class CredentialKind(models.TextChoices):
     """What identity a provisioning template issues to a device registering with one of its claims.
 
-    Only provision tokens today; "certificate" (an X.509 certificate signed by the tenant's CA)
-    comes with the device certificates.
+    A provision token, or an X.509 certificate from the platform's device CA (devices.certificates),
+    for the device's CSR sent with its registration or with a key pair made then (returned once).
     """
 
     TOKEN = "token", "Provision token"
+    CERTIFICATE = "certificate", "X.509 certificate"

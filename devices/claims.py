@@ -28,14 +28,15 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from devices.audit import Actor, acting, audit_record
+from devices.certificates import ca_certificate_pem, certificate_issue, check_csr_for
 from devices.choices import CredentialKind
-from devices.models import Device, ProvisioningClaim, ProvisioningTemplate, Registration, Tenant
+from devices.models import Device, DeviceCertificate, ProvisioningClaim, ProvisioningTemplate, Registration, Tenant
 from devices.selectors import operator_tenant
 from devices.services import device_provision, validate_tags
 from devices.signals import device_registered, template_desired_check
 from devices.tokens import CLAIM_PREFIX, hash_token, new_claim_token
 from iotcloud.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, PayloadTooLarge
-from iotcloud.rules import DEVICE_ID_PREFIX, INT32_MAX, PROVISIONING_TEMPLATE_NAME, SERIAL, is_integer
+from iotcloud.rules import DEVICE_ID_PREFIX, INT32_MAX, PROVISIONING_TEMPLATE_NAME, SERIAL, device_login, is_integer
 
 logger = logging.getLogger(__name__)
 
@@ -262,11 +263,13 @@ def claim_login_check(token) -> ProvisioningClaim | None:
 @dataclass(frozen=True)
 class Registered:
     device: Device
-    provision_token: str
+    provision_token: str | None  # a token template's identity (None: a certificate template's)
     registration: Registration
+    certificate: DeviceCertificate | None = None  # a certificate template's
+    private_key_pem: str | None = None  # made here when the device sent no CSR: returned once
 
 
-def claim_register(*, claim_token, serial, channel: str) -> Registered:
+def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered:
     """Register the device `serial` with a claim token; its identity (a provision token) comes back once.
 
     Refusals, in this order: the claim (401 invalid_claim, claim_revoked, claim_expired; 403
@@ -290,9 +293,13 @@ def claim_register(*, claim_token, serial, channel: str) -> Registered:
         raise Forbidden(
             f"Serial {serial!r} is not on the allow-list of template {template.name!r}", code="serial_not_allowed"
         )
-    if template.credential != CredentialKind.TOKEN:  # pragma: no cover (only tokens are accepted today)
-        raise InvalidInput(f"Template {template.name!r} issues {template.credential}s: not by claim yet")
     device_id = template.device_id_prefix + serial
+    certificate = template.credential == CredentialKind.CERTIFICATE
+    if csr is not None and not certificate:
+        raise InvalidInput(f"csr: template {template.name!r} issues provision tokens, not certificates",
+                           code="invalid_csr")  # fmt: skip
+    if csr is not None:  # refused before anything is counted or created
+        check_csr_for(csr, device_login(tenant.id, device_id))
     actor = Actor(f"claim:{claim.pk}", channel)
     with acting(actor.actor, actor.channel), transaction.atomic():
         now = timezone.now()
@@ -315,13 +322,30 @@ def claim_register(*, claim_token, serial, channel: str) -> Registered:
             raise Conflict(f"Serial {serial!r} is already registered in tenant {tenant.id!r}",
                            code="serial_registered") from None  # fmt: skip
         device, token = device_provision(tenant=tenant, device_id=device_id, tags=template.tags)
+        issued, key_pem = certificate_issue(device=device, csr_pem=csr) if certificate else (None, None)
         Registration.objects.filter(pk=registration.pk).update(device=device)
         registration.device = device
         device_registered.send(sender=Device, device=device, desired=template.desired, shadows=template.shadows)
         audit_record(tenant_id=tenant.id, device_id=device.pk, action="device.register", actor=actor,
                      after={"serial": serial, "template": template.name, "claim": claim.pk})  # fmt: skip
     logger.info("device registered %s by claim %d (%s, template %s)", device, claim.pk, channel, template.name)
+    if certificate:  # the certificate is its identity: the token made with the device is never shown
+        return Registered(device, None, registration, issued, key_pem)
     return Registered(device, token, registration)
+
+
+def identity_document(registered: Registered) -> dict:
+    """What a registered device is told, over HTTP and MQTT alike: its tenant, device id and identity."""
+    device = registered.device
+    document = {"tenant": device.tenant_id, "device_id": device.device_id,
+                "provision_token": registered.provision_token}  # fmt: skip
+    if registered.certificate is not None:
+        document.update(
+            certificate_pem=registered.certificate.certificate_pem,
+            private_key_pem=registered.private_key_pem,
+            ca_certificate_pem=ca_certificate_pem(),
+        )
+    return document
 
 
 # --- reads for operators ---------------------------------------------------------------------------

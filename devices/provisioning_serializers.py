@@ -98,9 +98,16 @@ class RegistrationSerializer(serializers.ModelSerializer):
 
 class RegisterSerializer(StrictSerializer):
     serial = StrictCharField(allow_blank=True, max_length=1024, help_text=f"The device's serial: {SERIAL.text}.")
+    csr = StrictCharField(required=False, allow_blank=False, max_length=16384, trim_whitespace=False,
+                          help_text="A certificate template's device: its CSR (PEM), so that its private key never "
+                          "leaves it; without one a key pair is made and returned once.")  # fmt: skip
 
 
 class RegisteredSerializer(serializers.Serializer):
     tenant = serializers.CharField()
     device_id = serializers.CharField()
-    provision_token = serializers.CharField(help_text="The device's own credential, shown once: store it.")
+    provision_token = serializers.CharField(allow_null=True, help_text="A token template's identity, shown once.")
+    certificate_pem = serializers.CharField(required=False, help_text="A certificate template's identity.")
+    private_key_pem = serializers.CharField(required=False, allow_null=True,
+                                            help_text="Made when no CSR was sent; shown once.")  # fmt: skip
+    ca_certificate_pem = serializers.CharField(required=False, help_text="The device CA the broker trusts.")

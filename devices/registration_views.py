@@ -11,7 +11,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices.claims import ClaimRefused, claim_register
+from devices.claims import ClaimRefused, claim_register, identity_document
 from devices.provisioning_serializers import RegisteredSerializer, RegisterSerializer
 from devices.throttling import ClaimRateThrottle, RateLimitedViewMixin
 from iotcloud.api.schema import error_responses
@@ -44,13 +44,9 @@ class RegisterView(RateLimitedViewMixin, APIView):
             raise ClaimRefused("Missing claim token: send X-Claim-Token", code="missing_claim_token")
         body = RegisterSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        registered = claim_register(claim_token=token, serial=body.validated_data["serial"], channel="http")
-        device = registered.device
-        data = {
-            "tenant": device.tenant_id,
-            "device_id": device.device_id,
-            "provision_token": registered.provision_token,
-        }
+        registered = claim_register(claim_token=token, serial=body.validated_data["serial"], channel="http",
+                                    csr=body.validated_data.get("csr"))  # fmt: skip
+        data = identity_document(registered)
         return Response(RegisteredSerializer(data).data, status=status.HTTP_201_CREATED,
                         headers={"Cache-Control": "no-store"})  # fmt: skip
 

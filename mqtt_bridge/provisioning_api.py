@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from devices.claims import ClaimRefused, claim_for_token, claim_register
+from devices.claims import ClaimRefused, claim_for_token, claim_register, identity_document
 from devices.models import Tenant
 from devices.throttling import CLAIM_MQTT_BUCKETS, claim_rate
 from devices.tokens import hash_token
@@ -28,7 +28,7 @@ from mqtt_bridge.requests import Reply, client_token, encode, parse_body, stampe
 
 logger = logging.getLogger(__name__)
 
-FIELDS = frozenset({"claim_token", "serial", "clientToken"})
+FIELDS = frozenset({"claim_token", "serial", "csr", "clientToken"})
 
 
 def handle_registrations(items: Sequence[tuple[topics.Registration, bytes]]) -> list[Reply | None]:
@@ -55,15 +55,11 @@ def _handle(request: topics.Registration, payload: bytes) -> Reply:
         claim = claim_for_token(claim_token)
         if claim is not None and claim.template.tenant_id != request.tenant_id:  # another tenant's: unknown here
             raise ClaimRefused("Invalid claim token", code="invalid_claim")
-        registered = claim_register(claim_token=claim_token, serial=body.get("serial"), channel="mqtt")
+        registered = claim_register(claim_token=claim_token, serial=body.get("serial"), channel="mqtt",
+                                    csr=body.get("csr"))  # fmt: skip
     except DomainError as exc:
         return _rejected(request, exc, token)
-    device = registered.device
-    document = {
-        "tenant": device.tenant_id,
-        "device_id": device.device_id,
-        "provision_token": registered.provision_token,
-    }
+    document = identity_document(registered)
     return Reply(request.reply_topic(topics.ACCEPTED), encode(stamped(document, token)))
 
 

@@ -208,7 +208,7 @@ def test_registrations_are_rate_limited_per_claim(settings, template):
      ({"device_id_prefix": "a/"}, "invalid_device_id_prefix"),
      ({"device_id_prefix": "x" * 65}, "invalid_device_id_prefix"),
      ({"tags": {"a b": "x"}}, "invalid_tags"), ({"tags": ["x"]}, "invalid_tags"),
-     ({"credential": "certificate"}, "invalid_credential"), ({"desired": [1]}, "not_an_object"),
+     ({"credential": "password"}, "invalid_credential"), ({"desired": [1]}, "not_an_object"),
      ({"desired": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}, "too_deep"),
      ({"shadows": {"bad/name": {}}}, "invalid_shadow_name"), ({"shadows": {"": {}}}, "invalid_shadow_name"),
      ({"shadows": {"config": 3}}, "not_an_object"), ({"allowed_serials": "SN"}, "invalid_serials"),
@@ -303,7 +303,7 @@ def test_operator_api_templates_and_claims(operator, tenant):
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [({"name": "a/b"}, 400), ({"name": 5}, 400), ({"name": "t", "credential": "certificate"}, 400),
+    [({"name": "a/b"}, 400), ({"name": 5}, 400), ({"name": "t", "credential": "password"}, 400),
      ({"name": "t", "tags": "x"}, 400), ({"name": "t", "desired": [1]}, 400), ({"name": "t", "nope": 1}, 400),
      ({"name": "t", "allowed_serials": "SN"}, 400), ({"name": "t", "allowed_serials": [None]}, 400),
      ({"name": "t", "enabled": "yes please"}, 400), ({"name": "t", "tenant": "globex"}, 400), ([], 400)],
@@ -428,3 +428,41 @@ def test_admin_templates_claims_shown_once_and_revoked(tenant, other_tenant, cla
     assert bob.post(f"/admin/devices/provisioningtemplate/{template.pk}/claims/{claim.pk}/revoke/").status_code == 404
     assert b"SN-1" not in bob.get("/admin/devices/registration/").content
     assert ProvisioningClaim.objects.get(pk=claim.pk).revoked_at is None
+
+
+# --- a certificate template ------------------------------------------------------------------------------
+
+
+def test_a_certificate_template_issues_a_certificate_for_the_devices_csr_or_a_key_made_once(tenant):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from devices.models import DeviceCertificate
+
+    template = claims.template_create(tenant=tenant, name="meters", device_id_prefix="m-", credential="certificate")
+    claim, token = claims.claim_create(template=template)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+           .public_bytes(serialization.Encoding.PEM).decode())  # fmt: skip
+    body = device_api(token).post(REGISTER, {"serial": "A1", "csr": csr}, expect=201).json()
+    cert = x509.load_pem_x509_certificate(body["certificate_pem"].encode())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert body["provision_token"] is None and body["private_key_pem"] is None and body["device_id"] == "m-A1"
+    made = device_api(token).post(REGISTER, {"serial": "A2"}, expect=201).json()
+    assert "PRIVATE KEY" in made["private_key_pem"]
+    assert DeviceCertificate.objects.filter(device__device_id__in=["m-A1", "m-A2"], revoked_at=None).count() == 2
+
+    foreign = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "acme/m-other")]))
+               .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())  # fmt: skip
+    refused = device_api(token).post(REGISTER, {"serial": "A3", "csr": foreign}, expect=400).json()
+    assert refused["code"] == "csr_subject_mismatch"
+    assert not Registration.objects.filter(serial="A3").exists()
+    assert ProvisioningClaim.objects.get(pk=claim.pk).registrations == 2  # a refused CSR uses nothing up
+
+
+def test_a_csr_for_a_token_template_is_refused(claim):
+    refused = device_api(claim.token).post(REGISTER, {"serial": "B1", "csr": "x"}, expect=400).json()
+    assert refused["code"] == "invalid_csr" and "issues provision tokens" in refused["detail"]
+    assert not Registration.objects.exists()

@@ -86,6 +86,28 @@ def test_registration_over_mqtt_yields_a_working_identity(start_bridge, mqtt_cli
     assert Device.objects.filter(tenant=mqtt_tenant).count() == 2
 
 
+def test_a_certificate_template_answers_over_mqtt_with_the_devices_certificate(start_bridge, mqtt_client,
+                                                                               mqtt_tenant):  # fmt: skip
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    template = claims.template_create(tenant=mqtt_tenant, name="meters", device_id_prefix="m-",
+                                      credential="certificate")  # fmt: skip
+    claim = make_claim(template)
+    start_bridge()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+           .public_bytes(serialization.Encoding.PEM).decode())  # fmt: skip
+    outcome, body = Registrar(mqtt_client(), mqtt_tenant.id, "M-1").register(
+        {"claim_token": claim.token, "serial": "M-1", "csr": csr}
+    )
+    assert outcome == "accepted", body
+    cert = x509.load_pem_x509_certificate(body["certificate_pem"].encode())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert body["provision_token"] is None and body["private_key_pem"] is None and body["ca_certificate_pem"]
+
+
 @pytest.mark.parametrize(
     ("raw", "code"),
     [(b"not json", "parse_error"), (b"[1]", "invalid"), (b"\xff\xfe", "parse_error"), (b"{}", "missing_claim_token"),
