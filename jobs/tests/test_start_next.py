@@ -297,5 +297,5 @@ def test_http_start_next_is_in_the_openapi_schema(client):
     paths = client.get("/openapi.json").json()["paths"]
     operation = paths["/device/v1/jobs/start-next"]["post"]
     assert operation["operationId"] == "device_jobs_start_next"
-    assert operation["security"] == [{"ProvisionToken": []}]
+    assert operation["security"] == [{"ClientCertificate": []}, {"ProvisionToken": []}]  # either device credential
     assert {"200", "400", "401", "409", "413"} <= set(operation["responses"])
