@@ -28,11 +28,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from devices.audit import Actor, acting, audit_record
-from devices.certificates import ca_certificate_pem, certificate_issue, check_csr_for
+from devices.certificates import ca_certificate_pem, check_csr_for
 from devices.choices import CredentialKind
 from devices.models import Device, DeviceCertificate, ProvisioningClaim, ProvisioningTemplate, Registration, Tenant
 from devices.selectors import operator_tenant
-from devices.services import device_provision, validate_tags
+from devices.services import device_provision, device_provision_with_certificate, validate_tags
 from devices.signals import device_registered, template_desired_check
 from devices.tokens import CLAIM_PREFIX, hash_token, new_claim_token
 from iotcloud.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, PayloadTooLarge
@@ -321,8 +321,13 @@ def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered
         except IntegrityError:
             raise Conflict(f"Serial {serial!r} is already registered in tenant {tenant.id!r}",
                            code="serial_registered") from None  # fmt: skip
-        device, token = device_provision(tenant=tenant, device_id=device_id, tags=template.tags)
-        issued, key_pem = certificate_issue(device=device, csr_pem=csr) if certificate else (None, None)
+        issued = key_pem = None
+        if certificate:
+            device, token, issued, key_pem = device_provision_with_certificate(
+                tenant=tenant, device_id=device_id, tags=template.tags, csr_pem=csr
+            )
+        else:
+            device, token = device_provision(tenant=tenant, device_id=device_id, tags=template.tags)
         Registration.objects.filter(pk=registration.pk).update(device=device)
         registration.device = device
         device_registered.send(sender=Device, device=device, desired=template.desired, shadows=template.shadows)

@@ -1,6 +1,5 @@
 """Operator device API: list, provision (one, or many from JSON or CSV), detail, tags, rotate token, decommission."""
 
-from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -9,7 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from devices import bulk, services
-from devices.certificates import ca_certificate_pem, certificate_issue, certificates_revoke, check_csr_for, identity
+from devices.certificates import ca_certificate_pem, certificate_issue, certificates_revoke, identity
 from devices.filters import AuditFilter, DeviceFilter
 from devices.models import AuditEvent, Device
 from devices.selectors import audit_for_operator, device_for_operator, devices_for_operator, tenant_for_write
@@ -35,7 +34,6 @@ from iotcloud.api.serializers import ErrorSerializer
 from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
 from iotcloud.errors import InvalidInput
 from iotcloud.limits import setting_limit
-from iotcloud.rules import device_login
 
 
 class BulkJSONParser(LimitedJSONParser):
@@ -124,12 +122,12 @@ class DeviceViewSet(TenantScopedViewSet):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         tenant = tenant_for_write(request.user, data.get("tenant"))
-        csr = data.get("csr")
-        if csr is not None:  # refused before anything exists: nothing half-created
-            check_csr_for(csr, device_login(tenant.id, data["device_id"]))
-        with transaction.atomic():  # the device and its certificate, or neither
-            device, token = services.device_provision(tenant=tenant, device_id=data["device_id"], tags=data.get("tags"))
-            issued = certificate_issue(device=device, csr_pem=csr) if csr is not None or data["certificate"] else None
+        fields = {"tenant": tenant, "device_id": data["device_id"], "tags": data.get("tags")}
+        issued = None
+        if data.get("csr") is not None or data["certificate"]:
+            device, token, *issued = services.device_provision_with_certificate(**fields, csr_pem=data.get("csr"))
+        else:
+            device, token = services.device_provision(**fields)
         device.provision_token = token
         answer = ProvisionedSerializer(device).data
         if issued is not None:

@@ -24,14 +24,14 @@ from knox.settings import knox_settings
 
 from devices.audit import audit_record, audit_rows, who
 from devices.bulk import BulkRow, RowError, RowsRefused, RowsTaken, shown_id
-from devices.certificates import certificates_revoke
+from devices.certificates import certificate_issue, certificates_revoke, check_csr_for
 from devices.choices import DeviceStatus, Role
-from devices.models import Device, Membership, Tenant
+from devices.models import Device, DeviceCertificate, Membership, Tenant
 from devices.signals import device_decommissioned
 from devices.tokens import hash_token, new_provision_token
 from iotcloud import outbox
 from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
-from iotcloud.rules import DEVICE_ID, TAG_KEY, TENANT_ID, Limit
+from iotcloud.rules import DEVICE_ID, TAG_KEY, TENANT_ID, Limit, device_login
 from iotcloud.sealing import seal
 
 logger = logging.getLogger(__name__)
@@ -400,6 +400,19 @@ def _exists_error(tenant: Tenant, row: BulkRow, *, meanwhile: bool = False) -> R
     when = " (created meanwhile by someone else)" if meanwhile else ""
     detail = f"Device {row.device_id!r} already exists in tenant {tenant.id!r}{when}"
     return RowError(row.number, row.device_id, detail, "device_exists")
+
+
+def device_provision_with_certificate(
+    *, tenant: Tenant, device_id: str, tags: dict | None = None, csr_pem: str | None = None
+) -> tuple[Device, str, DeviceCertificate, str | None]:
+    """device_provision and an X.509 certificate (for the device's CSR, or with a key made now: returned
+    once), all or nothing; a CSR this device may not have is refused before anything exists."""
+    if csr_pem is not None:
+        check_csr_for(csr_pem, device_login(tenant.id, device_id))
+    with transaction.atomic():
+        device, token = device_provision(tenant=tenant, device_id=device_id, tags=tags)
+        issued, key_pem = certificate_issue(device=device, csr_pem=csr_pem)
+    return device, token, issued, key_pem
 
 
 def device_rotate_token(*, device: Device) -> str:
