@@ -38,7 +38,10 @@ class Command(BaseCommand):
         while True:
             revoked = _revoked_set()
             if revoked != last:  # a new list (the CRL's own timestamps change every time: compare what it names)
-                _write(directory / "device-crl.pem", revocation_list_pem())
+                try:
+                    _write(directory / "device-crl.pem", revocation_list_pem())
+                except OSError as exc:
+                    raise CommandError(f"cannot write in {directory}: {exc}") from exc
                 self.stdout.write(f"{directory / 'device-crl.pem'}: {len(revoked)} revoked certificate(s)")
                 if signal_pid and last is not None:
                     with contextlib.suppress(ProcessLookupError):
