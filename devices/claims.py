@@ -31,12 +31,14 @@ from devices.audit import Actor, acting, audit_record
 from devices.certificates import ca_certificate_pem, check_csr_for
 from devices.choices import CredentialKind
 from devices.models import Device, DeviceCertificate, ProvisioningClaim, ProvisioningTemplate, Registration, Tenant
+from devices.provisioning_hook import check_hook_secret, check_hook_url, hook_check
 from devices.selectors import operator_tenant
 from devices.services import device_provision, device_provision_with_certificate, validate_tags
 from devices.signals import device_registered, template_desired_check
 from devices.tokens import CLAIM_PREFIX, hash_token, new_claim_token
 from iotcloud.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from iotcloud.rules import DEVICE_ID_PREFIX, INT32_MAX, PROVISIONING_TEMPLATE_NAME, SERIAL, device_login, is_integer
+from iotcloud.sealing import seal
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +91,13 @@ def _check_serials(serials) -> list[str] | None:
 
 def template_check(
     *, name, description="", device_id_prefix="", tags=None, desired=None, shadows=None,
-    credential=CredentialKind.TOKEN, allowed_serials=None,
+    credential=CredentialKind.TOKEN, allowed_serials=None, hook_url="", hook_secret=None, has_secret=False,
 ) -> dict:  # fmt: skip
-    """Every rule a template keeps; its fields, cleaned (the admin form and the API show the errors)."""
+    """Every rule a template keeps; its fields, cleaned (the admin form and the API show the errors).
+
+    hook_secret: a new secret for the pre-provisioning hook (None: keep the one it has, `has_secret`);
+    the cleaned fields carry it sealed, and an empty hook_url drops it.
+    """
     _check_name(name)
     if not isinstance(description, str) or len(description) > 2000 or "\x00" in description:
         raise InvalidInput("description must be text of at most 2000 characters", code="invalid_description")
@@ -103,8 +109,7 @@ def template_check(
         )
     if credential not in CredentialKind.values:
         raise InvalidInput(
-            f"Unknown credential {_shown(credential)}: templates issue {', '.join(CredentialKind.values)} "
-            "(certificates are not issued by claim yet)",
+            f"Unknown credential {_shown(credential)}: templates issue {', '.join(CredentialKind.values)}",
             code="invalid_credential",
         )
     desired = {} if desired is None else desired
@@ -115,11 +120,19 @@ def template_check(
         raise InvalidInput("shadows must be a JSON object: {shadow name: initial desired}", code="not_an_object")
     # The twin judges the documents and the shadow names (twin.provisioning).
     template_desired_check.send(sender=ProvisioningTemplate, desired=desired, shadows=shadows)
-    return {
+    cleaned = {
         "name": name, "description": description, "device_id_prefix": device_id_prefix,
         "tags": validate_tags(tags if tags is not None else {}), "desired": desired, "shadows": shadows,
         "credential": credential, "allowed_serials": _check_serials(allowed_serials),
+        "hook_url": check_hook_url(hook_url),
     }  # fmt: skip
+    if hook_secret not in (None, ""):
+        cleaned["hook_secret"] = seal(check_hook_secret(hook_secret))
+    elif cleaned["hook_url"] and not has_secret:
+        raise InvalidInput("hook_url needs a hook_secret: the key its calls are signed with", code="invalid_hook")
+    if not cleaned["hook_url"]:
+        cleaned["hook_secret"] = ""
+    return cleaned
 
 
 def template_create(*, tenant: Tenant, enabled: bool = True, **fields) -> ProvisioningTemplate:
@@ -138,19 +151,19 @@ def template_create(*, tenant: Tenant, enabled: bool = True, **fields) -> Provis
 
 
 TEMPLATE_FIELDS = ("name", "description", "device_id_prefix", "tags", "desired", "shadows", "credential",
-                   "allowed_serials")  # fmt: skip
+                   "allowed_serials", "hook_url")  # fmt: skip
 
 
 def template_update(*, template: ProvisioningTemplate, **changes) -> ProvisioningTemplate:
     """Change some fields (the others stay); `enabled` False stops every claim of it from registering."""
-    unknown = sorted(set(changes) - {*TEMPLATE_FIELDS, "enabled"})
+    unknown = sorted(set(changes) - {*TEMPLATE_FIELDS, "hook_secret", "enabled"})
     if unknown:  # pragma: no cover (the serializers pass known fields only)
         raise InvalidInput(f"Unknown template field(s): {', '.join(unknown)}")
     enabled = changes.pop("enabled", template.enabled)
     if not isinstance(enabled, bool):
         raise InvalidInput("enabled must be true or false", code="invalid")
     current = {field: getattr(template, field) for field in TEMPLATE_FIELDS}
-    cleaned = template_check(**{**current, **changes})
+    cleaned = template_check(**{**current, **changes}, has_secret=bool(template.hook_secret))
     for field, value in cleaned.items():
         setattr(template, field, value)
     template.enabled = enabled
@@ -159,6 +172,7 @@ def template_update(*, template: ProvisioningTemplate, **changes) -> Provisionin
             template.save()
             audit_record(tenant_id=template.tenant_id, action="template.update",
                          after={"template": template.name, "changed": sorted({*changes, "enabled"})})  # fmt: skip
+        # (the audit names a changed hook_secret, never its value)
     except IntegrityError:
         raise Conflict(
             f"A provisioning template named {template.name!r} already exists", code="template_exists"
@@ -273,8 +287,10 @@ def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered
     """Register the device `serial` with a claim token; its identity (a provision token) comes back once.
 
     Refusals, in this order: the claim (401 invalid_claim, claim_revoked, claim_expired; 403
-    template_disabled), the serial (400 invalid_serial; 403 serial_not_allowed), the count (403
-    claim_exhausted), the serial or device id taken (409 serial_registered, device_exists). One
+    template_disabled), the serial (400 invalid_serial; 403 serial_not_allowed), the CSR, the
+    template's pre-provisioning hook (devices.provisioning_hook: 403 registration_denied, 503
+    hook_unavailable; called before the transaction, and its tags are set over the template's), the
+    count (403 claim_exhausted), the serial or device id taken (409 serial_registered, device_exists). One
     transaction: the guarded UPDATE of the claim's count (it holds the claim's row lock until the
     commit, so N+k concurrent registrations of a claim limited to N make exactly N), the
     registration row (the unique (tenant, serial) makes exactly one device per serial), the device
@@ -300,6 +316,12 @@ def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered
                            code="invalid_csr")  # fmt: skip
     if csr is not None:  # refused before anything is counted or created
         check_csr_for(csr, device_login(tenant.id, device_id))
+    tags = template.tags
+    if template.hook_url:  # the tenant's check, asked only for a serial that could still register
+        if Registration.objects.filter(tenant=tenant, serial=serial).exists():
+            raise _serial_registered(serial, tenant)
+        verdict = hook_check(template=template, claim_id=claim.pk, serial=serial, device_id=device_id, channel=channel)
+        tags = {**tags, **verdict.tags} if verdict.tags else tags
     actor = Actor(f"claim:{claim.pk}", channel)
     with acting(actor.actor, actor.channel), transaction.atomic():
         now = timezone.now()
@@ -319,15 +341,14 @@ def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered
                     tenant=tenant, serial=serial, claim=claim, template_name=template.name, channel=channel, at=now
                 )
         except IntegrityError:
-            raise Conflict(f"Serial {serial!r} is already registered in tenant {tenant.id!r}",
-                           code="serial_registered") from None  # fmt: skip
+            raise _serial_registered(serial, tenant) from None
         issued = key_pem = None
         if certificate:
             device, token, issued, key_pem = device_provision_with_certificate(
-                tenant=tenant, device_id=device_id, tags=template.tags, csr_pem=csr
+                tenant=tenant, device_id=device_id, tags=tags, csr_pem=csr
             )
         else:
-            device, token = device_provision(tenant=tenant, device_id=device_id, tags=template.tags)
+            device, token = device_provision(tenant=tenant, device_id=device_id, tags=tags)
         Registration.objects.filter(pk=registration.pk).update(device=device)
         registration.device = device
         device_registered.send(sender=Device, device=device, desired=template.desired, shadows=template.shadows)
@@ -337,6 +358,10 @@ def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered
     if certificate:  # the certificate is its identity: the token made with the device is never shown
         return Registered(device, None, registration, issued, key_pem)
     return Registered(device, token, registration)
+
+
+def _serial_registered(serial: str, tenant: Tenant) -> Conflict:
+    return Conflict(f"Serial {serial!r} is already registered in tenant {tenant.id!r}", code="serial_registered")
 
 
 def identity_document(registered: Registered) -> dict:

@@ -210,6 +210,9 @@ class ProvisioningTemplate(models.Model):
     credential = models.CharField(max_length=16, choices=CredentialKind.choices, default=CredentialKind.TOKEN)
     # null: any serial; else the serials that may register (a list, read with the template's row).
     allowed_serials = models.JSONField(null=True, blank=True)
+    # The pre-provisioning check (devices.provisioning_hook): "" for none; its signing secret sealed.
+    hook_url = models.CharField(max_length=2000, blank=True, default="")
+    hook_secret = models.TextField(blank=True, default="")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

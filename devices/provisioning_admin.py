@@ -28,7 +28,7 @@ from iotcloud.rules import valid_pk
 ERROR_FIELDS = {
     "invalid_template_name": "name", "template_exists": "name", "invalid_device_id_prefix": "device_id_prefix",
     "invalid_tags": "tags", "invalid_serials": "allowed_serials", "too_many_serials": "allowed_serials",
-    "invalid_description": "description", "invalid_credential": "credential",
+    "invalid_description": "description", "invalid_credential": "credential", "invalid_hook": "hook_url",
 }  # fmt: skip
 
 
@@ -44,11 +44,21 @@ class ProvisioningTemplateForm(forms.ModelForm):
     allowed_serials = StrictJSONField(
         required=False, help_text='Only these serials may register, e.g. ["SN-1", "SN-2"]; empty: any.'
     )
+    hook_url = forms.CharField(
+        required=False, max_length=2000, label="Pre-provisioning hook URL",
+        help_text='Your service, asked before each registration (POST, signed): it answers {"allow": true} or '
+        '{"allow": false, "reason": "..."}. Empty: no check.',
+    )  # fmt: skip
+    hook_secret = forms.CharField(
+        required=False, max_length=256, strip=False, widget=forms.PasswordInput(render_value=False),
+        label="Hook secret", help_text="16+ characters; signs the calls (X-Iotcloud-Signature). Empty: keep the "
+        "current one.",
+    )  # fmt: skip
 
     class Meta:
         model = ProvisioningTemplate
         fields = ["tenant", "name", "description", "device_id_prefix", "tags", "desired", "shadows", "credential",
-                  "allowed_serials", "enabled"]  # fmt: skip
+                  "allowed_serials", "hook_url", "hook_secret", "enabled"]  # fmt: skip
 
     def _post_clean(self):  # the service checks everything (and saves); no model validation here
         pass
@@ -60,8 +70,11 @@ class ProvisioningTemplateForm(forms.ModelForm):
             fields[name] = fields[name] if fields[name] is not None else {}
         fields["description"] = fields["description"] or ""
         fields["device_id_prefix"] = fields["device_id_prefix"] or ""
+        fields["hook_url"] = fields["hook_url"] or ""
+        secret = data.get("hook_secret") or None
         try:
-            data.update(claims.template_check(**fields))
+            data.update(claims.template_check(**fields, hook_secret=secret, has_secret=bool(self.instance.hook_secret)))
+            data["hook_secret"] = secret  # the service seals it when it saves
         except DomainError as exc:
             field = ERROR_FIELDS.get(exc.code)
             self.add_error(field if field in self.fields else None, exc.message)
@@ -129,6 +142,7 @@ class ProvisioningTemplateAdmin(TenantScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         fields = {name: form.cleaned_data[name] for name in claims.TEMPLATE_FIELDS}
+        fields["hook_secret"] = form.cleaned_data.get("hook_secret")
         enabled = form.cleaned_data["enabled"]
         if change:
             template = ProvisioningTemplate.objects.get(pk=obj.pk)

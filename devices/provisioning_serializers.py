@@ -13,12 +13,16 @@ from iotcloud.rules import DEVICE_ID_PREFIX, PROVISIONING_TEMPLATE_NAME, SERIAL
 class ProvisioningTemplateSerializer(serializers.ModelSerializer):
     tenant = serializers.CharField(source="tenant_id", read_only=True)
     allowed_serials = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    hook_secret_set = serializers.SerializerMethodField(help_text="Whether the hook has its signing secret.")
 
     class Meta:
         model = ProvisioningTemplate
         fields = ["name", "tenant", "description", "device_id_prefix", "tags", "desired", "shadows", "credential",
-                  "allowed_serials", "enabled", "created_at", "updated_at"]  # fmt: skip
+                  "allowed_serials", "hook_url", "hook_secret_set", "enabled", "created_at", "updated_at"]  # fmt: skip
         read_only_fields = fields
+
+    def get_hook_secret_set(self, template) -> bool:
+        return bool(template.hook_secret)
 
 
 class ProvisioningTemplateWriteSerializer(StrictSerializer):
@@ -33,11 +37,23 @@ class ProvisioningTemplateWriteSerializer(StrictSerializer):
     desired = JSONObjectField(required=False, help_text="The classic shadow's initial desired state.")
     shadows = JSONObjectField(required=False, help_text='Named shadows\' initial desired state: {"config": {...}}.')
     credential = serializers.ChoiceField(
-        choices=CredentialKind.choices, required=False, help_text="The identity issued: a provision token."
+        choices=CredentialKind.choices,
+        required=False,
+        help_text="The identity issued: a provision token, or an X.509 certificate (from the device's CSR).",
     )
     allowed_serials = serializers.ListField(
         child=serializers.JSONField(), allow_null=True, required=False,
         help_text=f"Only these serials ({SERIAL.text}) may register; null or absent: any serial.",
+    )  # fmt: skip
+    hook_url = StrictCharField(
+        required=False, allow_blank=True, max_length=2000,
+        help_text="The pre-provisioning check: an http(s) URL iotcloud POSTs each registration to (signed with "
+        'hook_secret) before it creates anything; it answers {"allow": true|false, "reason"?, "tags"?}. '
+        "Empty: no check.",
+    )  # fmt: skip
+    hook_secret = StrictCharField(
+        required=False, allow_blank=False, write_only=True, max_length=256, trim_whitespace=False,
+        help_text="16 to 256 characters: the key of the X-Iotcloud-Signature HMAC-SHA256 header. Never shown again.",
     )  # fmt: skip
     enabled = serializers.BooleanField(required=False, help_text="false: no claim of it registers anybody.")
     tenant = StrictCharField(required=False, help_text="Superusers only: the tenant to create it in.")

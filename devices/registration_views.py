@@ -33,10 +33,12 @@ class RegisterView(RateLimitedViewMixin, APIView):
         auth=[],
         parameters=[CLAIM_HEADER],
         request=RegisterSerializer,
-        responses={201: RegisteredSerializer, **error_responses(400, 401, 403, 409, 413, 429)},
+        responses={201: RegisteredSerializer, **error_responses(400, 401, 403, 409, 413, 429, 503)},
         description="Register a device by claim: its identity (tenant, device id, provision token) comes back "
         "this once. 401 invalid_claim / claim_revoked / claim_expired; 403 template_disabled, serial_not_allowed, "
-        "claim_exhausted; 409 serial_registered (a serial registers once), device_exists; 429 over CLAIM_RATE_LIMIT.",
+        "registration_denied (the template's pre-provisioning hook said no), claim_exhausted; 409 "
+        "serial_registered (a serial registers once), device_exists; 429 over CLAIM_RATE_LIMIT; 503 "
+        "hook_unavailable (the pre-provisioning hook did not answer usably: retry later).",
     )
     def post(self, request):
         token = request.META.get("HTTP_X_CLAIM_TOKEN", "")

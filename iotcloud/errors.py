@@ -64,3 +64,10 @@ class VersionConflict(Conflict):
 class TooManyRequests(DomainError):
     status = 429
     code = "rate_limited"
+
+
+class ServiceUnavailable(DomainError):
+    """A service the answer depends on (e.g. a tenant's pre-provisioning hook) did not answer: retry later."""
+
+    status = 503
+    code = "unavailable"

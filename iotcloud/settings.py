@@ -341,6 +341,10 @@ CLAIM_RATE_LIMIT = env.str("CLAIM_RATE_LIMIT", default="10/s").strip().replace("
 CLAIM_RATE_BURST = env.int("CLAIM_RATE_BURST", default=0)
 if CLAIM_RATE_LIMIT not in ("", "0") and not RATE_RE.fullmatch(CLAIM_RATE_LIMIT):
     raise ImproperlyConfigured(f'CLAIM_RATE_LIMIT must look like "10/s" or "600/m", not {CLAIM_RATE_LIMIT!r}')
+# How long a registration waits for a template's pre-provisioning hook before it is refused (503).
+PROVISIONING_HOOK_TIMEOUT_SECONDS = env.float("PROVISIONING_HOOK_TIMEOUT_SECONDS", default=5.0)
+if not 0 < PROVISIONING_HOOK_TIMEOUT_SECONDS <= 60:
+    raise ImproperlyConfigured("PROVISIONING_HOOK_TIMEOUT_SECONDS must be more than 0 and at most 60")
 
 # --- Jobs ------------------------------------------------------------------------
 JOB_MAX_DOCUMENT_BYTES = env.int("JOB_MAX_DOCUMENT_BYTES", default=32 * 1024)

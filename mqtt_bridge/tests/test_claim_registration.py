@@ -86,6 +86,30 @@ def test_registration_over_mqtt_yields_a_working_identity(start_bridge, mqtt_cli
     assert Device.objects.filter(tenant=mqtt_tenant).count() == 2
 
 
+def test_the_pre_provisioning_hook_decides_over_mqtt_too(start_bridge, mqtt_client, mqtt_tenant):
+    from devices.tests.test_provisioning_hook import SECRET, Hook
+
+    hook = Hook()
+    try:
+        template = claims.template_create(tenant=mqtt_tenant, name="gated", device_id_prefix="g-",
+                                          hook_url=hook.url, hook_secret=SECRET)  # fmt: skip
+        claim = make_claim(template)
+        start_bridge()
+        device = Registrar(mqtt_client(), mqtt_tenant.id, "SN-9")
+        hook.answer = (200, {"allow": False, "reason": "unknown to the ERP"})
+
+        outcome, body = device.register({"claim_token": claim.token, "serial": "SN-9"})
+        assert (outcome, body["code"], body["status"]) == ("rejected", "registration_denied", 403)
+        assert body["detail"].endswith("unknown to the ERP")
+
+        hook.answer = (200, {"allow": True})
+        outcome, body = device.register({"claim_token": claim.token, "serial": "SN-9"})
+        assert outcome == "accepted" and body["device_id"] == "g-SN-9"
+        assert [c["body"]["channel"] for c in hook.calls] == ["mqtt", "mqtt"] and all(c["signed"] for c in hook.calls)
+    finally:
+        hook.close()
+
+
 def test_a_certificate_template_answers_over_mqtt_with_the_devices_certificate(start_bridge, mqtt_client,
                                                                                mqtt_tenant):  # fmt: skip
     from cryptography import x509
