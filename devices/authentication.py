@@ -55,10 +55,10 @@ class ClientCertificateAuthentication(authentication.BaseAuthentication):
     from anyone else the header is ignored (the provision token is then needed as usual)."""
 
     def authenticate(self, request):
-        raw = request.META.get(settings.DEVICE_CERT_META)
-        if raw is None or not _from_certificate_proxy(request.META.get("REMOTE_ADDR", "")):
+        pem = forwarded_certificate(request)
+        if pem is None:
             return None
-        device = device_for_certificate(unquote(raw).strip()) if len(raw) <= MAX_FORWARDED_CERT else None
+        device = device_for_certificate(pem)
         if device is None:
             raise exceptions.AuthenticationFailed("Invalid client certificate", code="invalid_certificate")
         device_touch(device=device)
@@ -66,6 +66,15 @@ class ClientCertificateAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'ProvisionToken header="X-Provision-Token"'
+
+
+def forwarded_certificate(request) -> str | None:
+    """The client certificate (PEM) a trusted TLS proxy forwarded (DEVICE_CERT_HEADER from one of
+    DEVICE_CERT_PROXIES' addresses), "" when it forwarded something too big to be one, or None."""
+    raw = request.META.get(settings.DEVICE_CERT_META)
+    if raw is None or not _from_certificate_proxy(request.META.get("REMOTE_ADDR", "")):
+        return None
+    return unquote(raw).strip() if len(raw) <= MAX_FORWARDED_CERT else ""
 
 
 def _from_certificate_proxy(address: str) -> bool:

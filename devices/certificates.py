@@ -31,10 +31,10 @@ from django.utils import timezone
 
 from devices.audit import audit_record
 from devices.choices import DeviceStatus
-from devices.models import CertificateAuthority, Device, DeviceCertificate
+from devices.models import CertificateAuthority, Device, DeviceCertificate, ProvisioningClaim
 from iotcloud import pki
 from iotcloud.errors import Conflict, InvalidInput, PayloadTooLarge
-from iotcloud.rules import device_login
+from iotcloud.rules import claim_certificate_login, device_login
 from iotcloud.sealing import seal, unseal
 
 logger = logging.getLogger(__name__)
@@ -123,20 +123,50 @@ def certificate_issue(*, device: Device, csr_pem: str | None = None) -> tuple[De
     ca_cert, ca_key = platform_ca()
     cert = pki.client_certificate(ca_cert, ca_key, public_key, identity(device), organization=device.tenant_id,
                                   days=settings.DEVICE_CERTIFICATE_DAYS)  # fmt: skip
-    der = cert.public_bytes(serialization.Encoding.DER)
     with transaction.atomic():
         if not Device.objects.filter(pk=device.pk, status=DeviceStatus.ACTIVE).select_for_update().exists():
             raise Conflict(f"Device {device.device_id!r} is decommissioned: no certificate for it",
                            code="device_decommissioned")  # fmt: skip
         revoked = _revoke(DeviceCertificate.objects.filter(device=device), "superseded")
-        issued = DeviceCertificate.objects.create(
-            device=device, serial=format(cert.serial_number, "x"), fingerprint=hashlib.sha256(der).hexdigest(),
-            certificate_pem=pki.certificate_pem(cert).decode(), not_after=cert.not_valid_after_utc,
-        )  # fmt: skip
+        issued = _record(cert, device=device)
         audit_record(tenant_id=device.tenant_id, device_id=device.pk, action="device.certificate_issue",
                      after={"serial": issued.serial, "from_csr": csr_pem is not None, "revoked": revoked})  # fmt: skip
     logger.info("certificate issued %s serial=%s (revoked %d)", device, issued.serial, revoked)
     return issued, pki.key_pem(key).decode() if key is not None else None
+
+
+def claim_certificate_issue(
+    *, claim: ProvisioningClaim, csr_pem: str | None = None
+) -> tuple[DeviceCertificate, str | None]:
+    """The certificate of a claim just created (in its transaction): CN "_claim-cert/<claim id>", O its
+    tenant, valid until the claim expires (at most DEVICE_CERTIFICATE_DAYS); from the CSR of the
+    factory's key (CN empty or that name), else with a key made here, returned once."""
+    login = claim_certificate_login(claim.pk)
+    key = None
+    public_key = check_csr_for(csr_pem, login) if csr_pem is not None else None
+    if public_key is None:
+        key = pki.new_key()
+        public_key = key.public_key()
+    ca_cert, ca_key = platform_ca()
+    tenant_id = claim.template.tenant_id
+    cert = pki.client_certificate(ca_cert, ca_key, public_key, login, organization=tenant_id,
+                                  days=settings.DEVICE_CERTIFICATE_DAYS, not_after=claim.expires_at)  # fmt: skip
+    issued = _record(cert, claim=claim)
+    logger.info("claim certificate issued for claim %d serial=%s", claim.pk, issued.serial)
+    return issued, pki.key_pem(key).decode() if key is not None else None
+
+
+def _record(cert, **owner) -> DeviceCertificate:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return DeviceCertificate.objects.create(
+        serial=format(cert.serial_number, "x"), fingerprint=hashlib.sha256(der).hexdigest(),
+        certificate_pem=pki.certificate_pem(cert).decode(), not_after=cert.not_valid_after_utc, **owner,
+    )  # fmt: skip
+
+
+def claim_certificates_revoke(claims, reason: str = "claim revoked") -> int:
+    """Revoke the certificates of these claims (a queryset): the broker refuses them once it reloads the list."""
+    return _revoke(DeviceCertificate.objects.filter(claim__in=claims), reason)
 
 
 def certificates_revoke(*, device: Device, reason: str = "revoked") -> int:
@@ -164,17 +194,36 @@ def revocation_list_pem(*, now: datetime | None = None) -> str:
     return pki.crl_pem(pki.revocation_list(ca_cert, ca_key, entries, now=now)).decode()
 
 
-def device_for_certificate(pem: str, *, now: datetime | None = None) -> Device | None:
-    """The active device this certificate (PEM, as a TLS proxy forwards it) was issued to, if it is
-    one of ours, not revoked and not expired; None for anything else (garbage included)."""
-    if not pem or len(pem) > MAX_CSR_BYTES * 2:
+def _fingerprint(pem) -> str | None:
+    """The SHA-256 of a PEM certificate's DER, or None for anything that is not one (garbage included)."""
+    if not isinstance(pem, str) or not pem or len(pem) > MAX_CSR_BYTES * 2:
         return None
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except (ValueError, UnsupportedAlgorithm):
         return None
-    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def device_for_certificate(pem: str, *, now: datetime | None = None) -> Device | None:
+    """The active device this certificate (PEM, as a TLS proxy forwards it) was issued to, if it is
+    one of ours, not revoked and not expired; None for anything else (garbage included)."""
+    fingerprint = _fingerprint(pem)
+    if fingerprint is None:
+        return None
     issued = (DeviceCertificate.objects.select_related("device", "device__tenant")
               .filter(fingerprint=fingerprint, revoked_at__isnull=True, not_after__gt=now or timezone.now(),
                       device__status=DeviceStatus.ACTIVE).first())  # fmt: skip
     return issued.device if issued is not None else None
+
+
+def claim_for_certificate(pem: str, *, now: datetime | None = None) -> ProvisioningClaim | None:
+    """The claim this claim certificate was issued to (whatever the claim's state: the claim's own
+    refusals say revoked or expired), or None when it is not an unexpired claim certificate of ours."""
+    fingerprint = _fingerprint(pem)
+    if fingerprint is None:
+        return None
+    issued = (DeviceCertificate.objects.select_related("claim", "claim__template", "claim__template__tenant")
+              .filter(fingerprint=fingerprint, claim__isnull=False, not_after__gt=now or timezone.now())
+              .first())  # fmt: skip
+    return issued.claim if issued is not None else None

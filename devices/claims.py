@@ -28,7 +28,12 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from devices.audit import Actor, acting, audit_record
-from devices.certificates import ca_certificate_pem, check_csr_for
+from devices.certificates import (
+    ca_certificate_pem,
+    check_csr_for,
+    claim_certificate_issue,
+    claim_certificates_revoke,
+)
 from devices.choices import CredentialKind
 from devices.models import Device, DeviceCertificate, ProvisioningClaim, ProvisioningTemplate, Registration, Tenant
 from devices.provisioning_hook import check_hook_secret, check_hook_url, hook_check
@@ -182,7 +187,9 @@ def template_update(*, template: ProvisioningTemplate, **changes) -> Provisionin
 
 @transaction.atomic
 def template_delete(*, template: ProvisioningTemplate) -> None:
-    """Delete a template with its claims; the devices and the registrations stay (a serial still registered once)."""
+    """Delete a template with its claims; the devices and the registrations stay (a serial still registered once).
+    Its claims' certificates are revoked first (they stay on the revocation list)."""
+    claim_certificates_revoke(template.claims.all(), "template deleted")
     audit_record(tenant_id=template.tenant_id, action="template.delete", after={"template": template.name})
     template.delete()
     logger.info("provisioning template deleted %s", template)
@@ -191,11 +198,7 @@ def template_delete(*, template: ProvisioningTemplate) -> None:
 # --- claims ----------------------------------------------------------------------------------------
 
 
-def claim_create(
-    *, template: ProvisioningTemplate, label: str = "", max_registrations: int | None = None,
-    expires_at: datetime | None = None,
-) -> tuple[ProvisioningClaim, str]:  # fmt: skip
-    """A claim on the template; returns it with its claim token (shown only now)."""
+def _check_claim(label, max_registrations, expires_at) -> None:
     if not isinstance(label, str) or len(label) > 200 or "\x00" in label:
         raise InvalidInput("label must be text of at most 200 characters", code="invalid_label")
     if max_registrations is not None and (not is_integer(max_registrations) or not 1 <= max_registrations <= INT32_MAX):
@@ -205,24 +208,57 @@ def claim_create(
         )
     if expires_at is not None and (timezone.is_naive(expires_at) or expires_at <= timezone.now()):
         raise InvalidInput("expires_at must be a time in the future, with its time zone", code="invalid_expires_at")
+
+
+def _claim_row(template, credential: str, token_hash, label, max_registrations, expires_at) -> ProvisioningClaim:
+    claim = ProvisioningClaim.objects.create(
+        template=template, credential=credential, token_hash=token_hash, label=label,
+        max_registrations=max_registrations, expires_at=expires_at,
+        broker_account_version=1 if credential == CredentialKind.CERTIFICATE else 0,
+    )  # fmt: skip
+    audit_record(tenant_id=template.tenant_id, action="claim.create",
+                 after={"template": template.name, "claim": claim.pk, "credential": credential,
+                        "max_registrations": max_registrations,
+                        "expires_at": expires_at.isoformat() if expires_at else None})  # fmt: skip
+    return claim
+
+
+def claim_create(
+    *, template: ProvisioningTemplate, label: str = "", max_registrations: int | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ProvisioningClaim, str]:  # fmt: skip
+    """A claim on the template; returns it with its claim token (shown only now)."""
+    _check_claim(label, max_registrations, expires_at)
     token = new_claim_token()
     with transaction.atomic():
-        claim = ProvisioningClaim.objects.create(
-            template=template, token_hash=hash_token(token), label=label, max_registrations=max_registrations,
-            expires_at=expires_at,
-        )  # fmt: skip
-        audit_record(tenant_id=template.tenant_id, action="claim.create",
-                     after={"template": template.name, "claim": claim.pk, "max_registrations": max_registrations,
-                            "expires_at": expires_at.isoformat() if expires_at else None})  # fmt: skip
+        claim = _claim_row(template, CredentialKind.TOKEN, hash_token(token), label, max_registrations, expires_at)
     logger.info("provisioning claim %d created for %s", claim.pk, template)
     return claim, token
+
+
+def claim_create_with_certificate(
+    *, template: ProvisioningTemplate, label: str = "", max_registrations: int | None = None,
+    expires_at: datetime | None = None, csr: str | None = None,
+) -> tuple[ProvisioningClaim, DeviceCertificate, str | None]:  # fmt: skip
+    """A claim whose credential is a claim certificate (devices.certificates.claim_certificate_issue):
+    for the factory's CSR, or with a key made now (returned once). Over MQTT it logs in on Mosquitto's
+    certificate listener; over HTTP a TLS proxy forwards it. Its broker account follows (bridge)."""
+    _check_claim(label, max_registrations, expires_at)
+    with transaction.atomic():  # a refused CSR (its CN empty or the claim's name) rolls the claim back
+        claim = _claim_row(template, CredentialKind.CERTIFICATE, None, label, max_registrations, expires_at)
+        issued, key_pem = claim_certificate_issue(claim=claim, csr_pem=csr)
+    logger.info("provisioning claim %d (certificate) created for %s", claim.pk, template)
+    return claim, issued, key_pem
 
 
 def claim_revoke(*, claim: ProvisioningClaim) -> ProvisioningClaim:
     """Revoke a claim: it registers nobody from now on (devices it registered keep their identity). Idempotent."""
     now = timezone.now()
     with transaction.atomic():
-        if ProvisioningClaim.objects.filter(pk=claim.pk, revoked_at__isnull=True).update(revoked_at=now):
+        if ProvisioningClaim.objects.filter(pk=claim.pk, revoked_at__isnull=True).update(
+            revoked_at=now, broker_account_version=F("broker_account_version") + 1
+        ):
+            claim_certificates_revoke(ProvisioningClaim.objects.filter(pk=claim.pk))
             audit_record(tenant_id=claim.template.tenant_id, action="claim.revoke",
                          after={"template": claim.template.name, "claim": claim.pk})  # fmt: skip
             logger.info("provisioning claim %d revoked", claim.pk)
@@ -283,8 +319,10 @@ class Registered:
     private_key_pem: str | None = None  # made here when the device sent no CSR: returned once
 
 
-def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered:
-    """Register the device `serial` with a claim token; its identity (a provision token) comes back once.
+def claim_register(*, serial, channel: str, claim_token=None, claim: ProvisioningClaim | None = None,
+                   csr=None) -> Registered:  # fmt: skip
+    """Register the device `serial` with a claim token, or with a claim already found from its claim
+    certificate (`claim`, None: not one of ours); its identity comes back once.
 
     Refusals, in this order: the claim (401 invalid_claim, claim_revoked, claim_expired; 403
     template_disabled), the serial (400 invalid_serial; 403 serial_not_allowed), the CSR, the
@@ -298,7 +336,8 @@ def claim_register(*, claim_token, serial, channel: str, csr=None) -> Registered
     """
     if channel not in CHANNELS:  # pragma: no cover (the adapters pass theirs)
         raise ValueError(channel)
-    claim = claim_for_token(claim_token)
+    if claim_token is not None:
+        claim = claim_for_token(claim_token)
     problem = claim_problem(claim)
     if problem is not None:
         raise problem

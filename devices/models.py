@@ -169,11 +169,16 @@ class CertificateAuthority(models.Model):
 
 
 class DeviceCertificate(models.Model):
-    """An X.509 certificate the platform issued to a device: subject CN "<tenant>/<device_id>" (its
-    broker username), O "<tenant>". Revoked by a newer certificate, by decommissioning, or by hand;
-    the revocation list names the revoked ones until they expire."""
+    """An X.509 certificate the platform CA issued: a device's, subject CN "<tenant>/<device_id>" (its
+    broker username), O "<tenant>"; or a provisioning claim's (`claim`, device null: CN
+    "_claim-cert/<claim id>"). Revoked by a newer certificate, by decommissioning, by revoking the
+    claim, or by hand; the revocation list names the revoked ones until they expire (a deleted
+    claim's stay here, revoked, claim null)."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="certificates")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="certificates", null=True, blank=True)
+    claim = models.ForeignKey(
+        "ProvisioningClaim", on_delete=models.SET_NULL, related_name="certificates", null=True, blank=True
+    )
     serial = models.CharField(max_length=40, unique=True)  # hex, as the revocation list names it
     fingerprint = models.CharField(max_length=64, unique=True)  # SHA-256 of the DER, hex
     certificate_pem = models.TextField()
@@ -190,7 +195,7 @@ class DeviceCertificate(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.device} #{self.serial[:12]}"
+        return f"{self.device or self.claim or 'claim (deleted)'} #{self.serial[:12]}"
 
 
 # --- fleet provisioning by claim (devices.claims) ----------------------------------------------------
@@ -230,10 +235,15 @@ class ProvisioningTemplate(models.Model):
 
 class ProvisioningClaim(models.Model):
     """A claim credential of a template, baked into firmware: a token (its sha256 digest here, the
-    token shown once), optionally limited in registrations and time, revocable."""
+    token shown once) or a claim certificate (DeviceCertificate with this claim; token_hash null),
+    optionally limited in registrations and time, revocable."""
 
     template = models.ForeignKey(ProvisioningTemplate, on_delete=models.CASCADE, related_name="claims")
-    token_hash = models.CharField(max_length=64, unique=True)
+    credential = models.CharField(max_length=16, choices=CredentialKind.choices, default=CredentialKind.TOKEN)
+    token_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    # A claim certificate's broker account (MQTT_DEVICE_AUTH=dynsec), kept in step as a device's is.
+    broker_account_version = models.PositiveIntegerField(default=0)
+    broker_synced_version = models.PositiveIntegerField(default=0)
     label = models.CharField(max_length=200, blank=True, default="")
     max_registrations = models.PositiveIntegerField(null=True, blank=True)  # null: no limit
     registrations = models.PositiveIntegerField(default=0)
@@ -249,6 +259,9 @@ class ProvisioningClaim(models.Model):
             models.CheckConstraint(
                 condition=Q(max_registrations__isnull=True) | Q(registrations__lte=F("max_registrations")),
                 name="provisioning_claim_within_limit",
+            ),
+            models.CheckConstraint(
+                condition=~Q(credential="token") | Q(token_hash__isnull=False), name="provisioning_claim_token_digest"
             ),
         ]
 

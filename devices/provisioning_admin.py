@@ -18,11 +18,13 @@ from django.utils.html import format_html
 
 from devices import claims
 from devices.admin_scope import TenantScopedAdmin, admin_tenant
+from devices.certificates import ca_certificate_pem
+from devices.choices import CredentialKind
 from devices.models import ProvisioningClaim, ProvisioningTemplate, Registration, Tenant
 from devices.provisioning_serializers import ClaimSerializer
-from iotcloud.errors import DomainError
+from iotcloud.errors import DomainError, InvalidInput
 from iotcloud.form_fields import StrictJSONField
-from iotcloud.rules import valid_pk
+from iotcloud.rules import claim_certificate_login, valid_pk
 
 # Which form field a service error belongs under; others are shown above the form.
 ERROR_FIELDS = {
@@ -85,12 +87,22 @@ class ClaimForm(forms.Form):
     label = forms.CharField(required=False, max_length=200, help_text="e.g. the factory or the batch.")
     max_registrations = forms.IntegerField(required=False, min_value=1, help_text="Empty: no limit.")
     expires_at = forms.DateTimeField(required=False, help_text="Empty: never. e.g. 2027-06-30 18:00")
+    credential = forms.ChoiceField(
+        choices=CredentialKind.choices, initial=CredentialKind.TOKEN, required=False,
+        help_text="token: a claim token; certificate: a claim certificate (MQTT on Mosquitto's certificate "
+        "listener, or HTTP through the TLS proxy).",
+    )  # fmt: skip
+    csr = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 6, "cols": 70}), label="CSR",
+        help_text="A certificate claim: the PEM CSR (CN empty) of the key your factory keeps. Empty: a key pair is "
+        "made now and shown once.",
+    )  # fmt: skip
 
 
 class ClaimInline(admin.TabularInline):
     model = ProvisioningClaim
-    fields = ["id", "label", "status", "registrations", "max_registrations", "expires_at", "revoked_at", "created_at",
-              "revoke"]  # fmt: skip
+    fields = ["id", "label", "credential", "status", "registrations", "max_registrations", "expires_at", "revoked_at",
+              "created_at", "revoke"]  # fmt: skip
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -195,12 +207,24 @@ class ProvisioningTemplateAdmin(TenantScopedAdmin):
         template = self._template(request, pk)
         form = ClaimForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
+            fields = dict(form.cleaned_data)
+            credential, csr = fields.pop("credential") or CredentialKind.TOKEN, fields.pop("csr") or None
+            token = issued = key_pem = None
             try:
-                claim, token = claims.claim_create(template=template, **form.cleaned_data)
+                if credential == CredentialKind.CERTIFICATE:
+                    claim, issued, key_pem = claims.claim_create_with_certificate(template=template, csr=csr, **fields)
+                elif csr:
+                    raise InvalidInput("A CSR goes with a certificate claim", code="invalid_csr")
+                else:
+                    claim, token = claims.claim_create(template=template, **fields)
             except DomainError as exc:
-                form.add_error(None, exc.message)
+                form.add_error("csr" if exc.code.startswith("invalid_csr") or exc.code.startswith("csr") else None,
+                               exc.message)  # fmt: skip
             else:
                 context = self._context(request, template, "Claim created", claim=claim, token=token,
+                                        certificate=issued, private_key_pem=key_pem,
+                                        ca_certificate_pem=ca_certificate_pem() if issued else None,
+                                        certificate_username=claim_certificate_login(claim.pk),
                                         mqtt_username=f"_claim/{template.tenant_id}")  # fmt: skip
                 response = TemplateResponse(request, "admin/devices/provisioningtemplate/claim_once.html", context)
                 response["Cache-Control"] = "no-store"  # the token must not linger in caches

@@ -68,12 +68,19 @@ class ClaimSerializer(serializers.ModelSerializer):
     id = serializers.IntegerField(read_only=True)
     template = serializers.CharField(source="template.name", read_only=True)
     status = serializers.SerializerMethodField()
+    certificate_serial = serializers.SerializerMethodField(help_text="A claim certificate's serial (hex), or null.")
 
     class Meta:
         model = ProvisioningClaim
-        fields = ["id", "template", "label", "status", "max_registrations", "registrations", "expires_at",
-                  "revoked_at", "created_at"]  # fmt: skip
+        fields = ["id", "template", "label", "credential", "certificate_serial", "status", "max_registrations",
+                  "registrations", "expires_at", "revoked_at", "created_at"]  # fmt: skip
         read_only_fields = fields
+
+    def get_certificate_serial(self, claim) -> str | None:
+        if claim.credential != CredentialKind.CERTIFICATE:
+            return None
+        issued = max(claim.certificates.all(), key=lambda c: c.created_at, default=None)
+        return issued.serial if issued is not None else None
 
     def get_status(self, claim) -> str:
         if claim.revoked_at is not None:
@@ -86,10 +93,17 @@ class ClaimSerializer(serializers.ModelSerializer):
 
 
 class ClaimCreatedSerializer(ClaimSerializer):
-    claim_token = serializers.CharField(help_text="Shown once; bake it into the firmware.")
+    claim_token = serializers.CharField(allow_null=True, help_text="A token claim's: shown once; bake it into "
+                                        "the firmware.")  # fmt: skip
+    certificate_pem = serializers.CharField(required=False, help_text="A certificate claim's certificate.")
+    private_key_pem = serializers.CharField(required=False, allow_null=True,
+                                            help_text="Made when no CSR was sent; shown once.")  # fmt: skip
+    ca_certificate_pem = serializers.CharField(required=False, help_text="The CA the broker's certificate "
+                                               "listener trusts.")  # fmt: skip
 
     class Meta(ClaimSerializer.Meta):
-        fields = [*ClaimSerializer.Meta.fields, "claim_token"]
+        fields = [*ClaimSerializer.Meta.fields, "claim_token", "certificate_pem", "private_key_pem",
+                  "ca_certificate_pem"]  # fmt: skip
         read_only_fields = fields
 
 
@@ -99,6 +113,13 @@ class ClaimCreateSerializer(StrictSerializer):
         required=False, allow_null=True, min_value=1, help_text="At most this many devices register with it."
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="ISO 8601, with a time zone.")
+    credential = serializers.ChoiceField(
+        choices=CredentialKind.choices, required=False,
+        help_text="token (default): a claim token; certificate: a claim certificate.",
+    )  # fmt: skip
+    csr = StrictCharField(required=False, allow_blank=False, max_length=16384, trim_whitespace=False,
+                          help_text="A certificate claim: the CSR (PEM, CN empty) of the key the factory keeps; "
+                          "without one a key pair is made and returned once.")  # fmt: skip
 
 
 class RegistrationSerializer(serializers.ModelSerializer):

@@ -7,6 +7,8 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from devices import claims
+from devices.certificates import ca_certificate_pem
+from devices.choices import CredentialKind
 from devices.models import ProvisioningTemplate, Registration
 from devices.provisioning_serializers import (
     ClaimCreatedSerializer,
@@ -21,10 +23,13 @@ from devices.selectors import tenant_for_write
 from iotcloud.api.schema import OPERATOR_ERRORS as ERRORS
 from iotcloud.api.schema import TENANT_PARAM
 from iotcloud.api.views import TenantScopedViewSet, cursor_pagination
+from iotcloud.errors import InvalidInput
 
 CLAIM_DESCRIPTION = """A claim credential on the template: a claim token (`iotc_...`), shown this once, to bake
-into firmware. A device presenting it and its serial registers (POST /device/v1/register, or MQTT) and gets its
-own provision token. Optional: `max_registrations` (at most that many devices), `expires_at`."""
+into firmware; or, with `"credential": "certificate"`, a claim certificate (CN `_claim-cert/<claim id>`) for the
+factory's `csr`, or with a key pair made now and shown this once. A device presenting it and its serial registers
+(POST /device/v1/register, or MQTT) and gets its own identity. Optional: `max_registrations` (at most that many
+devices), `expires_at` (a claim certificate ends then too)."""
 
 
 @extend_schema_view(
@@ -98,11 +103,22 @@ class ProvisioningTemplateViewSet(TenantScopedViewSet):
     def claims(self, request, name=None):
         template = self.get_object()
         if request.method == "GET":
-            return Response(ClaimSerializer(template.claims.all(), many=True).data)
+            return Response(ClaimSerializer(template.claims.prefetch_related("certificates"), many=True).data)
         body = ClaimCreateSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
-        claim, token = claims.claim_create(template=template, **body.validated_data)
-        claim.claim_token = token
+        fields = dict(body.validated_data)
+        credential, csr = fields.pop("credential", CredentialKind.TOKEN), fields.pop("csr", None)
+        if credential == CredentialKind.CERTIFICATE:
+            claim, issued, key_pem = claims.claim_create_with_certificate(template=template, csr=csr, **fields)
+            claim.claim_token = None
+            claim.certificate_pem, claim.private_key_pem = issued.certificate_pem, key_pem
+            claim.ca_certificate_pem = ca_certificate_pem()
+        else:
+            if csr is not None:
+                raise InvalidInput(
+                    'csr goes with "credential": "certificate" (a claim certificate)', code="invalid_csr"
+                )
+            claim, claim.claim_token = claims.claim_create(template=template, **fields)
         return Response(ClaimCreatedSerializer(claim).data, status=status.HTTP_201_CREATED,
                         headers={"Cache-Control": "no-store"})  # fmt: skip
 

@@ -276,14 +276,16 @@ class ClaimRegistrationLimited(RateLimited):
 
 
 class ClaimRateThrottle(DeviceRateThrottle):
-    """Token bucket per claim token (its digest: the same bucket whatever the claim's state), before any lookup."""
+    """Token bucket per claim token, or per forwarded claim certificate (their digest: the same bucket
+    whatever the claim's state), before any lookup."""
 
     def allow_request(self, request, view) -> bool:
+        from devices.authentication import forwarded_certificate
         from devices.tokens import hash_token
 
         rate = claim_rate()
-        token = request.META.get("HTTP_X_CLAIM_TOKEN", "")
-        if rate is None or not token or len(token) > 256:
+        token = request.META.get("HTTP_X_CLAIM_TOKEN", "") or forwarded_certificate(request) or ""
+        if rate is None or not token or len(token) > 256 * 1024:
             return True
         now = int(self.timer() * MICROS)
         try:

@@ -68,10 +68,12 @@ def server_certificate(ca_cert, ca_key: PrivateKey, key: PrivateKey, hostnames: 
 
 
 def client_certificate(ca_cert, ca_key: PrivateKey, public_key, common_name: str, *, organization: str = "",
-                       days: int = 365, now: datetime | None = None):  # fmt: skip
+                       days: int = 365, now: datetime | None = None, not_after: datetime | None = None):  # fmt: skip
     """A TLS client certificate (a device's identity) for `public_key`, subject CN=`common_name`
-    (and O=`organization`), signed by the CA; its serial is random (what a CRL names)."""
+    (and O=`organization`), signed by the CA; its serial is random (what a CRL names). Valid for
+    `days`, or until `not_after` if that comes first."""
     now = now or datetime.now(UTC)
+    end = min(now + timedelta(days=days), not_after) if not_after is not None else now + timedelta(days=days)
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -82,7 +84,7 @@ def client_certificate(ca_cert, ca_key: PrivateKey, public_key, common_name: str
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

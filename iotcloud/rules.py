@@ -41,6 +41,14 @@ def device_login(tenant_id: str, device_id: str) -> str:
     return f"{tenant_id}/{device_id}"
 
 
+CLAIM_CERTIFICATE_PREFIX = "_claim-cert/"  # "_" starts no tenant id: no device's login
+
+
+def claim_certificate_login(claim_id: int) -> str:
+    """A claim certificate's name on the broker: its CN, so its username (and its account's)."""
+    return f"{CLAIM_CERTIFICATE_PREFIX}{claim_id}"
+
+
 JOB_ID = plain_id(64)
 DOCUMENT_TYPE = plain_id(64)
 TAG_KEY = plain_id(64)

@@ -201,6 +201,8 @@ class Bridge:
         # Subscribing here means every reconnect resubscribes: the seed's reports and the device
         # protocol's requests (MQTT_DIALECTS), in one SUBSCRIBE.
         filters = [topics.REPORTED_FILTER, *topics.request_filters(settings.MQTT_DIALECTS), topics.REGISTRATION_FILTER]
+        if settings.MQTT_DEVICE_AUTH == "dynsec":  # claim certificates log in only where the broker has accounts
+            filters.append(topics.CLAIM_REGISTRATION_FILTER)
         filters = [topics.subscription(f, self.shared_group) for f in filters]
         if self.protocol == V5:
             # retainAsPublished: a device's message published with the retain flag shows it at once,

@@ -100,13 +100,22 @@ REGISTRATION_FILTER = f"{PROVISIONING_ROOT}/+/+/register"
 _REGISTRATION_RE = re.compile(rf"{PROVISIONING_ROOT}/({_ID})/({_ID})/register")
 
 
+# A device holding a claim *certificate* logs in on Mosquitto's certificate listener (its CN,
+# `_claim-cert/<claim id>`, is its username and its dynamic-security account's) and registers on its
+# claim's own topics: the broker's ACL is what says which claim sent it (no token in the payload).
+CLAIM_REGISTRATION_FILTER = f"{PROVISIONING_ROOT}/+/claims/+/+/register"
+_CLAIM_REGISTRATION_RE = re.compile(rf"{PROVISIONING_ROOT}/({_ID})/claims/([1-9][0-9]{{0,17}})/({_ID})/register")
+
+
 @dataclass(frozen=True)
 class Registration:
-    """A registration request, parsed from its topic (the payload carries the claim token and the serial)."""
+    """A registration request, parsed from its topic (the payload carries the serial, and the claim
+    token unless the topic names the claim whose certificate sent it: `claim_id`)."""
 
     topic: str
     tenant_id: str
     session: str
+    claim_id: int | None = None
 
     def reply_topic(self, outcome: str) -> str:
         return f"{self.topic}/{outcome}"
@@ -122,11 +131,26 @@ def registration_replies(tenant_id: str, session: str) -> str:
     return f"{registration(tenant_id, session)}/+"
 
 
+def claim_registration(tenant_id: str, claim_id: int, session: str) -> str:
+    """Device (logged in with claim `claim_id`'s certificate) -> platform: register; answered on +
+    /accepted or /rejected."""
+    return f"{PROVISIONING_ROOT}/{tenant_id}/claims/{claim_id}/{session}/register"
+
+
+def claim_registration_patterns(tenant_id: str, claim_id: int) -> tuple[str, str]:
+    """(requests, answers) filters of a claim certificate's registrations: what its account may use."""
+    requests = claim_registration(tenant_id, claim_id, "+")
+    return requests, f"{requests}/+"
+
+
 def parse_registration(topic: str) -> Registration | None:
     match = _REGISTRATION_RE.fullmatch(topic)
+    if match is not None:
+        return Registration(topic, match[1], match[2]) if TENANT_ID.matches(match[1]) else None
+    match = _CLAIM_REGISTRATION_RE.fullmatch(topic)
     if match is None or not TENANT_ID.matches(match[1]):
         return None
-    return Registration(topic, match[1], match[2])
+    return Registration(topic, match[1], match[3], claim_id=int(match[2]))
 
 
 # --- the device protocol: shadows and jobs, both dialects ------------------------------------------

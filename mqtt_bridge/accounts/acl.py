@@ -131,6 +131,15 @@ def claim_may(action: str, tenant_id: str, session: str, topic: str) -> bool:
     return _may(claim_grants(tenant_id, session), action, topic)
 
 
+def claim_certificate_grants(tenant_id: str, claim_id: int) -> list[Grant]:
+    """A claim certificate's account (every device of the batch holds it) may publish registrations on
+    its claim's topics and hear their answers: nothing else. It hears its batch's other answers too
+    (Mosquitto's roles cannot tie a topic to the client id), so those never carry a secret: the
+    bridge answers them only with a certificate for the device's own CSR (provisioning_api)."""
+    requests, answers = topics.claim_registration_patterns(tenant_id, claim_id)
+    return [Grant(PUBLISH, requests), Grant(SUBSCRIBE, answers), Grant(RECEIVE, answers)]
+
+
 def _may(grants: list[Grant], action: str, topic: str) -> bool:
     if action not in (PUBLISH, SUBSCRIBE, RECEIVE):
         return False
@@ -142,15 +151,17 @@ def _may(grants: list[Grant], action: str, topic: str) -> bool:
 
 def dynsec_acls(tenant_id: str, device_id: str) -> list[dict]:
     """device_grants as Mosquitto dynamic-security ACL entries."""
+    return grants_as_dynsec(device_grants(tenant_id, device_id))
+
+
+def grants_as_dynsec(grants: list[Grant]) -> list[dict]:
     kinds = {
         PUBLISH: ["publishClientSend"],
         SUBSCRIBE: ["subscribePattern", "unsubscribePattern"],
         RECEIVE: ["publishClientReceive"],
     }
     return [
-        {"acltype": kind, "topic": grant.pattern, "allow": True}
-        for grant in device_grants(tenant_id, device_id)
-        for kind in kinds[grant.action]
+        {"acltype": kind, "topic": grant.pattern, "allow": True} for grant in grants for kind in kinds[grant.action]
     ]
 
 

@@ -2,7 +2,8 @@
 
 Each device gets a client `<tenant>/<device>` (password = its provision token, bound to the
 client id `<tenant>/<device>`: no other client id logs in with it) and a role of its own
-holding its ACLs: Mosquitto 2.0 roles cannot say "%u", so one role per device. Commands
+holding its ACLs: Mosquitto 2.0 roles cannot say "%u", so one role per device. A claim
+certificate gets a client `_claim-cert/<claim id>` without a password and a role of its own. Commands
 go in batches to `$CONTROL/dynamic-security/v1`; the plugin answers each batch on `.../response`
 with one entry per command (an "error" member when it failed).
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from django.conf import settings
 
+from iotcloud.rules import claim_certificate_login
 from mqtt_bridge import topics
 from mqtt_bridge.accounts import acl
 from mqtt_bridge.client import make_client
@@ -28,46 +30,70 @@ from mqtt_bridge.config import BrokerSettings
 logger = logging.getLogger(__name__)
 
 ROLE_PREFIX = "iotcloud-device:"
+CLAIM_ROLE_PREFIX = "iotcloud-claim:"
 ALREADY_EXISTS = "already exists"
+
+
+@dataclass(frozen=True)
+class Account:
+    """One client of the plugin and the one role of its own that holds its ACLs."""
+
+    username: str
+    rolename: str
+    acls: list[dict]
+    clientid: str | None = None  # the only client id it may connect with (None: any)
 
 
 def role_name(tenant_id: str, device_id: str) -> str:
     return ROLE_PREFIX + acl.device_username(tenant_id, device_id)
 
 
-def _client_command(command: str, tenant_id: str, device_id: str, password: str | None) -> dict:
-    """createClient / modifyClient: the device's username, bound client id, its one role (and password)."""
-    client = {
-        "command": command,
-        "username": acl.device_username(tenant_id, device_id),
-        "clientid": acl.device_client_id(tenant_id, device_id),
-        "roles": [{"rolename": role_name(tenant_id, device_id)}],
-    }
+def device_account(tenant_id: str, device_id: str) -> Account:
+    return Account(acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id),
+                   acl.dynsec_acls(tenant_id, device_id), acl.device_client_id(tenant_id, device_id))  # fmt: skip
+
+
+def claim_account(tenant_id: str, claim_id: int) -> Account:
+    """A claim certificate's account: username its CN, no password (it logs in with the certificate only,
+    on the certificate listener), any client id (a whole batch shares it)."""
+    username = claim_certificate_login(claim_id)
+    return Account(username, CLAIM_ROLE_PREFIX + username,
+                   acl.grants_as_dynsec(acl.claim_certificate_grants(tenant_id, claim_id)))  # fmt: skip
+
+
+def _client_command(command: str, account: Account, password: str | None) -> dict:
+    """createClient / modifyClient: the username, bound client id, its one role (and password)."""
+    client = {"command": command, "username": account.username, "roles": [{"rolename": account.rolename}]}
+    if account.clientid is not None:
+        client["clientid"] = account.clientid
     if password is not None:
         client["password"] = password
     return client
 
 
-def upsert_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
+def upsert_account_commands(account: Account, password: str | None) -> list[dict]:
     """Role (with ACLs) and client (bound to its client id); either may exist already, which
     the caller then brings in step with role_acl_commands / client_update_commands."""
-    role = {"command": "createRole", "rolename": role_name(tenant_id, device_id),
-            "acls": acl.dynsec_acls(tenant_id, device_id)}  # fmt: skip
-    return [role, _client_command("createClient", tenant_id, device_id, password)]
+    role = {"command": "createRole", "rolename": account.rolename, "acls": account.acls}
+    return [role, _client_command("createClient", account, password)]
 
 
-def get_role_command(tenant_id: str, device_id: str) -> dict:
-    return {"command": "getRole", "rolename": role_name(tenant_id, device_id)}
+def upsert_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
+    return upsert_account_commands(device_account(tenant_id, device_id), password)
 
 
-def role_acl_commands(tenant_id: str, device_id: str, current: Sequence[dict]) -> list[dict]:
-    """Bring an existing role's ACLs (`current`, as getRole lists them) to acl.dynsec_acls.
+def get_role_command(account: Account) -> dict:
+    return {"command": "getRole", "rolename": account.rolename}
+
+
+def role_acl_commands(account: Account, current: Sequence[dict]) -> list[dict]:
+    """Bring an existing role's ACLs (`current`, as getRole lists them) to the account's.
 
     Entry by entry, never deleteRole + createRole: Mosquitto 2.0.11 crashes now and then when a
     role its clients hold is deleted and created again (seen in this project's tests).
     """
-    role = role_name(tenant_id, device_id)
-    wanted = {(a["acltype"], a["topic"], a["allow"]) for a in acl.dynsec_acls(tenant_id, device_id)}
+    role = account.rolename
+    wanted = {(a["acltype"], a["topic"], a["allow"]) for a in account.acls}
     have = {(a.get("acltype"), a.get("topic"), a.get("allow")) for a in current}
     remove = [{"command": "removeRoleACL", "rolename": role, "acltype": kind, "topic": topic}
               for kind, topic, allow in sorted(have - wanted, key=str)]  # fmt: skip
@@ -76,21 +102,25 @@ def role_acl_commands(tenant_id: str, device_id: str, current: Sequence[dict]) -
     return remove + add
 
 
-def client_update_commands(tenant_id: str, device_id: str, password: str | None) -> list[dict]:
+def client_update_commands(account: Account, password: str | None) -> list[dict]:
     """For an existing client: bind its client id, set its roles to exactly its own (and the new
     password), and enable it.
 
     modifyClient, not addClientRole: Mosquitto 2.0 answers addClientRole for a role the client
     already has with "Internal error".
     """
-    modify = _client_command("modifyClient", tenant_id, device_id, password)
-    return [modify, {"command": "enableClient", "username": modify["username"]}]
+    return [_client_command("modifyClient", account, password), {"command": "enableClient",
+                                                                  "username": account.username}]  # fmt: skip
+
+
+def delete_account_commands(account: Account) -> list[dict]:
+    """Delete the client (its sessions are disconnected), then its role (held by nobody now)."""
+    return [{"command": "deleteClient", "username": account.username},
+            {"command": "deleteRole", "rolename": account.rolename}]  # fmt: skip
 
 
 def delete_commands(tenant_id: str, device_id: str) -> list[dict]:
-    """Delete the client (its sessions are disconnected), then its role (held by nobody now)."""
-    username, role = acl.device_username(tenant_id, device_id), role_name(tenant_id, device_id)
-    return [{"command": "deleteClient", "username": username}, {"command": "deleteRole", "rolename": role}]
+    return delete_account_commands(device_account(tenant_id, device_id))
 
 
 class DynsecError(Exception):

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F
 from django.db.utils import DatabaseError, InterfaceError
+from django.utils import timezone
 
-from devices.choices import DeviceStatus
-from devices.models import Device
+from devices.choices import CredentialKind, DeviceStatus
+from devices.models import Device, ProvisioningClaim
 from iotcloud.sealing import unseal
 from mqtt_bridge.accounts import acl, dynsec
 
@@ -66,11 +67,45 @@ def _apply(rows, run: Runner) -> list[tuple[int, int]]:
             if all(o.ok or "not found" in o.error.lower() for o in mine):
                 done.append((row[0], row[3]))
             else:
-                _log_failure(row[1], row[2], mine)
+                _log_failure(acl.device_username(row[1], row[2]), mine)
     if active:
         results = ensure_device_accounts(run, [(row[1], row[2], password) for row, password in active])
         done += [(row[0], row[3]) for (row, _), (ok, _) in zip(active, results, strict=True) if ok]
     return done
+
+
+def claim_accounts_sync_pending(*, run: Runner, limit: int = 200) -> int:
+    """Apply one batch of pending claim-certificate accounts (a new claim: its account; a revoked or
+    expired one: none); returns how many the broker confirmed."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            ProvisioningClaim.objects.filter(broker_account_version__gt=F("broker_synced_version"))
+            .order_by("id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("id", "template__tenant_id", "revoked_at", "expires_at", "broker_account_version")[:limit]
+        )
+        if not rows:
+            return 0
+        done = []
+        gone = [row for row in rows if row[2] is not None or (row[3] is not None and row[3] <= now)]
+        live = [row for row in rows if row not in gone]
+        if gone:
+            plans = [dynsec.delete_account_commands(dynsec.claim_account(t, pk)) for pk, t, *_ in gone]
+            for row, mine in zip(gone, _per_plan(run, plans), strict=True):
+                if all(o.ok or "not found" in o.error.lower() for o in mine):
+                    done.append((row[0], row[4]))
+                else:
+                    _log_failure(dynsec.claim_account(row[1], row[0]).username, mine)
+        if live:
+            results = ensure_accounts(run, [(dynsec.claim_account(t, pk), None) for pk, t, *_ in live])
+            done += [(row[0], row[4]) for row, (ok, _) in zip(live, results, strict=True) if ok]
+        for pk, version in done:
+            ProvisioningClaim.objects.filter(pk=pk, broker_account_version=version).update(
+                broker_synced_version=version
+            )
+    logger.info("claim certificate accounts applied: %d of %d", len(done), len(rows))
+    return len(done)
 
 
 def _per_plan(run: Runner, plans: list[list[dict]]) -> list[list[dynsec.Outcome]]:
@@ -89,17 +124,23 @@ def _exists(outcome: dynsec.Outcome) -> bool:
 
 def ensure_device_accounts(run: Runner, devices: Sequence[tuple[str, str, str | None]]) -> list[tuple[bool, bool]]:
     """Give each (tenant_id, device_id, password or None: keep it) a client bound to its client id
-    and a role with exactly the current ACLs, in three control batches for all of them.
+    and a role with exactly the current ACLs (ensure_accounts)."""
+    return ensure_accounts(run, [(dynsec.device_account(t, d), password) for t, d, password in devices])
 
-    Returns per device (ok, created): created means the client did not exist before (so, with
+
+def ensure_accounts(run: Runner, accounts: Sequence[tuple[dynsec.Account, str | None]]) -> list[tuple[bool, bool]]:
+    """Give each (account, password or None: keep it) its client and its role with exactly the
+    account's ACLs, in three control batches for all of them.
+
+    Returns per account (ok, created): created means the client did not exist before (so, with
     no password given, it has none now). Failures are logged; the caller retries them.
     """
-    first = _per_plan(run, [dynsec.upsert_commands(t, d, password) for t, d, password in devices])
+    first = _per_plan(run, [dynsec.upsert_account_commands(account, password) for account, password in accounts])
     results, role_exists, client_exists = [], [], []
-    for (tenant_id, device_id, _), (role, client) in zip(devices, first, strict=True):
+    for (account, _), (role, client) in zip(accounts, first, strict=True):
         ok = (role.ok or _exists(role)) and (client.ok or _exists(client))
         if not ok:
-            _log_failure(tenant_id, device_id, [role, client])
+            _log_failure(account.username, [role, client])
         results.append([ok, client.ok])
         role_exists.append(ok and _exists(role))
         client_exists.append(ok and _exists(client))
@@ -108,34 +149,34 @@ def ensure_device_accounts(run: Runner, devices: Sequence[tuple[str, str, str | 
     to_read = [i for i, flag in enumerate(role_exists) if flag]
     current: dict[int, list[dict]] = {}
     if to_read:
-        read = _per_plan(run, [[dynsec.get_role_command(*devices[i][:2])] for i in to_read])
+        read = _per_plan(run, [[dynsec.get_role_command(accounts[i][0])] for i in to_read])
         for i, (outcome,) in zip(to_read, read, strict=True):
             if outcome.ok:
                 current[i] = list((outcome.data or {}).get("role", {}).get("acls", []))
             else:
-                _log_failure(*devices[i][:2], [outcome])
+                _log_failure(accounts[i][0].username, [outcome])
                 results[i][0] = False
 
     fixes = {}
-    for i, (tenant_id, device_id, password) in enumerate(devices):
+    for i, (account, password) in enumerate(accounts):
         if not results[i][0]:
             continue
-        plan = dynsec.role_acl_commands(tenant_id, device_id, current[i]) if i in current else []
+        plan = dynsec.role_acl_commands(account, current[i]) if i in current else []
         if client_exists[i]:
-            plan += dynsec.client_update_commands(tenant_id, device_id, password)
+            plan += dynsec.client_update_commands(account, password)
         if plan:
             fixes[i] = plan
     if fixes:
         for i, mine in zip(fixes, _per_plan(run, list(fixes.values())), strict=True):
             if not all(o.ok or (o.command == "removeRoleACL" and "not found" in o.error.lower()) for o in mine):
-                _log_failure(*devices[i][:2], mine)
+                _log_failure(accounts[i][0].username, mine)
                 results[i][0] = False
     return [(ok, created) for ok, created in results]
 
 
-def _log_failure(tenant_id: str, device_id: str, outcomes) -> None:
+def _log_failure(username: str, outcomes) -> None:
     errors = "; ".join(f"{o.command}: {o.error}" for o in outcomes if not o.ok)
-    logger.warning("broker account %s/%s not applied (will retry): %s", tenant_id, device_id, errors)
+    logger.warning("broker account %s not applied (will retry): %s", username, errors)
 
 
 @dataclass
@@ -152,7 +193,8 @@ def broker_accounts_resync(control: dynsec.DynsecClient) -> ResyncReport:
     the current ACLs, its client bound to its client id, and created if missing; a client created here has no
     password (the database keeps only token digests), so it cannot log in until the device's
     token is rotated: those are listed. Device accounts the database does not know as active
-    (decommissioned, deleted) are removed. Other accounts (the bridge's, admins') are left alone.
+    (decommissioned, deleted) are removed. Live claim certificates' accounts are rebuilt too (they
+    have no password to lose). Other accounts (the bridge's, admins') are left alone.
     """
     while broker_accounts_sync_pending(run=control.run):
         pass
@@ -172,6 +214,17 @@ def broker_accounts_resync(control: dynsec.DynsecClient) -> ResyncReport:
         report.without_password += [
             acl.device_username(t, d) for (t, d), (_, created) in zip(chunk, results, strict=True) if created
         ]
+    while claim_accounts_sync_pending(run=control.run):
+        pass
+    now = timezone.now()
+    claims = list(
+        ProvisioningClaim.objects.filter(credential=CredentialKind.CERTIFICATE, revoked_at__isnull=True)
+        .exclude(expires_at__lte=now)
+        .values_list("id", "template__tenant_id")
+    )
+    results = ensure_accounts(control.run, [(dynsec.claim_account(t, pk), None) for pk, t in claims])
+    if not all(ok for ok, _ in results):
+        raise dynsec.DynsecError("claim certificate accounts not rebuilt (see the log)")
     stale = sorted(u for u in existing if acl.parse_username(u) and u not in wanted)
     for username in stale:
         login = acl.parse_username(username)
@@ -202,6 +255,8 @@ class AccountsLoop:
                 if self.control is None:
                     self.control = dynsec.DynsecClient(self.broker, client_id=self.client_id)
                 while not self.stopping.is_set() and broker_accounts_sync_pending(run=self.control.run):
+                    pass
+                while not self.stopping.is_set() and claim_accounts_sync_pending(run=self.control.run):
                     pass
             except (dynsec.DynsecError, OSError, RuntimeError, ValueError) as exc:  # broker away: try again
                 logger.warning("broker accounts: %s; retrying", exc)
