@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from devices.choices import CredentialKind, DeviceStatus
 from devices.models import Device, ProvisioningClaim
+from iotcloud.rules import CLAIM_CERTIFICATE_PREFIX, claim_certificate_login
 from iotcloud.sealing import unseal
 from mqtt_bridge.accounts import acl, dynsec
 
@@ -225,11 +226,19 @@ def broker_accounts_resync(control: dynsec.DynsecClient) -> ResyncReport:
     results = ensure_accounts(control.run, [(dynsec.claim_account(t, pk), None) for pk, t in claims])
     if not all(ok for ok, _ in results):
         raise dynsec.DynsecError("claim certificate accounts not rebuilt (see the log)")
-    stale = sorted(u for u in existing if acl.parse_username(u) and u not in wanted)
+    live_claims = {claim_certificate_login(pk) for pk, _ in claims}
+    stale_claims = sorted(u for u in existing if u.startswith(CLAIM_CERTIFICATE_PREFIX) and u not in live_claims)
+    for username in stale_claims:  # revoked, expired, or their template deleted
+        claim_id = username[len(CLAIM_CERTIFICATE_PREFIX) :]
+        control.run(dynsec.delete_account_commands(dynsec.claim_account("", claim_id)))
+    stale = sorted(
+        u for u in existing
+        if acl.parse_username(u) and not u.startswith(CLAIM_CERTIFICATE_PREFIX) and u not in wanted
+    )  # fmt: skip
     for username in stale:
         login = acl.parse_username(username)
         control.run(dynsec.delete_commands(login.tenant_id, login.device_id))
-    report.removed = stale
+    report.removed = stale + stale_claims
     logger.info("broker resync: %d accounts rebuilt, %d removed, %d without password",
                 report.rebuilt, len(report.removed), len(report.without_password))  # fmt: skip
     return report

@@ -214,3 +214,28 @@ def test_a_revoked_claims_certificate_is_refused_at_its_next_connect(tmp_path, b
     broker.reload()  # the revocation list, as compose's mosquitto reloads it
 
     assert not ClaimDevice(broker, *files, client_id="factory-SN-1").connected
+
+
+def test_resync_rebuilds_live_claim_accounts_and_removes_stale_ones(tmp_path, broker, managed):
+    from mqtt_bridge.accounts import dynsec
+
+    acme = tenant_create(tenant_id="acme")
+    meters = claims.template_create(tenant=acme, name="meters", device_id_prefix="m-", credential="certificate")
+    live, issued, key_pem = claims.claim_create_with_certificate(template=meters)
+    doomed = claims.template_create(tenant=acme, name="old", credential="certificate")
+    stale, _, _ = claims.claim_create_with_certificate(template=doomed)
+    synced(live, stale)
+    claims.template_delete(template=doomed)  # its claim's row is gone: only a resync finds its account
+    control = dynsec.DynsecClient(broker.settings, client_id="test-admin")
+    try:
+        control.run(dynsec.delete_account_commands(dynsec.claim_account("acme", live.pk)))  # the broker lost it
+        call_command("broker_resync")
+        clients = set(control.query("listClients", "clients"))
+    finally:
+        control.close()
+    assert f"_claim-cert/{live.pk}" in clients and f"_claim-cert/{stale.pk}" not in clients
+    device = ClaimDevice(broker, *claim_files(tmp_path, issued, key_pem, "claim"), client_id="factory-SN-1")
+    try:
+        assert device.connected
+    finally:
+        device.close()
