@@ -115,14 +115,7 @@ def check_csr_for(csr_pem, login: str):
 def certificate_issue(*, device: Device, csr_pem: str | None = None) -> tuple[DeviceCertificate, str | None]:
     """A new certificate for an active device (and its private key, only when no CSR was given; shown
     only now); the device's previous certificates are revoked in the same transaction."""
-    key = None
-    public_key = check_csr(csr_pem, device) if csr_pem is not None else None
-    if public_key is None:
-        key = pki.new_key()
-        public_key = key.public_key()
-    ca_cert, ca_key = platform_ca()
-    cert = pki.client_certificate(ca_cert, ca_key, public_key, identity(device), organization=device.tenant_id,
-                                  days=settings.DEVICE_CERTIFICATE_DAYS)  # fmt: skip
+    cert, key = _sign(csr_pem, identity(device), device.tenant_id)
     with transaction.atomic():
         if not Device.objects.filter(pk=device.pk, status=DeviceStatus.ACTIVE).select_for_update().exists():
             raise Conflict(f"Device {device.device_id!r} is decommissioned: no certificate for it",
@@ -141,19 +134,23 @@ def claim_certificate_issue(
     """The certificate of a claim just created (in its transaction): CN "_claim-cert/<claim id>", O its
     tenant, valid until the claim expires (at most DEVICE_CERTIFICATE_DAYS); from the CSR of the
     factory's key (CN empty or that name), else with a key made here, returned once."""
-    login = claim_certificate_login(claim.pk)
+    cert, key = _sign(csr_pem, claim_certificate_login(claim.pk), claim.template.tenant_id, claim.expires_at)
+    issued = _record(cert, claim=claim)
+    logger.info("claim certificate issued for claim %d serial=%s", claim.pk, issued.serial)
+    return issued, pki.key_pem(key).decode() if key is not None else None
+
+
+def _sign(csr_pem: str | None, login: str, tenant_id: str, not_after: datetime | None = None):
+    """(certificate for `login`, the key made for it or None): for the CSR's key (checked), else a new key."""
     key = None
     public_key = check_csr_for(csr_pem, login) if csr_pem is not None else None
     if public_key is None:
         key = pki.new_key()
         public_key = key.public_key()
     ca_cert, ca_key = platform_ca()
-    tenant_id = claim.template.tenant_id
     cert = pki.client_certificate(ca_cert, ca_key, public_key, login, organization=tenant_id,
-                                  days=settings.DEVICE_CERTIFICATE_DAYS, not_after=claim.expires_at)  # fmt: skip
-    issued = _record(cert, claim=claim)
-    logger.info("claim certificate issued for claim %d serial=%s", claim.pk, issued.serial)
-    return issued, pki.key_pem(key).decode() if key is not None else None
+                                  days=settings.DEVICE_CERTIFICATE_DAYS, not_after=not_after)  # fmt: skip
+    return cert, key
 
 
 def _record(cert, **owner) -> DeviceCertificate:

@@ -117,6 +117,13 @@ def managed(settings, broker, start_bridge):
     return start_bridge(broker=broker.settings)
 
 
+@pytest.fixture
+def meters(managed):
+    """A certificate template of tenant acme, with the bridge managing accounts."""
+    acme = tenant_create(tenant_id="acme")
+    return claims.template_create(tenant=acme, name="meters", device_id_prefix="m-", credential="certificate")
+
+
 def claim_files(tmp_path, claim_issued, key_pem, name):
     cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
     cert_file.write_text(claim_issued.certificate_pem)
@@ -132,10 +139,8 @@ def synced(*claims_):
     wait_until(check, timeout=15, message="the bridge to apply the claim accounts")
 
 
-def test_a_claim_certificate_registers_a_device_with_its_csr_over_mqtt(tmp_path, broker, managed):
-    acme = tenant_create(tenant_id="acme")
-    meters = claims.template_create(tenant=acme, name="meters", device_id_prefix="m-", credential="certificate")
-    pumps = claims.template_create(tenant=acme, name="pumps", device_id_prefix="p-")  # issues tokens
+def test_a_claim_certificate_registers_a_device_with_its_csr_over_mqtt(tmp_path, broker, meters):
+    pumps = claims.template_create(tenant=meters.tenant, name="pumps", device_id_prefix="p-")  # issues tokens
     claim, issued, key_pem = claims.claim_create_with_certificate(template=meters)
     token_claim, token_issued, token_key = claims.claim_create_with_certificate(template=pumps)
     synced(claim, token_claim)
@@ -172,9 +177,7 @@ def test_a_claim_certificate_registers_a_device_with_its_csr_over_mqtt(tmp_path,
         token_device.close()
 
 
-def test_a_claim_certificates_account_reaches_its_claims_topics_only(tmp_path, broker, managed):
-    acme = tenant_create(tenant_id="acme")
-    meters = claims.template_create(tenant=acme, name="meters", device_id_prefix="m-", credential="certificate")
+def test_a_claim_certificates_account_reaches_its_claims_topics_only(tmp_path, broker, meters):
     claim, issued, key_pem = claims.claim_create_with_certificate(template=meters)
     other, _, _ = claims.claim_create_with_certificate(template=meters)
     synced(claim, other)
@@ -199,9 +202,7 @@ def test_a_claim_certificates_account_reaches_its_claims_topics_only(tmp_path, b
         device.close()
 
 
-def test_a_revoked_claims_certificate_is_refused_at_its_next_connect(tmp_path, broker, managed):
-    acme = tenant_create(tenant_id="acme")
-    meters = claims.template_create(tenant=acme, name="meters", device_id_prefix="m-", credential="certificate")
+def test_a_revoked_claims_certificate_is_refused_at_its_next_connect(tmp_path, broker, meters):
     claim, issued, key_pem = claims.claim_create_with_certificate(template=meters)
     synced(claim)
     files = claim_files(tmp_path, issued, key_pem, "claim")
@@ -216,13 +217,11 @@ def test_a_revoked_claims_certificate_is_refused_at_its_next_connect(tmp_path, b
     assert not ClaimDevice(broker, *files, client_id="factory-SN-1").connected
 
 
-def test_resync_rebuilds_live_claim_accounts_and_removes_stale_ones(tmp_path, broker, managed):
+def test_resync_rebuilds_live_claim_accounts_and_removes_stale_ones(tmp_path, broker, meters):
     from mqtt_bridge.accounts import dynsec
 
-    acme = tenant_create(tenant_id="acme")
-    meters = claims.template_create(tenant=acme, name="meters", device_id_prefix="m-", credential="certificate")
     live, issued, key_pem = claims.claim_create_with_certificate(template=meters)
-    doomed = claims.template_create(tenant=acme, name="old", credential="certificate")
+    doomed = claims.template_create(tenant=meters.tenant, name="old", credential="certificate")
     stale, _, _ = claims.claim_create_with_certificate(template=doomed)
     synced(live, stale)
     claims.template_delete(template=doomed)  # its claim's row is gone: only a resync finds its account
