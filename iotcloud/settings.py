@@ -108,6 +108,8 @@ DATABASES = {
 }
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend with a health check that needs no round trip (iotcloud/db/postgresql/base.py).
+    _db["ENGINE"] = "iotcloud.db.postgresql"
     # Persistent connections: one per worker process/thread, health-checked.
     _db.setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
     _db.setdefault("CONN_HEALTH_CHECKS", True)

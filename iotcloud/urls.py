@@ -6,6 +6,9 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, 
 from iotcloud import views
 
 urlpatterns = [
+    # Django tries the patterns in order: the devices' hot paths (twin, jobs) come first.
+    path("", include("twin.urls")),
+    path("", include("jobs.urls")),
     path("", RedirectView.as_view(url="/api/docs", permanent=False)),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
@@ -19,8 +22,6 @@ urlpatterns = [
     path("healthz/live", views.live, name="health-live"),
     path("healthz/ready", views.ready, name="health-ready"),
     path("", include("devices.urls")),
-    path("", include("twin.urls")),
-    path("", include("jobs.urls")),
     path("", include("mqtt_bridge.urls")),
 ]
 
