@@ -36,6 +36,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(PY) bench/readme_tables.py --check
 
 format: install
 	$(VENV)/bin/ruff check --fix .

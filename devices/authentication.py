@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.db import connection
 from knox.auth import TokenAuthentication
 from rest_framework import authentication, exceptions
 
@@ -25,6 +26,7 @@ from devices.selectors import active_device_for_token
 from devices.services import device_touch
 
 HEADER = "HTTP_X_PROVISION_TOKEN"
+LOCK_DEVICE = "iotcloud_lock_device"  # set on the request by a view whose handler writes the device's twin
 # A bearer token: printable ASCII without spaces, at most 256 bytes (knox's are a prefix and 64 hex digits).
 BEARER_TOKEN_RE = re.compile(rb"[!-~]{1,256}")
 # Any name an account can have (Django's UnicodeUsernameValidator, 150 characters): anything else is
@@ -39,11 +41,13 @@ class ProvisionTokenAuthentication(authentication.BaseAuthentication):
         token = request.META.get(HEADER, "").strip()
         if not token:
             raise exceptions.AuthenticationFailed("Missing provision token", code="missing_token")
-        device = active_device_for_token(token)
+        # A view that writes the device's twin asks for its row locked (iotcloud.api.views.DeviceAPIView).
+        lock = bool(getattr(request, LOCK_DEVICE, False)) and connection.in_atomic_block
+        device = active_device_for_token(token, lock=lock)
         if device is None:
             raise exceptions.AuthenticationFailed("Invalid provision token", code="invalid_token")
         device_touch(device=device)
-        return DevicePrincipal(device), token
+        return DevicePrincipal(device, locked=lock), token
 
     def authenticate_header(self, request):
         return 'ProvisionToken header="X-Provision-Token"'
@@ -93,8 +97,9 @@ class DevicePrincipal:
     is_superuser = False
     is_staff = False
 
-    def __init__(self, device: Device):
+    def __init__(self, device: Device, *, locked: bool = False):
         self.device = device
+        self.locked = locked  # its row is locked FOR UPDATE in the request's transaction, as read
 
     def __str__(self):
         return f"device:{self.device}"

@@ -92,11 +92,13 @@ _COLUMNS = ", ".join(f.column for f in _DEVICE_FIELDS)  # model column names, no
 _TOKEN_LOOKUP_SQL = f"SELECT {_COLUMNS} FROM device_state WHERE provision_token_hash = %s LIMIT 1"  # noqa: S608
 
 
-def _device_by_token_hash(digest: str) -> Device | None:
+def _device_by_token_hash(digest: str, *, lock: bool = False) -> Device | None:
     """Every device request runs this: plain SQL and a hand-built instance, because the
     ORM's query building and row mapping cost more than the indexed lookup itself."""
     with connection.cursor() as cursor:
-        cursor.execute(_TOKEN_LOOKUP_SQL, [digest])
+        # (SQLite has no FOR UPDATE: its IMMEDIATE transactions hold the write lock from BEGIN.)
+        for_update = lock and connection.features.has_select_for_update
+        cursor.execute(_TOKEN_LOOKUP_SQL + (" FOR UPDATE" if for_update else ""), [digest])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -122,16 +124,18 @@ def _converters() -> list[tuple[int, list]]:
 _CONVERTERS: dict[str, list] = {}
 
 
-def active_device_for_token(token: str) -> Device | None:
+def active_device_for_token(token: str, *, lock: bool = False) -> Device | None:
     """The active device a provision token belongs to, or None.
 
     Looked up by sha256 digest (the token is never stored), then compared
     again in constant time. Used by HTTP device auth and MQTT broker auth.
+    lock (inside a transaction): its row is locked FOR UPDATE, so the request's own write can use
+    this read (twin.engine's `locked`) instead of reading the row again.
     """
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     digest = hash_token(token)
-    device = _device_by_token_hash(digest)
+    device = _device_by_token_hash(digest, lock=lock)
     if device is None or not hmac.compare_digest(device.provision_token_hash, digest):
         return None
     return device if device.status == DeviceStatus.ACTIVE else None

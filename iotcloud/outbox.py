@@ -32,7 +32,12 @@ changed = Signal()
 def wake_delivery() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+            cursor.execute(*wake_delivery_statement())
+
+
+def wake_delivery_statement() -> tuple[str, list]:
+    """wake_delivery as a statement, for a caller that sends its writes in one round trip (PostgreSQL)."""
+    return "SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL]
 
 
 def twins_changed(tenant_id: str, device_ids: Iterable[str]) -> None:

@@ -41,6 +41,7 @@ class DeviceShadowView(DeviceAPIView):
 
 class DeviceReportedView(DeviceAPIView):
     shadow_name = CLASSIC
+    locking_methods = frozenset({"POST", "PATCH"})  # the token lookup's read is the report's
 
     @extend_schema(
         operation_id="device_shadow_report",
@@ -54,8 +55,9 @@ class DeviceReportedView(DeviceAPIView):
         body = ReportedSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         outcome = twin_record_reported(
-            device=self.device, reported=body.validated_data["reported"], version=body.validated_data["version"]
-        )
+            device=self.device, reported=body.validated_data["reported"], version=body.validated_data["version"],
+            locked=self.device_locked,
+        )  # fmt: skip
         return Response({"accepted": True, "version": outcome.version})
 
     @extend_schema(
@@ -74,7 +76,8 @@ class DeviceReportedView(DeviceAPIView):
         device = self.device
         result = shadow_apply_one(
             ShadowChange(device.tenant_id, device.device_id, shadow_name, reported=body.validated_data["reported"],
-                         reported_mode=mode, report_version=body.validated_data.get("version"), by_device=True)
+                         reported_mode=mode, report_version=body.validated_data.get("version"), by_device=True),
+            locked=self.device_locked,
         )  # fmt: skip
         return Response(_stamped(result.accepted))
 

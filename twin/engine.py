@@ -181,18 +181,22 @@ _NAMED_FIELDS = (
 Key = tuple[str, str, str]  # (tenant_id, device_id, shadow name)
 
 
-def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
+def load_shadows(keys, *, lock: bool = False, locked: Sequence[Device] = ()) -> dict[Key, Shadow]:
     """The shadows of the given keys whose device exists (named ones not created yet: exists=False).
 
     With lock, rows are locked FOR UPDATE: devices by tenant then id, then named shadows in id
     order, so concurrent writers cannot deadlock. Every device of a key is loaded with its classic shadow.
+    `locked`: devices whose rows the caller already locked FOR UPDATE in this transaction and read
+    then (a device request's token lookup): used as read, not read again.
     """
+    given = {(d.tenant_id, d.device_id): d for d in locked} if lock else {}
     by_tenant: dict[str, set[str]] = {}
     for tenant_id, device_id, _ in keys:
-        by_tenant.setdefault(tenant_id, set()).add(device_id)
+        if (tenant_id, device_id) not in given:
+            by_tenant.setdefault(tenant_id, set()).add(device_id)
     shadows: dict[Key, Shadow] = {}
     pks: dict[tuple[str, str], int] = {}
-    rows = []
+    rows = [_device_row(d) for key, d in given.items() if any(k[:2] == key for k in keys)]
     for tenant_id in sorted(by_tenant):  # every writer locks in the same order: tenant, then id
         rows.extend(_device_rows(tenant_id, sorted(by_tenant[tenant_id]), lock=lock))
     for pk, tenant_id, device_id, status, d, r, dm, rm, dv, rv, v, d_at, r_at in sorted(rows):
@@ -219,6 +223,11 @@ def load_shadows(keys, *, lock: bool = False) -> dict[Key, Shadow]:
                                 not deleted, *state)  # fmt: skip
             shadows[(tenant_id, device_id, name)] = shadow
     return shadows
+
+
+def _device_row(device: Device) -> tuple:
+    """A Device instance as _device_rows gives its row."""
+    return tuple(getattr(device, field) for field in _DEVICE_FIELDS)
 
 
 def _device_rows(tenant_id: str, device_ids: list[str], *, lock: bool) -> list[tuple]:
@@ -317,9 +326,9 @@ def shadow_events_delete(pks: Sequence[int]) -> None:
 # caller's transaction as a whole (the bridge retries its batch), so a savepoint would only cost two
 # round trips per call.
 @transaction.atomic(savepoint=False)
-def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
+def shadow_apply(changes: Sequence[ShadowChange], *, locked: Sequence[Device] = ()) -> list[ChangeResult]:
     """Apply changes in order; one result per change (its error, or what was accepted; for a read,
-    the full document at that point, with the seed's versions)."""
+    the full document at that point, with the seed's versions). `locked`: see load_shadows."""
     results: list[ChangeResult | None] = [None] * len(changes)
     valid: list[tuple[int, ShadowChange]] = []
     for index, change in enumerate(changes):
@@ -333,7 +342,7 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
         return results  # type: ignore[return-value]
 
     writes = any(not c.read for _, c in valid)  # a batch of gets only reads, without locks
-    shadows = load_shadows({(c.tenant_id, c.device_id, c.shadow_name) for _, c in valid}, lock=writes)
+    shadows = load_shadows({(c.tenant_id, c.device_id, c.shadow_name) for _, c in valid}, lock=writes, locked=locked)
     policies = _desired_policies({c.tenant_id for _, c in valid if c.by_device and c.desired is not ABSENT})
     now = timezone.now()
     events: list[dict] = []  # ShadowEvent rows (as dicts: a model instance each costs more than the row)
@@ -354,14 +363,17 @@ def shadow_apply(changes: Sequence[ShadowChange]) -> list[ChangeResult]:
     _write(shadows.values(), now, deferred)
     if audits:
         _insert_audits(audits, deferred)
-    leased = False
+    changed = [s for s in shadows.values() if s.dirty]
+    leasing = bool(events) and bool(settings.MQTT_DIALECTS) and _leases.get() is not None
+    wake = any(s.desired_moved for s in changed) or (events and not leasing)
+    if wake and connection.vendor == "postgresql":
+        # A retained desired message, or events nobody publishes yet: wake the bridges (NOTIFY is
+        # delivered at commit), in the same round trip as the writes. (SQLite: the bridges poll.)
+        deferred.append(outbox.wake_delivery_statement())
     if events and settings.MQTT_DIALECTS:
-        leased = _insert_events(events, now, shadows, deferred)
+        _insert_events(events, now, shadows, deferred)
     if deferred:
         _execute_together(deferred)
-    changed = [s for s in shadows.values() if s.dirty]
-    if any(s.desired_moved for s in changed) or (events and not leased):
-        outbox.wake_delivery()  # a retained desired message, or events nobody publishes yet
     by_tenant: dict[str, set[str]] = {}
     for shadow in changed:
         by_tenant.setdefault(shadow.tenant_id, set()).add(shadow.device_id)
@@ -585,9 +597,9 @@ def _named_row(shadow: Shadow) -> NamedShadow:
     )  # fmt: skip
 
 
-def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred: list[tuple[str, list]]) -> bool:
-    """Record the events (PostgreSQL: in one round trip with the deferred writes, which it empties);
-    True when they are leased to the caller (leased_events)."""
+def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred: list[tuple[str, list]]) -> None:
+    """Record the events (PostgreSQL: in one round trip with the deferred writes, which it empties),
+    leased to the caller when it asked (leased_events)."""
     lease = _leases.get()
     leased_until = now + timedelta(seconds=lease[0]) if lease is not None else None
     if connection.vendor != "postgresql":
@@ -612,14 +624,13 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred
         pks = sorted(pk for (pk,) in _execute_together([*deferred, insert]))  # ids follow the insertion order
         deferred.clear()
     if lease is None:
-        return False
+        return
     names = {s.device_pk: (s.tenant_id, s.device_id) for s in shadows.values()}
     lease[1].extend(
         LeasedEvent(pk, *names[e["device_id"]], e["device_id"], e["shadow_name"], e["documents"], e["delta"],
                     e["client_token"], now)
         for pk, e in zip(pks, events, strict=True)
     )  # fmt: skip
-    return True
 
 
 def _audit_row(shadow: Shadow, change: ShadowChange, before: dict, now) -> dict:
@@ -666,6 +677,10 @@ def _write_classic(shadows: list[Shadow], now, deferred: list[tuple[str, list]])
 
     PostgreSQL gets the whole batch as one JSON document (jsonb_to_recordset): one json.dumps in C,
     where arrays of text parameters cost psycopg a regex quoting pass per element (5x slower).
+
+    last_seen moves only past DEVICE_LAST_SEEN_RESOLUTION (as devices.services.device_touch): a device
+    reporting the same state again then changes no indexed column, and PostgreSQL updates its row in
+    place (a HOT update, room left by the table's fillfactor) without touching its eleven indexes.
     """
     if connection.vendor == "postgresql":
         now_iso = now.isoformat()  # most timestamps of a batch are its `now`: formatted once
@@ -687,18 +702,20 @@ def _write_classic(shadows: list[Shadow], now, deferred: list[tuple[str, list]])
                 desired_metadata = v.desired_md, reported_metadata = v.reported_md,
                 desired_version = v.desired_version, reported_version = v.reported_version,
                 shadow_version = v.version, shadow_updated_at = v.desired_at, reported_updated_at = v.reported_at,
-                last_seen = CASE WHEN v.seen THEN %s ELSE d.last_seen END
+                last_seen = CASE WHEN v.seen AND (d.last_seen IS NULL OR d.last_seen < %s) THEN %s
+                                 ELSE d.last_seen END
             FROM jsonb_to_recordset(%s::jsonb)
                  AS v(id bigint, desired jsonb, reported jsonb, desired_md jsonb, reported_md jsonb,
                       desired_version integer, reported_version integer, version integer,
                       desired_at timestamptz, reported_at timestamptz, seen boolean)
             WHERE d.id = v.id
             """,
-            [now, json.dumps(batch, separators=(",", ":"))],
+            [now - settings.DEVICE_LAST_SEEN_RESOLUTION, now, json.dumps(batch, separators=(",", ":"))],
         ))  # fmt: skip
         return
     with connection.cursor() as cursor:
         stamp = connection.ops.adapt_datetimefield_value
+        since = stamp(now - settings.DEVICE_LAST_SEEN_RESOLUTION)
         rows = [
             (s.device_pk, json.dumps(s.desired), json.dumps(s.reported), json.dumps(s.desired_metadata),
              json.dumps(s.reported_metadata), s.desired_version, s.reported_version, s.version,
@@ -711,8 +728,8 @@ def _write_classic(shadows: list[Shadow], now, deferred: list[tuple[str, list]])
                 UPDATE device_state SET desired_state = %s, reported_state = %s, desired_metadata = %s,
                     reported_metadata = %s, desired_version = %s, reported_version = %s, shadow_version = %s,
                     shadow_updated_at = %s, reported_updated_at = %s,
-                    last_seen = CASE WHEN %s THEN %s ELSE last_seen END
+                    last_seen = CASE WHEN %s AND (last_seen IS NULL OR last_seen < %s) THEN %s ELSE last_seen END
                 WHERE id = %s
                 """,
-                [d, r, dm, rm, dv, rv, v, d_at, r_at, seen, stamp(now), pk],
+                [d, r, dm, rm, dv, rv, v, d_at, r_at, seen, since, stamp(now), pk],
             )

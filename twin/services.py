@@ -42,9 +42,9 @@ def twin_update_desired(
     return device
 
 
-def shadow_apply_one(change: ShadowChange) -> ChangeResult:
-    """One change; raises the DomainError that refuses it."""
-    (result,) = shadow_apply([change])
+def shadow_apply_one(change: ShadowChange, *, locked: Sequence[Device] = ()) -> ChangeResult:
+    """One change; raises the DomainError that refuses it. `locked`: see twin.engine.load_shadows."""
+    (result,) = shadow_apply([change], locked=locked)
     if result.error is not None:
         raise result.error
     return result
@@ -89,16 +89,17 @@ class ReportOutcome:
     version: int
 
 
-def twin_record_reported(*, device: Device, reported, version) -> ReportOutcome:
-    """Store one report (the seed's HTTP path); raises the DomainError that refuses it."""
-    (error,) = twin_record_reports([Report(device.tenant_id, device.device_id, reported, version)])
+def twin_record_reported(*, device: Device, reported, version, locked: Sequence[Device] = ()) -> ReportOutcome:
+    """Store one report (the seed's HTTP path); raises the DomainError that refuses it.
+    locked: `device`, when its row is locked in the caller's transaction as read (twin.engine.shadow_apply)."""
+    (error,) = twin_record_reports([Report(device.tenant_id, device.device_id, reported, version)], locked=locked)
     if error is not None:
         raise error
     logger.debug("reported %s v%s", device, version)
     return ReportOutcome(version=version)
 
 
-def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
+def twin_record_reports(reports: Sequence[Report], *, locked: Sequence[Device] = ()) -> list[DomainError | None]:
     """Validate and store many seed reports (a whole reported state for a desired version) at once.
 
     Returns one entry per report, in order: None when it was accepted, else the DomainError
@@ -119,7 +120,7 @@ def twin_record_reports(reports: Sequence[Report]) -> list[DomainError | None]:
                          report_version=report.version, by_device=True, events=events)
         )  # fmt: skip
         positions.append(index)
-    for index, result in zip(positions, shadow_apply(changes) if changes else [], strict=True):
+    for index, result in zip(positions, shadow_apply(changes, locked=locked) if changes else [], strict=True):
         errors[index] = result.error
     return errors
 

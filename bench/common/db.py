@@ -205,6 +205,11 @@ class Database:
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
+    def row_updates(self, table: str) -> tuple[int, int]:
+        """(updates, of them HOT: in place, no index touched) of a table so far (same publishing delay as commits)."""
+        rows = self.query("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s", [table])
+        return rows[0] if rows else (0, 0)
+
     def commits(self) -> tuple[int, object]:
         """Transactions committed in this database so far, and the database clock.
 

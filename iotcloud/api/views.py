@@ -7,13 +7,13 @@ from base64 import b64decode
 from urllib.parse import unquote_plus
 
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
+from django.db import models, transaction
 from rest_framework import mixins, viewsets
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from devices.authentication import ClientCertificateAuthentication, ProvisionTokenAuthentication
+from devices.authentication import LOCK_DEVICE, ClientCertificateAuthentication, ProvisionTokenAuthentication
 from devices.permissions import IsDevice
 from devices.throttling import RateLimitedViewMixin
 from iotcloud.errors import InvalidInput
@@ -153,7 +153,23 @@ class DeviceAPIView(RateLimitedViewMixin, APIView):
     authentication_classes = [ClientCertificateAuthentication, ProvisionTokenAuthentication]
     permission_classes = [IsDevice]
     renderer_classes = [JSONRenderer]  # devices speak JSON; no browsable-API negotiation on the hot path
+    # Methods whose handler writes the device's twin: the request is one transaction, and the token
+    # lookup locks the device's row, so the write reuses that read (`device_locked`) instead of
+    # reading it again: one round trip fewer, one transaction instead of two.
+    locking_methods: frozenset[str] = frozenset()
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.method not in self.locking_methods:
+            return super().dispatch(request, *args, **kwargs)
+        setattr(request, LOCK_DEVICE, True)
+        with transaction.atomic():
+            return super().dispatch(request, *args, **kwargs)
 
     @property
     def device(self):
         return self.request.user.device
+
+    @property
+    def device_locked(self) -> tuple:
+        """The request's device, if its row is locked in this request's transaction as read (for twin.engine)."""
+        return (self.device,) if getattr(self.request.user, "locked", False) else ()

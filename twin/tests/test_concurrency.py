@@ -138,3 +138,25 @@ def test_parallel_creates_of_one_named_shadow_exactly_one_wins(postgres_only, te
 
     outcomes = run_in_threads(create, THREADS)
     assert sorted(outcomes) == ["created"] + ["shadow_exists"] * (THREADS - 1)
+
+
+@pytest.mark.postgres
+def test_reports_and_desired_writes_in_parallel_lose_nothing(postgres_only, tenant, make_device):
+    """A report locks its row at the token lookup and writes from that read (one transaction); operators'
+    desired writes lock the same row in the engine: neither loses the other's change, nothing deadlocks."""
+    device = make_device(tenant)
+    twin_update_desired(device=device, document={"start": 0})
+    operator = make_operator_client(tenant, "alice")
+    api = device_client(device)
+
+    def work(n):
+        if n % 2:
+            return operator.patch(f"/customer/devices/{device.device_id}/twin/desired",
+                                  {"desired": {f"key_{n}": n}}).status_code  # fmt: skip
+        return api.post("/device/v1/shadow/reported", {"reported": {"r": n}, "version": 1}).status_code
+
+    assert run_in_threads(work, THREADS) == [200] * THREADS
+    device = Device.objects.get(pk=device.pk)
+    assert device.desired_state == {"start": 0, **{f"key_{n}": n for n in range(1, THREADS, 2)}}
+    assert device.desired_version == 1 + THREADS // 2 and device.reported_version == 1
+    assert device.reported_state in [{"r": n} for n in range(0, THREADS, 2)]

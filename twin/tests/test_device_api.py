@@ -177,3 +177,25 @@ def test_unstorable_keys_are_400_and_the_error_is_renderable(device, device_api,
     assert response.status_code == 400, response.content
     assert response.json()["detail"]
     assert snapshot(device) == before
+
+
+def test_a_report_is_one_locked_read_and_one_write(postgres_only, device, device_api):
+    """The token lookup locks the device's row and the engine writes from that read: no second SELECT
+    of the row, one transaction (BEGIN and COMMIT around the two statements)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    twin_update_desired(device=device, document={"interval": 30})
+    device_api.post("/device/v1/shadow/reported", {"reported": {"interval": 30}, "version": 1}, expect=200)
+    with CaptureQueriesContext(connection) as queries:
+        device_api.post("/device/v1/shadow/reported", {"reported": {"interval": 31}, "version": 1}, expect=200)
+
+    statements = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"] not in ("BEGIN", "COMMIT") and "SAVEPOINT" not in q["sql"]
+    ]  # (the test's transaction)
+    assert len(statements) == 2, statements
+    assert "provision_token_hash" in statements[0] and statements[0].rstrip().endswith("FOR UPDATE")
+    assert statements[1].lstrip().startswith("UPDATE device_state")
+    assert Device.objects.get(pk=device.pk).reported_state == {"interval": 31}

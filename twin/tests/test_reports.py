@@ -74,3 +74,44 @@ def test_older_report_keeps_state_but_counts_as_seen(tenant, make_device):
 
 def test_empty_batch():
     assert twin_record_reports([]) == []
+
+
+def test_a_report_moves_last_seen_only_past_its_resolution(tenant, make_device, settings):
+    """As a read does (devices.services.device_touch): a fleet reporting every few seconds does not
+    rewrite an indexed column each time, so PostgreSQL can update the row in place (HOT)."""
+    device = make_device(tenant)
+    twin_update_desired(device=device, document={"n": 1})
+    twin_record_reports([report(device, {"v": 1}, 1)])
+    first = Device.objects.get(pk=device.pk).last_seen
+    assert first is not None
+
+    twin_record_reports([report(device, {"v": 2}, 1)])
+    row = Device.objects.get(pk=device.pk)
+    assert row.reported_state == {"v": 2} and row.last_seen == first, "within the window: the state, not last_seen"
+
+    Device.objects.filter(pk=device.pk).update(last_seen=first - settings.DEVICE_LAST_SEEN_RESOLUTION)
+    twin_record_reports([report(device, {"v": 3}, 1)])
+    assert Device.objects.get(pk=device.pk).last_seen > first, "past it: last_seen moves"
+
+
+def test_repeated_reports_are_hot_updates_on_postgresql(postgres_only, transactional_db, tenant, make_device):
+    from django.db import connection
+
+    device = make_device(tenant)
+    twin_update_desired(device=device, document={"n": 1})
+    twin_record_reports([report(device, {"v": 0}, 1)])  # last_seen set: from here it stays within its window
+
+    def hot_updates() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'device_state'")
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'device_state'")
+        assert cursor.fetchone()[0] == ["fillfactor=70"]
+    before = hot_updates()
+    for n in range(1, 6):
+        twin_record_reports([report(device, {"v": n}, 1)])
+    assert hot_updates() - before >= 5, "no indexed column changed: the row was updated in place"
