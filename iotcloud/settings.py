@@ -201,6 +201,13 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 MQTT_URL = env.str("MQTT_URL", default="")
 # Set (e.g. "iotcloud") to subscribe as $share/<group>/... so bridges split reports.
 MQTT_SHARED_GROUP = env.str("MQTT_SHARED_GROUP", default="")
+# Bridge processes `manage.py mqtt_bridge` runs (mqtt_bridge.processes; one Python process uses about one
+# core): 0 = the number of cores with MQTT_URL, 1 with the embedded broker. More than one share the
+# load through MQTT_SHARED_GROUP ("iotcloud" when unset), and the broker's round robin then splits one
+# device's reports between them: see the README (Scaling out) before raising it.
+MQTT_BRIDGE_PROCESSES = env.int("MQTT_BRIDGE_PROCESSES", default=1)
+if MQTT_BRIDGE_PROCESSES < 0:
+    raise ImproperlyConfigured("MQTT_BRIDGE_PROCESSES must be 0 (one per core) or more")
 # Stable id + persistent session: QoS 1 reports queued while the bridge is down
 # are delivered when it returns. Give every bridge instance its own id; unset, it
 # is one per host (container), so `docker compose up --scale bridge=N` gives each

@@ -203,6 +203,10 @@ class Bridge:
         filters = [topics.REPORTED_FILTER, *topics.request_filters(settings.MQTT_DIALECTS), topics.REGISTRATION_FILTER]
         if settings.MQTT_DEVICE_AUTH == "dynsec":  # claim certificates log in only where the broker has accounts
             filters.append(topics.CLAIM_REGISTRATION_FILTER)
+        if self.shared_group and flags.session_present:
+            # A session that ran unshared before (one bridge, now several: mqtt_bridge --processes) still
+            # holds the plain subscriptions: it would get every report twice.
+            client.unsubscribe(list(filters))
         filters = [topics.subscription(f, self.shared_group) for f in filters]
         if self.protocol == V5:
             # retainAsPublished: a device's message published with the retain flag shows it at once,

@@ -80,7 +80,8 @@ def bridge_rate(run, db, broker, device_ids, args, tls: bool = False) -> dict:
         url, port, ca_file = f"{broker.tls_url}&protocol={args.protocol}", broker.tls_port, str(broker.tls.ca_file)
     else:
         url, port, ca_file = f"{broker.url}?protocol={args.protocol}", broker.port, None
-    bridge = run.start(servers.Bridge(run.env(MQTT_BATCH_MAX=str(args.batch_max)), url))
+    processes = getattr(args, "bridge_processes", 1)
+    bridge = run.start(servers.Bridge(run.env(MQTT_BATCH_MAX=str(args.batch_max)), url, processes=processes))
 
     def complete() -> int:
         with connection.cursor() as cursor:

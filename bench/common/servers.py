@@ -232,17 +232,32 @@ class Bridge(Child):
 
     name = "bridge"
 
-    def __init__(self, environ: dict[str, str], mqtt_url: str, client_id: str = "bench-bridge", timeout: float = 30):
+    def __init__(self, environ: dict[str, str], mqtt_url: str, client_id: str = "bench-bridge", timeout: float = 30,
+                 processes: int = 1):  # fmt: skip
         super().__init__()
-        self.client_id = client_id
+        self.client_id, self.processes = client_id, processes
         env = {**environ, "MQTT_URL": mqtt_url, "MQTT_CLIENT_ID": client_id, "LOG_LEVEL": "INFO"}
         self.stats: dict | None = None
-        self.spawn([sys.executable, app.MANAGE, "mqtt_bridge", "--client-id", client_id], env)
+        self.spawn([sys.executable, app.MANAGE, "mqtt_bridge", "--client-id", client_id, "--processes",
+                    str(processes)], env)  # fmt: skip
         self.starting(lambda: self._wait(timeout))
+
+    def pids(self) -> list[int]:
+        """The bridge and, with --processes N > 1, the N bridges its supervisor runs."""
+        if self.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.proc.pid, *map(int, children)]
+
+    def _connected(self) -> int:
+        return sum(m.startswith("connected to") or " connected to " in m for m in log_messages(self.log_text()))
 
     def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not any(m.startswith("connected to") or " connected to " in m for m in log_messages(self.log_text())):
+        while self._connected() < self.processes:
             self.check_alive("before connecting")
             if time.monotonic() > deadline:
                 raise BenchError(f"the bridge did not connect within {timeout:g} s:\n{self.log_tail()}")
@@ -256,11 +271,14 @@ class Bridge(Child):
         return self.stats
 
     def final_stats(self) -> dict:
-        for message in reversed(log_messages(self.log_text())):
-            m = re.search(r"bridge stopped stats=(\{[^{}]*\})", message)
-            if m:
-                return ast.literal_eval(m.group(1))
-        raise BenchError(f"the bridge logged no final stats:\n{self.log_tail()}")
+        """The final counters, summed over the bridge processes (each logs its own when it stops)."""
+        found = [ast.literal_eval(m.group(1)) for message in log_messages(self.log_text())
+                 if (m := re.search(r"bridge stopped stats=(\{[^{}]*\})", message))]  # fmt: skip
+        if len(found) < self.processes:
+            raise BenchError(
+                f"{len(found)} of {self.processes} bridge processes logged final stats:\n{self.log_tail()}"
+            )
+        return {key: sum(stats.get(key, 0) for stats in found) for key in found[-1]}
 
 
 class Gunicorn(Child):

@@ -363,6 +363,7 @@ class BridgeProcess:
         self.env = {
             **os.environ, "DATABASE_URL": subprocess_database_url(), "MQTT_URL": broker_url(broker),
             "MQTT_CLIENT_ID": client_id, "MQTT_POLL_SECONDS": "0.2", "LOG_LEVEL": "INFO",
+            "MQTT_BRIDGE_PROCESSES": "1",  # one bridge, the process a crash test kills (test_processes: several)
         }  # fmt: skip
         self.process = None
         self.log = tempfile.NamedTemporaryFile(prefix="bridge-", suffix=".log", delete=False)  # noqa: SIM115
