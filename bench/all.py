@@ -18,10 +18,14 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 BENCHMARKS = [
-    "http_device_api", "desired_latency", "mqtt_ingest", "mqtt_shadow_rtt", "job_fanout", "admin_pages", "rollout",
-    "tls",
+    "http_device_api", "desired_latency", "desired_latency_http", "mqtt_ingest", "mqtt_shadow_rtt", "job_fanout",
+    "admin_pages", "rollout", "tls",
 ]  # fmt: skip
 SMOKE_ONLY = {"job_fanout_whatif": "job_fanout/whatif.py"}
+# A benchmark run another way (its own results file): name -> (its script, its arguments, and with --smoke).
+VARIANTS = {
+    "desired_latency_http": ("desired_latency/run.py", ["--via", "http", "--rate", "1000"], ["--via", "http"]),
+}
 
 
 def main() -> int:
@@ -30,7 +34,8 @@ def main() -> int:
     p.add_argument("names", nargs="*", help=f"a subset of {', '.join(BENCHMARKS)}")
     args = p.parse_args()
     names = args.names or BENCHMARKS + (list(SMOKE_ONLY) if args.smoke else [])
-    scripts = {name: BENCH / SMOKE_ONLY.get(name, f"{name}/run.py") for name in names}
+    scripts = {name: BENCH / (VARIANTS[name][0] if name in VARIANTS else SMOKE_ONLY.get(name, f"{name}/run.py"))
+               for name in names}  # fmt: skip
     if unknown := [name for name, path in scripts.items() if not path.exists()]:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS + list(SMOKE_ONLY))}")
     done = []
@@ -38,7 +43,8 @@ def main() -> int:
     for name, script in scripts.items():
         print(f"\n=== {name}{' (smoke)' if args.smoke else ''} ===", flush=True)
         t0 = time.monotonic()
-        cmd = [sys.executable, str(script), *(["--smoke"] if args.smoke else [])]
+        extra = VARIANTS[name][2 if args.smoke else 1] if name in VARIANTS else []
+        cmd = [sys.executable, str(script), *(["--smoke"] if args.smoke else []), *extra]
         status = subprocess.run(cmd, check=False).returncode
         done.append((name, time.monotonic() - t0, status))
     print(f"\n{'benchmark':<20} {'seconds':>8}  status")

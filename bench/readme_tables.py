@@ -83,7 +83,7 @@ def when(result: dict) -> str:
 
 def benchmark_block(name: str) -> list[str]:
     result = load(name)
-    lines = [f"*`bench/{result.get('benchmark', name)}`, {when(result)} (`bench/results/{name}.json`):*", ""]
+    lines = [f"*`{result.get('benchmark', name)}`, {when(result)} (`bench/results/{name}.json`):*", ""]
     if result["achieved"]:
         rows = [[r["what"], number(r["achieved"], r.get("unit", "")), number(r.get("target"), r.get("unit", "")),
                  r.get("note") or ""] for r in result["achieved"]]  # fmt: skip
