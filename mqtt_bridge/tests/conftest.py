@@ -8,6 +8,7 @@ leak into a test.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -385,3 +386,22 @@ class BridgeProcess:
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
+
+
+def stream_reports(publisher, tenant_id: str, devices, pause: float) -> threading.Thread:
+    """Publish one seed report per device ({"seq": n}, version 0), `pause` s apart, in a thread (started)."""
+
+    def stream():
+        for n, device in enumerate(devices):
+            publisher.publish(topics.reported(tenant_id, device.device_id),
+                              json.dumps({"reported": {"seq": n}, "version": 0}))  # fmt: skip
+            time.sleep(pause)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    return sender
+
+
+def reports_landed(tenant) -> int:
+    """Devices of the tenant whose report was committed."""
+    return Device.objects.filter(tenant=tenant, reported_updated_at__isnull=False).count()

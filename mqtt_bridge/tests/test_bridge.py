@@ -2,7 +2,6 @@
 
 import json
 import logging
-import threading
 import time
 
 import pytest
@@ -108,24 +107,14 @@ def test_sigkill_mid_stream_loses_no_report(mqtt_broker, provision, mqtt_tenant)
     devices = provision(150)
     bridge = BridgeProcess(mqtt_broker, client_id=f"test-kill-{mqtt_tenant.id}")
     bridge.start()
-    from mqtt_bridge.tests.conftest import MqttClient, purge_session
+    from mqtt_bridge.tests.conftest import MqttClient, purge_session, reports_landed, stream_reports
 
     try:
         with MqttClient(mqtt_broker) as publisher:
-
-            def stream():
-                for n, device in enumerate(devices):
-                    publisher.publish(
-                        topics.reported(mqtt_tenant.id, device.device_id),
-                        json.dumps({"reported": {"seq": n}, "version": 0}),
-                    )
-                    time.sleep(0.004)
-
-            sender = threading.Thread(target=stream)
-            sender.start()
+            sender = stream_reports(publisher, mqtt_tenant.id, devices, 0.004)
 
             def landed():
-                return Device.objects.filter(tenant=mqtt_tenant, reported_updated_at__isnull=False).count()
+                return reports_landed(mqtt_tenant)
 
             wait_until(lambda: landed() >= 30, message="some reports to land")
             bridge.kill()

@@ -7,20 +7,24 @@ children with it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from devices.models import Device
-from mqtt_bridge import topics
 from mqtt_bridge.processes import child_ids
-from mqtt_bridge.tests.conftest import BridgeProcess, MqttClient, PrivateMosquitto, purge_session, wait_until
+from mqtt_bridge.tests.conftest import (
+    BridgeProcess,
+    MqttClient,
+    PrivateMosquitto,
+    purge_session,
+    reports_landed,
+    stream_reports,
+    wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,18 +88,10 @@ def test_two_processes_share_reports_survive_a_killed_child_and_stop_together(br
     try:
         first, second = children_of(bridges.process.pid)
         with MqttClient(broker.settings) as publisher:
-
-            def stream():
-                for n, device in enumerate(devices):
-                    publisher.publish(topics.reported(mqtt_tenant.id, device.device_id),
-                                      json.dumps({"reported": {"seq": n}, "version": 0}))  # fmt: skip
-                    time.sleep(0.005)
-
-            sender = threading.Thread(target=stream)
-            sender.start()
+            sender = stream_reports(publisher, mqtt_tenant.id, devices, 0.005)
 
             def landed():
-                return Device.objects.filter(tenant=mqtt_tenant, reported_updated_at__isnull=False).count()
+                return reports_landed(mqtt_tenant)
 
             wait_until(lambda: landed() >= 20, message="some reports to land")
             os.kill(second, signal.SIGKILL)  # one bridge crashes mid-stream
