@@ -58,8 +58,12 @@ def check_hook_url(url) -> str:
         raise InvalidInput(
             f"hook_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters", code="invalid_hook"
         )
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = None
+    if not host or parts.scheme not in ("http", "https"):
         raise InvalidInput(
             f"hook_url {url[:80]!r} is not an absolute http:// or https:// URL with a host", code="invalid_hook"
         )

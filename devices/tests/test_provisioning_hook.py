@@ -160,6 +160,7 @@ def test_a_hook_that_is_down_refuses_and_is_not_asked_for_a_registered_serial(ho
         ({"hook_url": "ftp://example.com/x"}, "http"),
         ({"hook_url": "/relative"}, "absolute"),
         ({"hook_url": "https://example.com/ x"}, "URL"),
+        ({"hook_url": "http://[::1/check"}, "absolute"),
         ({"hook_url": "https://example.com/x"}, "needs a hook_secret"),
         ({"hook_url": "https://example.com/x", "hook_secret": "short"}, "16 to 256"),
     ],
