@@ -22,11 +22,12 @@ from rest_framework import authentication, exceptions
 
 from devices.certificates import device_for_certificate
 from devices.models import Device
-from devices.selectors import active_device_for_token
+from devices.selectors import active_device_for_token, active_device_with_read
 from devices.services import device_touch
 
 HEADER = "HTTP_X_PROVISION_TOKEN"
 LOCK_DEVICE = "iotcloud_lock_device"  # set on the request by a view whose handler writes the device's twin
+TOKEN_READ = "iotcloud_token_read"  # a view's read to do in the token lookup's statement (a TokenRead)
 # A bearer token: printable ASCII without spaces, at most 256 bytes (knox's are a prefix and 64 hex digits).
 BEARER_TOKEN_RE = re.compile(rb"[!-~]{1,256}")
 # Any name an account can have (Django's UnicodeUsernameValidator, 150 characters): anything else is
@@ -43,11 +44,16 @@ class ProvisionTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Missing provision token", code="missing_token")
         # A view that writes the device's twin asks for its row locked (iotcloud.api.views.DeviceAPIView).
         lock = bool(getattr(request, LOCK_DEVICE, False)) and connection.in_atomic_block
-        device = active_device_for_token(token, lock=lock)
+        # A view that needs more than the device's row has it read in the same statement.
+        read = getattr(request, TOKEN_READ, None)
+        if read is None:
+            device, rows = active_device_for_token(token, lock=lock), None
+        else:
+            device, rows = active_device_with_read(token, read)
         if device is None:
             raise exceptions.AuthenticationFailed("Invalid provision token", code="invalid_token")
         device_touch(device=device)
-        return DevicePrincipal(device, locked=lock), token
+        return DevicePrincipal(device, locked=lock, read_rows=rows), token
 
     def authenticate_header(self, request):
         return 'ProvisionToken header="X-Provision-Token"'
@@ -97,9 +103,10 @@ class DevicePrincipal:
     is_superuser = False
     is_staff = False
 
-    def __init__(self, device: Device, *, locked: bool = False):
+    def __init__(self, device: Device, *, locked: bool = False, read_rows: list[tuple] | None = None):
         self.device = device
         self.locked = locked  # its row is locked FOR UPDATE in the request's transaction, as read
+        self.read_rows = read_rows  # the view's TokenRead, read with the token lookup (None: not read)
 
     def __str__(self):
         return f"device:{self.device}"

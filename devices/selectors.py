@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
 from django.db import connection
 from django.db.models.fields.json import KeyTransform
@@ -87,9 +88,43 @@ def filter_by_tag(queryset, key: str, value: str | None):
 
 
 MAX_TOKEN_LENGTH = 256
-_DEVICE_FIELDS = Device._meta.concrete_fields
-_COLUMNS = ", ".join(f.column for f in _DEVICE_FIELDS)  # model column names, no input
-_TOKEN_LOOKUP_SQL = f"SELECT {_COLUMNS} FROM device_state WHERE provision_token_hash = %s LIMIT 1"  # noqa: S608
+_DEVICE_FIELDS = tuple(Device._meta.concrete_fields)
+# What every device request needs of its row (authentication, last_seen, the rate limit): a request
+# that reads more in the token lookup's statement (TokenRead) takes only these; the rest is deferred.
+_AUTH_FIELDS = tuple(
+    Device._meta.get_field(name)
+    for name in ("id", "tenant", "device_id", "provision_token_hash", "status", "last_seen")
+)
+
+
+def _columns(fields, table: str = "") -> str:
+    return ", ".join(f"{table}{f.column}" for f in fields)  # model column names, no input
+
+
+_LOOKUP_SQL = "SELECT {} FROM device_state WHERE provision_token_hash = %s LIMIT 1"
+_TOKEN_LOOKUP_SQL = _LOOKUP_SQL.format(_columns(_DEVICE_FIELDS))
+# The token lookup, then a TokenRead's columns: a row per row read (one when it has none). Model column
+# names only; a TokenRead's SQL is the application's, its values are parameters.
+_WITH_READ_SQL = (
+    f"WITH token_device AS ({_LOOKUP_SQL.format(_columns(_AUTH_FIELDS))})"  # noqa: S608
+    f" SELECT {_columns(_AUTH_FIELDS, 'token_device.')}, r.* FROM token_device LEFT JOIN ({{sql}}) r ON 1 = 1"
+    " ORDER BY r.{order}"
+)
+# In a TokenRead's SQL: the id of the device the token belongs to (a one-row CTE of the same statement).
+TOKEN_DEVICE_ID = "(SELECT id FROM token_device)"
+
+
+@dataclass(frozen=True)
+class TokenRead:
+    """Rows a device request needs, read in its token lookup's one statement (active_device_with_read).
+
+    `sql` (with `params`) selects them for the device TOKEN_DEVICE_ID; its column `order` orders them
+    and is never NULL.
+    """
+
+    sql: str
+    params: tuple
+    order: str
 
 
 def _device_by_token_hash(digest: str, *, lock: bool = False) -> Device | None:
@@ -100,28 +135,59 @@ def _device_by_token_hash(digest: str, *, lock: bool = False) -> Device | None:
         for_update = lock and connection.features.has_select_for_update
         cursor.execute(_TOKEN_LOOKUP_SQL + (" FOR UPDATE" if for_update else ""), [digest])
         row = cursor.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _device_from_row(row, _DEVICE_FIELDS)
+
+
+def _device_and_rows(digest: str, read: TokenRead) -> tuple[Device | None, list[tuple]]:
+    with connection.cursor() as cursor:
+        cursor.execute(_WITH_READ_SQL.format(sql=read.sql, order=read.order), [digest, *read.params])
+        fetched = cursor.fetchall()
+    if not fetched:
+        return None, []
+    width = len(_AUTH_FIELDS)
+    rows = [row[width:] for row in fetched]
+    if len(rows) == 1 and all(value is None for value in rows[0]):  # the LEFT JOIN's row when read has none
+        rows = []
+    return _device_from_row(fetched[0][:width], _AUTH_FIELDS), rows
+
+
+def _device_from_row(row, fields) -> Device:
+    """A Device of `fields`' values as the ORM makes one (its converters applied; other fields deferred)."""
     values = list(row)
-    for index, converters in _converters():
+    table = Device._meta.db_table
+    for index, converters in _converters(fields):
         for converter in converters:
-            values[index] = converter(values[index], _DEVICE_FIELDS[index].get_col(Device._meta.db_table), connection)
-    return Device.from_db(connection.alias, [f.attname for f in _DEVICE_FIELDS], values)
+            values[index] = converter(values[index], fields[index].get_col(table), connection)
+    return Device.from_db(connection.alias, [f.attname for f in fields], values)
 
 
-def _converters() -> list[tuple[int, list]]:
+def _converters(fields) -> list[tuple[int, list]]:
     """The backend's and the fields' value converters (as the ORM applies them), once per backend."""
-    if connection.vendor not in _CONVERTERS:
+    key = (connection.vendor, fields)
+    if key not in _CONVERTERS:
         table = Device._meta.db_table
-        _CONVERTERS[connection.vendor] = [
+        _CONVERTERS[key] = [
             (index, found)
-            for index, field in enumerate(_DEVICE_FIELDS)
+            for index, field in enumerate(fields)
             if (found := connection.ops.get_db_converters(field.get_col(table)) + field.get_db_converters(connection))
         ]
-    return _CONVERTERS[connection.vendor]
+    return _CONVERTERS[key]
 
 
-_CONVERTERS: dict[str, list] = {}
+_CONVERTERS: dict[tuple, list] = {}
+
+
+def _token_digest(token: str) -> str | None:
+    return hash_token(token) if token and len(token) <= MAX_TOKEN_LENGTH else None
+
+
+def _is_active_owner(device: Device | None, digest: str) -> bool:
+    """The row found is the token's (compared again in constant time) and the device is active."""
+    return (
+        device is not None
+        and hmac.compare_digest(device.provision_token_hash, digest)
+        and device.status == DeviceStatus.ACTIVE
+    )
 
 
 def active_device_for_token(token: str, *, lock: bool = False) -> Device | None:
@@ -132,13 +198,27 @@ def active_device_for_token(token: str, *, lock: bool = False) -> Device | None:
     lock (inside a transaction): its row is locked FOR UPDATE, so the request's own write can use
     this read (twin.engine's `locked`) instead of reading the row again.
     """
-    if not token or len(token) > MAX_TOKEN_LENGTH:
-        return None
-    digest = hash_token(token)
-    device = _device_by_token_hash(digest, lock=lock)
-    if device is None or not hmac.compare_digest(device.provision_token_hash, digest):
-        return None
-    return device if device.status == DeviceStatus.ACTIVE else None
+    digest = _token_digest(token)
+    device = _device_by_token_hash(digest, lock=lock) if digest else None
+    return device if _is_active_owner(device, digest) else None
+
+
+def active_device_with_read(token: str, read: TokenRead) -> tuple[Device | None, list[tuple]]:
+    """active_device_for_token (its authentication fields only) and `read`'s rows for that device, in one
+    statement; (None, []) when the token is refused."""
+    digest = _token_digest(token)
+    device, rows = _device_and_rows(digest, read) if digest else (None, [])
+    return (device, rows) if _is_active_owner(device, digest) else (None, [])
+
+
+def device_read_rows(read: TokenRead, device_pk: int) -> list[tuple]:
+    """`read`'s rows for a device known already (a certificate's, a service's), in its order."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH token_device AS (SELECT %s AS id) SELECT r.* FROM ({read.sql}) r ORDER BY r.{read.order}",  # noqa: S608
+            [device_pk, *read.params],
+        )
+        return cursor.fetchall()
 
 
 def audit_for_operator(user, *, tenant_id: str | None = None):

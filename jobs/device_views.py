@@ -8,7 +8,7 @@ from iotcloud.api.serializers import ErrorSerializer
 from iotcloud.api.views import DeviceAPIView
 from jobs import services
 from jobs.choices import TransitionRules
-from jobs.selectors import device_execution, execution_document, pending_jobs
+from jobs.selectors import device_execution, execution_document, pending_from_rows, pending_read
 from jobs.serializers import (
     DeviceExecutionSerializer,
     ExecutionUpdateSerializer,
@@ -21,9 +21,11 @@ ERRORS = error_responses(400, 401, 404, 409, 413)
 
 
 class PendingJobsView(DeviceAPIView):
+    token_reads = {"GET": pending_read}  # the token lookup and the pending list: one statement
+
     @extend_schema(operation_id="device_jobs_pending", responses={200: PendingJobsSerializer, 401: ErrorSerializer})
     def get(self, request):
-        return Response({"jobs": pending_jobs(self.device)})
+        return Response({"jobs": pending_from_rows(self.token_read_rows)})
 
 
 class StartNextView(DeviceAPIView):

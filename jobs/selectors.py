@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Case, Count, F, Q, Value, When, Window
+from django.db import connection
+from django.db.models import Case, Count, DateTimeField, Expression, F, IntegerField, Q, Value, When, Window
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from devices.models import Device
-from devices.selectors import operator_tenant
+from devices.selectors import TOKEN_DEVICE_ID, TokenRead, device_read_rows, operator_tenant
 from iotcloud.errors import NotFound
 from iotcloud.rules import DEVICE_ID, JOB_ID
 from jobs.choices import ACTIVE, DESIRED_PATCH, TERMINAL, ExecutionStatus, JobStatus
@@ -63,11 +66,13 @@ def _pending(executions, now: datetime):
     )
 
 
-def pending_executions(device_pk: int, *, now: datetime | None = None, limit: int | None = None):
-    """A device's pending executions, IN_PROGRESS first, then QUEUED oldest first (uses idx_job_exec_pending)."""
+def pending_executions(device, *, now: datetime | Expression | None = None, limit: int | None = None):
+    """A device's pending executions, IN_PROGRESS first, then QUEUED oldest first (uses idx_job_exec_pending).
+
+    `device`: its pk, or an expression of it (the fixed pending read's TOKEN_DEVICE_ID)."""
     now = now or timezone.now()
     return (
-        _pending(JobExecution.objects.filter(device_id=device_pk), now)
+        _pending(JobExecution.objects.filter(device_id=device), now)
         .select_related("job")
         .only(*SUMMARY_FIELDS)
         .order_by(*PENDING_ORDER)[: limit or settings.JOBS_PENDING_LIMIT]
@@ -79,17 +84,78 @@ def next_execution(device: Device, *, now: datetime | None = None) -> JobExecuti
     return pending_executions(device.pk, now=now, limit=1).first()
 
 
+# --- the device's pending list: one fixed query ---------------------------------------------------
+
+# A pending list entry's columns, and their place in the fixed query's rows.
+PENDING_COLUMNS = ("execution_number", "queued_at", "job__job_id", "job__document_type", "job__document_params",
+                   "job__expires_at", "status")  # fmt: skip
+_PENDING_RANK = "pending_rank"
+_NOW = object()  # where the request's `now` goes in the fixed query's parameters
+
+
+class _RequestNow(Expression):
+    """`now` in the fixed pending query, compiled once: a parameter, set per request."""
+
+    output_field = DateTimeField()
+
+    def as_sql(self, compiler, connection):
+        return "%s", [_NOW]
+
+
+@dataclass(frozen=True)
+class _PendingQuery:
+    sql: str
+    params: tuple
+    converters: tuple  # (column index, converters, expression), as the ORM applies them
+
+
+_PENDING_QUERIES: dict[tuple[str, int], _PendingQuery] = {}
+
+
+def _pending_query() -> _PendingQuery:
+    """The pending list as one fixed SQL query (per backend and JOBS_PENDING_LIMIT), compiled once from the
+    ORM's rules above (_pending, PENDING_ORDER): no query building per request, the same SQL every time."""
+    key = (connection.vendor, settings.JOBS_PENDING_LIMIT)
+    if key not in _PENDING_QUERIES:
+        device = RawSQL(TOKEN_DEVICE_ID, (), output_field=IntegerField())  # noqa: S611 (a constant)
+        queryset = (
+            pending_executions(device, now=_RequestNow())
+            .annotate(**{_PENDING_RANK: Window(RowNumber(), order_by=list(PENDING_ORDER))})
+            .values_list(*PENDING_COLUMNS, _PENDING_RANK)
+        )
+        compiler = queryset.query.get_compiler(connection=connection)
+        sql, params = compiler.as_sql()
+        columns = [expression for expression, _, _ in compiler.select[: len(PENDING_COLUMNS)]]
+        converters = tuple((i, tuple(found), e) for i, (found, e) in compiler.get_converters(columns).items())
+        _PENDING_QUERIES[key] = _PendingQuery(sql, tuple(params), converters)
+    return _PENDING_QUERIES[key]
+
+
+def pending_read(now: datetime | None = None) -> TokenRead:
+    """The device's pending list, to read with its token lookup (DeviceAPIView.token_reads): one statement."""
+    query, now = _pending_query(), now or timezone.now()
+    return TokenRead(query.sql, tuple(now if p is _NOW else p for p in query.params), order=_PENDING_RANK)
+
+
+def pending_from_rows(rows: list[tuple]) -> list[dict]:
+    """The device API's pending list (pending_summary entries) from pending_read's rows: plain rows, no
+    model instances (a device polls this)."""
+    converters = _pending_query().converters
+    entries = []
+    for row in rows:
+        values = list(row)
+        for index, found, expression in converters:
+            for converter in found:
+                values[index] = converter(values[index], expression, connection)
+        number, queued_at, job_id, kind, params, expires_at, status = values[: len(PENDING_COLUMNS)]
+        entries.append({"job_id": job_id, "execution_number": number, "document": {"type": kind, "params": params},
+                        "queued_at": _iso(queued_at), "expires_at": _iso(expires_at), "status": status})  # fmt: skip
+    return entries
+
+
 def pending_jobs(device: Device, *, now: datetime | None = None) -> list[dict]:
-    """The device API's pending list (pending_summary entries): plain rows, no model instances (a device polls this)."""
-    rows = pending_executions(device.pk, now=now).values_list(
-        "execution_number", "queued_at", "job__job_id", "job__document_type", "job__document_params",
-        "job__expires_at", "status",
-    )  # fmt: skip
-    return [
-        {"job_id": job_id, "execution_number": number, "document": {"type": kind, "params": params},
-         "queued_at": _iso(queued_at), "expires_at": _iso(expires_at), "status": status}
-        for number, queued_at, job_id, kind, params, expires_at, status in rows
-    ]  # fmt: skip
+    """A device's pending list, by the same fixed query (for a device known already)."""
+    return pending_from_rows(device_read_rows(pending_read(now), device.pk))
 
 
 def pending_executions_for_devices(

@@ -4,6 +4,7 @@ import binascii
 import datetime
 import re
 from base64 import b64decode
+from collections.abc import Callable
 from urllib.parse import unquote_plus
 
 from django.core.exceptions import FieldDoesNotExist, ValidationError
@@ -13,8 +14,14 @@ from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from devices.authentication import LOCK_DEVICE, ClientCertificateAuthentication, ProvisionTokenAuthentication
+from devices.authentication import (
+    LOCK_DEVICE,
+    TOKEN_READ,
+    ClientCertificateAuthentication,
+    ProvisionTokenAuthentication,
+)
 from devices.permissions import IsDevice
+from devices.selectors import TokenRead, device_read_rows
 from devices.throttling import RateLimitedViewMixin
 from iotcloud.errors import InvalidInput
 from iotcloud.rules import fits_int64
@@ -157,8 +164,13 @@ class DeviceAPIView(RateLimitedViewMixin, APIView):
     # lookup locks the device's row, so the write reuses that read (`device_locked`) instead of
     # reading it again: one round trip fewer, one transaction instead of two.
     locking_methods: frozenset[str] = frozenset()
+    # Per method, rows its handler needs (a devices.selectors.TokenRead made per request): read in the
+    # token lookup's statement, so the request is one SQL statement; the handler takes `token_read_rows`.
+    token_reads: dict[str, Callable[[], TokenRead]] = {}
 
     def dispatch(self, request, *args, **kwargs):
+        if (read := self.token_reads.get(request.method)) is not None:
+            setattr(request, TOKEN_READ, read())
         if request.method not in self.locking_methods:
             return super().dispatch(request, *args, **kwargs)
         setattr(request, LOCK_DEVICE, True)
@@ -173,3 +185,10 @@ class DeviceAPIView(RateLimitedViewMixin, APIView):
     def device_locked(self) -> tuple:
         """The request's device, if its row is locked in this request's transaction as read (for twin.engine)."""
         return (self.device,) if getattr(self.request.user, "locked", False) else ()
+
+    @property
+    def token_read_rows(self) -> list[tuple]:
+        """This method's TokenRead rows for the request's device: read with the token lookup, or on their
+        own when the credential was not a token (a certificate's lookup is another statement)."""
+        rows = self.request.user.read_rows
+        return device_read_rows(getattr(self.request, TOKEN_READ), self.device.pk) if rows is None else rows

@@ -68,6 +68,55 @@ def test_pending_is_fifo_limited_to_ten_and_skips_expired_and_others(operator, t
     assert [j["job_id"] for j in device_client(other).get("/device/v1/jobs/pending").json()["jobs"]] == ["not-mine"]
 
 
+def test_pending_is_one_statement_with_the_token_lookup(postgres_only, operator, tenant, make_device):
+    """The token lookup, the device's pending executions and their jobs' fields: one SQL statement."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    device = make_device(tenant, "d")
+    for n in range(3):
+        create(operator, ["d"], job_id=f"job-{n}")
+    client = device_client(device)
+    client.get("/device/v1/jobs/pending", expect=200)  # the first request moves last_seen (a write)
+    with CaptureQueriesContext(connection) as queries:
+        jobs = client.get("/device/v1/jobs/pending", expect=200).json()["jobs"]
+    assert [j["job_id"] for j in jobs] == ["job-0", "job-1", "job-2"]
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]  # (the test's)
+    assert len(statements) == 1, statements
+    assert "provision_token_hash" in statements[0] and "job_executions" in statements[0]
+
+
+def test_pending_refuses_a_decommissioned_devices_token(operator, tenant, make_device):
+    from devices.services import device_decommission
+
+    device = make_device(tenant, "d")
+    create(operator, ["d"], job_id="j")
+    device_decommission(device=device)
+    body = device_client(device).get("/device/v1/jobs/pending", expect=401).json()
+    assert body["detail"] == "Invalid provision token"
+
+
+def test_pending_with_a_forwarded_certificate_is_the_same_list(settings, operator, tenant, make_device):
+    """A certificate's lookup is not the token's: the pending list is then read on its own, the same."""
+    import ipaddress
+    from urllib.parse import quote
+
+    from django.test import Client
+
+    from devices.certificates import certificate_issue
+
+    settings.DEVICE_CERT_PROXY_NETWORKS = [ipaddress.ip_network("10.0.0.0/24")]
+    device = make_device(tenant, "d")
+    for n in range(2):
+        create(operator, ["d"], job_id=f"job-{n}")
+    issued, _ = certificate_issue(device=device)
+    by_certificate = Client().get("/device/v1/jobs/pending", REMOTE_ADDR="10.0.0.7",
+                                  HTTP_X_CLIENT_CERTIFICATE=quote(issued.certificate_pem))  # fmt: skip
+    assert by_certificate.status_code == 200, by_certificate.content
+    by_token = device_client(device).get("/device/v1/jobs/pending", expect=200).json()
+    assert by_certificate.json() == by_token and [j["job_id"] for j in by_token["jobs"]] == ["job-0", "job-1"]
+
+
 def test_list_filters_and_executions(operator, tenant, make_device):
     for n in range(3):
         make_device(tenant, f"d{n}")
