@@ -99,6 +99,14 @@ class Device(models.Model):
                 name="idx_device_state_shadow_pending",
                 condition=Q(desired_version__gt=F("reported_version")),
             ),
+            # The operator's list filtered by sync status pending, in its page order (device_id): a page
+            # reads its own rows at any fleet size, where the tenant's unique index would be walked past
+            # every device in sync (bench/fleet_size). The index above stays: the original runbook's.
+            models.Index(
+                fields=["tenant", "device_id"],
+                name="idx_device_state_pending_list",
+                condition=Q(desired_version__gt=F("reported_version")),
+            ),
             # Stale-device filters and "recently seen" views.
             models.Index(fields=["tenant", "last_seen"], name="idx_device_state_last_seen"),
             models.Index(
