@@ -19,7 +19,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 BENCHMARKS = [
     "http_device_api", "desired_latency", "desired_latency_http", "mqtt_ingest", "mqtt_shadow_rtt", "job_fanout",
-    "admin_pages", "rollout", "tls",
+    "admin_pages", "rollout", "tls", "fleet_size",
 ]  # fmt: skip
 SMOKE_ONLY = {"job_fanout_whatif": "job_fanout/whatif.py"}
 # A benchmark run another way (its own results file): name -> (its script, its arguments, and with --smoke).

@@ -8,8 +8,9 @@ README.md marks each generated block:
     <!-- bench:http_device_api -->   ... what bench/results/http_device_api.json achieved ...   <!-- /bench -->
     <!-- bench:goals -->             ... every goal of every result, met or missed ...          <!-- /bench -->
 
-A benchmark's block shows when and where it ran, each rate it achieved beside the one it aimed at, each
-goal with its verdict, and the run's problems (an invalid run says so; its goals count as missed). Only
+A benchmark's block shows when and where it ran, each rate it achieved beside the one it aimed at, its own
+tables if it wrote any (`tables`: [{"title", "headers", "rows"}], cells as it printed them), each goal
+with its verdict, and the run's problems (an invalid run says so; its goals count as missed). Only
 results in the common format (bench/common/report.Report: `achieved`, `goals`) are rendered; the prose
 around the blocks explains them.
 """
@@ -88,6 +89,11 @@ def benchmark_block(name: str) -> list[str]:
         rows = [[r["what"], number(r["achieved"], r.get("unit", "")), number(r.get("target"), r.get("unit", "")),
                  r.get("note") or ""] for r in result["achieved"]]  # fmt: skip
         lines += _markdown(["rate", "achieved", "aimed at", ""], rows)
+        lines.append("")
+    for extra in result.get("tables") or []:  # its own tables (e.g. a column per fleet size), as it printed them
+        if extra.get("title"):
+            lines += [f"{extra['title']}:", ""]
+        lines += _markdown(extra["headers"], extra["rows"])
         lines.append("")
     if result["goals"]:
         rows = [[g["goal"], number(g["achieved"], g.get("unit", "")), verdict(result, g)] for g in result["goals"]]

@@ -53,6 +53,20 @@ def test_blocks_show_rates_goals_verdicts_and_problems(tmp_path, results):
     assert readme_tables.main(["--check", "--readme", str(readme)]) == 0, "then it agrees"
 
 
+def test_a_benchmark_s_own_tables_are_rendered_as_it_wrote_them(tmp_path, results):
+    rows = [["GET p99 ms", "20.1", "22.3", "yes (1.11x)"], ["a|b", "1", "2", "-"]]
+    results("grows", tables=[{"title": "By fleet size", "headers": ["figure", "10,000", "1,000,000", "flat?"],
+                              "rows": rows}])  # fmt: skip
+    readme = readme_with(tmp_path, "grows")
+    assert readme_tables.main(["--readme", str(readme)]) == 0
+    text = readme.read_text()
+
+    assert "By fleet size:\n\n| figure | 10,000 | 1,000,000 | flat? |\n| --- | ---: | ---: | ---: |\n" in text
+    assert "| GET p99 ms | 20.1 | 22.3 | yes (1.11x) |" in text and "| a\\|b | 1 | 2 | - |" in text
+    assert "| rate |" not in text, "no rates, no rates table"
+    assert readme_tables.main(["--check", "--readme", str(readme)]) == 0
+
+
 def test_a_block_without_results_or_in_another_format_is_an_error(tmp_path, results, capsys):
     (tmp_path / "old.json").write_text(json.dumps({"benchmark": "old", "pages": []}))
     assert readme_tables.main(["--readme", str(readme_with(tmp_path, "missing"))]) == 2
