@@ -201,11 +201,10 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 MQTT_URL = env.str("MQTT_URL", default="")
 # Set (e.g. "iotcloud") to subscribe as $share/<group>/... so bridges split reports.
 MQTT_SHARED_GROUP = env.str("MQTT_SHARED_GROUP", default="")
-# Bridge processes `manage.py mqtt_bridge` runs (mqtt_bridge.processes; one Python process uses about one
-# core): 0 = the number of cores with MQTT_URL, 1 with the embedded broker. More than one share the
-# load through MQTT_SHARED_GROUP ("iotcloud" when unset), and the broker's round robin then splits one
-# device's reports between them: see the README (Scaling out) before raising it.
-MQTT_BRIDGE_PROCESSES = env.int("MQTT_BRIDGE_PROCESSES", default=1)
+# Ingest processes of `manage.py mqtt_bridge` (mqtt_bridge.partitions; one Python process uses about one
+# core): 1 = ingest in the bridge's own process; N > 1 = N worker processes, each device's messages on
+# one of them; 0 (the default) = the number of cores with MQTT_URL, 1 with the embedded broker.
+MQTT_BRIDGE_PROCESSES = env.int("MQTT_BRIDGE_PROCESSES", default=0)
 if MQTT_BRIDGE_PROCESSES < 0:
     raise ImproperlyConfigured("MQTT_BRIDGE_PROCESSES must be 0 (one per core) or more")
 # Stable id + persistent session: QoS 1 reports queued while the bridge is down

@@ -1,8 +1,9 @@
 """The MQTT bridge daemon: desired delivery out, reported ingestion in.
 
 Threads, each with its own database connection:
-- paho's network loop (loop_start): receives reports into a queue;
-- ingest: drains the queue in batches, writes each batch in one
+- paho's network loop (loop_start): receives reports into the ingest loop's queue, or with
+  `processes` > 1 hands each to the ingest worker process of its device (mqtt_bridge.partitions);
+- ingest (mqtt_bridge.ingest_loop): drains the queue in batches, writes each batch in one
   transaction, then acknowledges its messages (manual ack) in arrival order,
   so a crash before the commit means the broker redelivers, never a loss;
 - deliver: publishes pending desired states and jobs-notify lists whenever
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.utils import DatabaseError, InterfaceError
 
-from devices.audit import acting, audit_prune
+from devices.audit import audit_prune
 from iotcloud import outbox
 from jobs.release import rollout_tick
 from jobs.services import job_sweep, jobs_prune
@@ -46,22 +46,14 @@ from mqtt_bridge.delivery import (
     desired_deliver_pending,
     jobs_deliver_pending,
     named_desired_deliver_pending,
-    shadow_event_publications,
     shadow_events_deliver_pending,
 )
 from mqtt_bridge.heartbeat import Heartbeat
-from mqtt_bridge.ingest import (
-    RETAINED,
-    Incoming,
-    ingest_batch,
-    log_verdicts,
-    rejection_replies,
-    request_replies,
-    retained_topics,
-)
+from mqtt_bridge.ingest import Incoming
+from mqtt_bridge.ingest_loop import Counts, IngestLoop, incoming
 from mqtt_bridge.listener import NotificationListener
+from mqtt_bridge.partitions import Partitions
 from mqtt_bridge.recovery import Recovery
-from twin.engine import leased_events, shadow_events_delete
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +68,7 @@ class Bridge:
         batch_max: int | None = None,
         batch_wait: float | None = None,
         poll_seconds: float | None = None,
+        processes: int = 1,
     ):
         self.broker = broker or broker_settings()
         self.client_id = client_id or settings.MQTT_CLIENT_ID
@@ -87,7 +80,10 @@ class Bridge:
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker acknowledged the reports subscription
         self.wake = threading.Event()
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.processes = processes  # 1: ingest in this process; N > 1: N ingest workers (mqtt_bridge.partitions)
+        self.ingest: IngestLoop | None = None
+        self.partitions: Partitions | None = None
+        self._stats_lock = threading.Lock()
         self.stats = {"received": 0, "accepted": 0, "rejected": 0, "published": 0, "events": 0,
                       "rate_limited": 0, "retained": 0}  # fmt: skip
         self._threads: list[threading.Thread] = []
@@ -95,13 +91,6 @@ class Bridge:
         self.client: mqtt.Client | None = None
         self.accounts: AccountsLoop | None = None  # per-device broker accounts (MQTT_DEVICE_AUTH=dynsec)
         self.recovery = Recovery(self)  # the broker's retained state back after it lost it
-        # Shadow events of our own batches, published right after their commit (ingest thread only):
-        # (event id, its messages' infos, when) until the broker acknowledged them all, then their ids
-        # until they are deleted (about once a second: one statement for all, off the batches' path).
-        self._unconfirmed: list[tuple[int, list[mqtt.MQTTMessageInfo], float]] = []
-        self._confirmed: list[int] = []
-        self._forgotten_at = 0.0
-        self._recycled_at = 0.0
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -114,13 +103,25 @@ class Bridge:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        if self.processes > 1:
+            self.partitions = Partitions(
+                self.processes, client_id=self.client_id, protocol=self.protocol, acknowledge=self._acknowledge,
+                counted=self._counted, stopping=self.stopping,
+            )  # fmt: skip
+            self.partitions.start()
+        else:
+            self.ingest = IngestLoop(
+                publisher=lambda: self.client, done=self._batch_done, stopping=self.stopping,
+                batch_max=self.batch_max, batch_wait=self.batch_wait,
+            )  # fmt: skip
         # Messages are acknowledged once their batch is committed: let the broker send a full batch
         # while the previous one is written (MQTT 5; a 3.1.1 session gets the broker's in-flight limit).
         connect_async(
             self.client, self.broker, protocol=self.protocol, persistent=True, receive_maximum=2 * self.batch_max
         )
         self.client.loop_start()
-        self._spawn("ingest", self._ingest_loop)
+        if self.ingest is not None:
+            self._spawn("ingest", self.ingest.run)
         self._spawn("deliver", self._deliver_loop)
         self._spawn("sweep", self._sweep_loop)
         self._spawn("rollout", self._rollout_loop)
@@ -138,8 +139,9 @@ class Bridge:
             )
             self._spawn("listen", self._listener.run)
         logger.info(
-            "bridge started broker=%s client_id=%s protocol=%s shared_group=%s",
+            "bridge started broker=%s client_id=%s protocol=%s shared_group=%s ingest_processes=%d",
             self.broker, self.client_id, "5" if self.protocol == V5 else "3.1.1", self.shared_group or "-",
+            self.processes,
         )  # fmt: skip
 
     def _notified(self) -> None:
@@ -157,6 +159,8 @@ class Bridge:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self.partitions is not None:  # their last commits acknowledged before we disconnect
+            self.partitions.stop(max(0.1, deadline - time.monotonic()))
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
@@ -215,6 +219,8 @@ class Bridge:
             client.subscribe([(f, options) for f in filters])
         else:
             client.subscribe([(f, 1) for f in filters])
+        if self.partitions is not None:
+            self.partitions.reconnected()  # the broker sends again what we had not acknowledged
         self.recovery.connected(flags.session_present)  # before anything is published on this connection
         self.connected.set()
         self.wake.set()  # catch up on anything written while we were away
@@ -233,125 +239,29 @@ class Bridge:
             logger.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message):
-        self.inbox.put(message)
+        if self.partitions is not None:
+            self.partitions.route(incoming(message))
+        else:
+            self.ingest.inbox.put(incoming(message))
 
     # --- ingestion -----------------------------------------------------------------
 
-    def _ingest_loop(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if not batch:
-                self._forget_published_events()
-                if self.stopping.is_set():
-                    return
-                continue
-            self._ingest(batch)
-            if time.monotonic() - self._forgotten_at >= 1:
-                self._forget_published_events()
-
-    def _next_batch(self) -> list[mqtt.MQTTMessage]:
-        """The first message (waiting up to 0.2 s for one), then whatever is queued behind it, up to
-        batch_max, waiting up to batch_wait (MQTT_BATCH_WAIT_MS, 0 by default) for more. Without a wait
-        a dry queue ends the batch at once: under load batches fill by themselves while the previous one
-        is written, and at low load a wait would only delay every request."""
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.batch_wait
-        while len(batch) < self.batch_max:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
-    def _ingest(self, batch: Sequence[mqtt.MQTTMessage]) -> None:
-        incoming = [Incoming(_topic(m), m.payload, m.mid, m.qos, bool(m.retain)) for m in batch]
-        attempt = 0
-        while True:
-            self._recycle_connection()
-            try:
-                with leased_events(settings.MQTT_EVENT_LEASE_SECONDS) as events, acting("system", "mqtt"):
-                    verdicts = ingest_batch(incoming)
-                replies = rejection_replies(verdicts) + request_replies(verdicts)
-                break
-            except (DatabaseError, InterfaceError):
-                # Nothing was committed and nothing acknowledged: retry; if we
-                # stop instead, the broker redelivers to our persistent session.
-                attempt += 1
-                logger.exception("batch of %d failed (attempt %d); retrying", len(batch), attempt)
-                connection.close()
-                self._recycled_at = 0.0
-                if self.stopping.wait(min(30, 0.5 * 2**attempt)):
-                    return
-        # Committed: now, and only now, acknowledge, in arrival order.
-        for message in batch:
+    def _batch_done(self, messages: Sequence[Incoming], counts: Counts, may_write: bool) -> None:
+        """The in-process ingest loop committed a batch: acknowledge it, in arrival order."""
+        for message in messages:
             if message.qos > 0:
                 self.client.ack(message.mid, message.qos)
-        for topic, payload in replies:
-            self.client.publish(topic, payload, qos=1)
-        for topic in retained_topics(verdicts):
-            self.client.publish(topic, b"", qos=1, retain=True)  # clear the broker's copy
-        self._publish_events(events)
-        if connection.vendor != "postgresql" and any(_may_write(v) for v in verdicts):
-            self.wake.set()  # no NOTIFY on SQLite: a device's desired write or a job's lists to publish
-        log_verdicts(verdicts)
-        accepted = sum(v.accepted for v in verdicts)
-        codes = [v.error.code for v in verdicts if v.error is not None]
-        self.stats["received"] += len(batch)
-        self.stats["accepted"] += accepted
-        self.stats["rejected"] += len(batch) - accepted
-        self.stats["rate_limited"] += codes.count("rate_limited")
-        self.stats["retained"] += codes.count(RETAINED)
+        self._counted(counts, may_write)
 
-    def _recycle_connection(self) -> None:
-        """close_old_connections (CONN_MAX_AGE, the health check) at most once a second, not per batch:
-        the health check costs a round trip."""
-        now = time.monotonic()
-        if now - self._recycled_at >= 1:
-            self._recycled_at = now
-            close_old_connections()
+    def _acknowledge(self, mids: list[int]) -> None:
+        for mid in mids:
+            self.client.ack(mid, 1)
 
-    def _publish_events(self, events) -> None:
-        """Our batch's shadow events, right behind its answers (leased to us: the delivery loop waits)."""
-        now = time.monotonic()
-        for event in events:
-            infos = [self.client.publish(p.topic, p.payload, qos=1) for p in shadow_event_publications(event)]
-            self._unconfirmed.append((event.pk, infos, now))
-            self.stats["events"] += len(infos)
-
-    def _collect_confirmed_events(self) -> None:
-        """Move the events whose every message the broker acknowledged to _confirmed (to delete); give
-        up on those it has not acknowledged within the lease: the delivery loop publishes them again."""
-        lease = settings.MQTT_EVENT_LEASE_SECONDS
-        now = time.monotonic()
-        waiting = []
-        for pk, infos, since in self._unconfirmed:
-            try:
-                published = all(info.is_published() for info in infos)
-            except (RuntimeError, ValueError):  # never queued (no connection): the lease runs out
-                continue
-            if published:
-                self._confirmed.append(pk)
-            elif now - since < lease:
-                waiting.append((pk, infos, since))
-        self._unconfirmed = waiting
-
-    def _forget_published_events(self) -> None:
-        self._forgotten_at = time.monotonic()
-        self._collect_confirmed_events()
-        if not self._confirmed:
-            return
-        self._recycle_connection()
-        try:
-            shadow_events_delete(self._confirmed)
-            self._confirmed = []
-        except (DatabaseError, InterfaceError):
-            logger.exception("could not delete %d published shadow events; retrying", len(self._confirmed))
-            connection.close()
+    def _counted(self, counts: Counts, may_write: bool) -> None:
+        with self._stats_lock:
+            counts.add_to(self.stats)
+        if may_write:
+            self.wake.set()
 
     # --- desired delivery ------------------------------------------------------
 
@@ -448,19 +358,3 @@ class Bridge:
 
 DELIVERIES = (desired_deliver_pending, jobs_deliver_pending, named_desired_deliver_pending,
               shadow_events_deliver_pending)  # fmt: skip
-READS = frozenset({topics.GET, topics.GET_PENDING, topics.DESCRIBE})
-
-
-def _may_write(verdict) -> bool:
-    """Did this request possibly change something to publish? (Not a get, nor refused: no delivery pass.)"""
-    if not verdict.replies or not verdict.accepted:
-        return False
-    request = topics.parse_request(verdict.message.topic)
-    return request is None or request.operation not in READS
-
-
-def _topic(message: mqtt.MQTTMessage) -> str:
-    try:
-        return message.topic
-    except UnicodeDecodeError:
-        return repr(message._topic)

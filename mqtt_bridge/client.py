@@ -12,11 +12,16 @@ from django.conf import settings
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from mqtt_bridge import paho_speedups
 from mqtt_bridge.config import BrokerSettings
 
 logger = logging.getLogger(__name__)
 
 V5, V311 = mqtt.MQTTv5, mqtt.MQTTv311
+
+if not paho_speedups.install():
+    logger.warning("paho-mqtt %s is not the pinned version: its MQTT 5 properties run unpatched (slower)",
+                   paho_speedups.paho.mqtt.__version__)  # fmt: skip
 
 
 def make_client(

@@ -28,6 +28,7 @@ ACCEPTED, REJECTED = "accepted", "rejected"
 NEXT_JOB = "$next"  # DescribeJobExecution's "the next pending execution"
 THING_SEPARATOR = ":"
 AWS_PREFIX = "$aws/"  # the AWS IoT dialect's topics (a "$" topic: wildcards at the root never match it)
+AWS_THINGS = f"{AWS_PREFIX}things/"
 
 # Topic levels are validated ids (no / + #), so a plain split is exact.
 _ID = r"[^/+#\x00]+"
@@ -271,6 +272,21 @@ def device_request_patterns(dialect: str, tenant_id: str, device_id: str) -> lis
         *(f"{root}/shadow/name/+/{op}" for op in ("get", "update", "delete")),
         f"{root}/jobs/get", f"{root}/jobs/start-next", f"{root}/jobs/+/get", f"{root}/jobs/+/update",
     ]  # fmt: skip
+
+
+def partition_key(topic: str) -> str:
+    """The device a message is about, as its thing name `{tenant}:{device}` in both dialects (so one
+    ingest worker takes all of a device's messages, in order: mqtt_bridge.partitions); any other topic
+    is its own key. A plain split, no regular expression: it runs on the network thread per message."""
+    if topic.startswith("tenant/"):
+        levels = topic.split("/", 4)
+        if len(levels) > 3 and levels[2] == "device":
+            return f"{levels[1]}{THING_SEPARATOR}{levels[3]}"
+    elif topic.startswith(AWS_THINGS):
+        levels = topic.split("/", 3)
+        if len(levels) > 2:
+            return levels[2]
+    return topic
 
 
 def parse_reported(topic: str) -> tuple[str, str] | None:

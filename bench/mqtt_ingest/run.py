@@ -5,9 +5,9 @@
 
 1. raw: publisher processes send QoS 1 reports for every device as fast as a private
    Mosquitto takes them, to a counting paho subscriber (QoS 1): the ceiling.
-2. bridge: the same messages to `manage.py mqtt_bridge [--processes N]` writing PostgreSQL;
-   measured until the last round of every device is committed (with N > 1 the broker's round
-   robin may apply a device's rounds out of order, and the run then says so).
+2. bridge: the same messages to `manage.py mqtt_bridge --processes N` (N ingest workers, by default
+   one per core) writing PostgreSQL; measured until the last round of every device is committed
+   (a device's rounds applied out of order would leave it short, and the run then says so).
 Goal: committed rate >= 70 % of the raw rate, none lost (the bridge's accepted count is what
 was sent, every device holds its last round). --protocol 3.1.1 writes mqtt_ingest_3.1.1.json.
 """
@@ -39,8 +39,8 @@ def options(p):
     p.add_argument(
         "--bridge-processes",
         type=int,
-        default=1,
-        help="mqtt_bridge --processes; more than 1 may apply a device's rounds out of order (README)",
+        default=0,
+        help="mqtt_bridge --processes: ingest worker processes (default 0: one per core, as the bridge's default)",
     )
     p.add_argument("--protocol", default="auto", choices=["auto", "5", "3.1.1"], help="the bridge's MQTT protocol")
 
@@ -121,7 +121,8 @@ def bench(args, run) -> int:
         )
     )
     report.rate("raw broker", achieved=raw["rate"], unit="msg/s")
-    processes = f"{args.bridge_processes} bridge process{'es' if args.bridge_processes > 1 else ''}"
+    workers = servers.bridge_processes(args.bridge_processes)
+    processes = "ingest in the bridge's process" if workers == 1 else f"{workers} ingest workers"
     report.rate(f"bridge, committed ({processes})", achieved=bridged["rate"], unit="msg/s", note=f"{ratio:.0%} of raw")
     per_thousand = {
         group: round(1000 * seconds / bridged["messages"] * 1000, 1)

@@ -1,50 +1,106 @@
-"""`manage.py mqtt_bridge --processes N` (mqtt_bridge.processes): N bridges in one shared subscription group.
+"""`manage.py mqtt_bridge --processes N` (mqtt_bridge.partitions): one bridge, N ingest worker processes.
 
-On a real Mosquitto (shared subscriptions): every report lands once; a child killed mid-stream is
-restarted and loses nothing; SIGTERM stops them all with exit 0; the supervisor killed takes its
-children with it.
+The pure parts (which worker a topic goes to, the order of acknowledgements), then real processes on
+a real Mosquitto: every report lands once and each device keeps its last report (its messages meet
+one worker, in order); a worker killed mid-stream is restarted and loses nothing; SIGTERM stops them
+all with exit 0; the bridge killed takes its workers with it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from devices.models import Device
-from mqtt_bridge.processes import child_ids
+from mqtt_bridge import topics
+from mqtt_bridge.ingest import Incoming
+from mqtt_bridge.ingest_loop import Counts
+from mqtt_bridge.partitions import AckOrder, decode_done, decode_message, encode_done, encode_message, worker_of
 from mqtt_bridge.tests.conftest import (
     BridgeProcess,
     MqttClient,
     PrivateMosquitto,
     purge_session,
     reports_landed,
-    stream_reports,
     wait_until,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+ROUNDS = 5
 
 
-def test_children_keep_the_base_id_then_number_themselves():
-    children = child_ids("iotcloud-bridge-web1", 3)
-    assert [c.client_id for c in children] == [
-        "iotcloud-bridge-web1",
-        "iotcloud-bridge-web1-2",
-        "iotcloud-bridge-web1-3",
-    ]
-    command = children[1].command("iotcloud")
-    assert command[-6:] == ["--processes", "1", "--client-id", "iotcloud-bridge-web1-2", "--shared-group", "iotcloud"]
+# --- routing and acknowledgements ------------------------------------------------------------------
+
+
+def test_a_devices_topics_share_a_key_in_both_dialects():
+    base = "tenant/acme/device/pump-1"
+    native = [topics.reported("acme", "pump-1"), f"{base}/shadow/update", f"{base}/jobs/start-next",
+              f"{base}/shadow/name/cfg/update"]  # fmt: skip
+    aws = ["$aws/things/acme:pump-1/shadow/update", "$aws/things/acme:pump-1/jobs/j1/update"]
+    assert {topics.partition_key(t) for t in native + aws} == {"acme:pump-1"}
+    assert topics.partition_key(topics.reported("acme", "pump-2")) == "acme:pump-2"
+    assert topics.partition_key("tenant/_iotcloud/provisioning/acme/serial-9/register") == (
+        "tenant/_iotcloud/provisioning/acme/serial-9/register"
+    )
+    assert topics.partition_key("garbage") == "garbage"
+
+
+def test_every_worker_gets_devices_and_a_device_always_the_same_one():
+    count = 4
+    chosen = {worker_of(topics.reported("t", f"d{n}"), count) for n in range(200)}
+    assert chosen == set(range(count))
+    for n in range(50):
+        device = f"d{n}"
+        assert worker_of(topics.reported("t", device), count) == worker_of(f"$aws/things/t:{device}/shadow/get", count)
+
+
+def test_acknowledgements_follow_the_arrival_order_whoever_commits_first():
+    order = AckOrder()
+    for mid in (7, 3, 9, 4):
+        order.received(mid)
+    assert order.committed([9]) == []  # 7 and 3 are not committed yet
+    assert order.committed([3]) == []
+    assert order.committed([7]) == [7, 3, 9]
+    assert order.committed([4]) == [4]
+    assert len(order) == 0
+
+
+def test_an_unknown_or_repeated_packet_id_acknowledges_nothing():
+    order = AckOrder()
+    order.received(5)
+    assert order.committed([8]) == []  # a copy from before a reconnect: not outstanding
+    order.reset()  # a new connection: the broker sends 5 again
+    assert order.committed([5]) == []
+    order.received(5)
+    assert order.committed([5]) == [5]
+    assert order.committed([5]) == []  # acknowledged once
+
+
+def test_frames_carry_messages_and_commits_unchanged():
+    message = Incoming("tenant/t/device/d/shadow/reported", b'{"x":1}', mid=42, qos=1, retained=True)
+    assert decode_message(encode_message(message)) == message
+    counts = Counts(received=2, accepted=1, rate_limited=0, retained=1, events=3)
+    qos0 = Incoming("tenant/t/device/e/shadow/reported", b"{}", mid=0, qos=0)
+    assert decode_done(encode_done([message, qos0], counts, True)) == ([42], counts, True)
+
+
+# --- real processes -----------------------------------------------------------------------------------
 
 
 def children_of(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Every live child, whichever of its threads started it (/proc/<pid>/task/<tid>/children is per thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in task.read_text().split()]
+        except OSError:
+            continue
+    return [p for p in found if alive(p)]
 
 
 def alive(pid: int) -> bool:
@@ -58,15 +114,15 @@ def alive(pid: int) -> bool:
 @pytest.fixture
 def broker():
     if not shutil.which("mosquitto"):
-        pytest.skip("needs mosquitto (shared subscriptions)")
+        pytest.skip("needs mosquitto")
     broker = PrivateMosquitto()
     broker.start()
     yield broker
     broker.cleanup()
 
 
-class Bridges(BridgeProcess):
-    """BridgeProcess running two bridges under the supervisor."""
+class Workers(BridgeProcess):
+    """BridgeProcess with two ingest workers."""
 
     def __init__(self, broker, client_id):
         super().__init__(broker, client_id)
@@ -76,53 +132,93 @@ class Bridges(BridgeProcess):
         super().start()
 
         def ready():
-            return self.output().count("subscribed to reports") >= 2 and len(children_of(self.process.pid)) == 2
+            return self.output().count("ingest worker started client_id") >= 2 and len(self.workers()) == 2
 
-        wait_until(ready, message="both bridge processes to subscribe")
+        wait_until(ready, message="both ingest workers to start")
+
+    def workers(self) -> list[int]:
+        return children_of(self.process.pid)
 
 
-def test_two_processes_share_reports_survive_a_killed_child_and_stop_together(broker, provision, mqtt_tenant):
-    devices = provision(120)
-    bridges = Bridges(broker.settings, client_id=f"test-procs-{mqtt_tenant.id}")
-    bridges.start()
+def stream_rounds(publisher, tenant_id: str, devices, pause: float, *, back_to_back=False) -> threading.Thread:
+    """ROUNDS reports per device, round after round (back_to_back: a device's rounds one after the other),
+    as fast as `pause` allows, in a thread (started)."""
+    order = [(d, r) for d in devices for r in range(ROUNDS)] if back_to_back else [
+        (d, r) for r in range(ROUNDS) for d in devices]  # fmt: skip
+
+    def stream():
+        for device, round_ in order:
+            publisher.publish(topics.reported(tenant_id, device.device_id),
+                              json.dumps({"reported": {"round": round_}, "version": 0}))  # fmt: skip
+            if pause:
+                threading.Event().wait(pause)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    return sender
+
+
+def last_round_everywhere(devices) -> bool:
+    return all(d.reported_state == {"round": ROUNDS - 1} for d in Device.objects.filter(pk__in=[d.pk for d in devices]))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_apply_each_devices_reports_in_order_and_survive_a_killed_worker(broker, provision, mqtt_tenant):
+    devices = provision(60)
+    bridge = Workers(broker.settings, client_id=f"test-workers-{mqtt_tenant.id}")
+    bridge.start()
     try:
-        first, second = children_of(bridges.process.pid)
+        first, second = bridge.workers()
         with MqttClient(broker.settings) as publisher:
-            sender = stream_reports(publisher, mqtt_tenant.id, devices, 0.005)
-
-            def landed():
-                return reports_landed(mqtt_tenant)
-
-            wait_until(lambda: landed() >= 20, message="some reports to land")
-            os.kill(second, signal.SIGKILL)  # one bridge crashes mid-stream
-            sender.join(30)
-            wait_until(lambda: landed() == len(devices), timeout=60, message="every report, the killed one's too")
+            sender = stream_rounds(publisher, mqtt_tenant.id, devices, 0.001)
+            wait_until(lambda: reports_landed(mqtt_tenant) >= 20, message="some reports to land")
+            os.kill(second, signal.SIGKILL)  # one worker crashes mid-stream
+            sender.join(60)
+            wait_until(lambda: last_round_everywhere(devices), timeout=60,
+                       message="every device's last round, the killed worker's devices too")  # fmt: skip
 
         def restarted():
-            now = children_of(bridges.process.pid)
+            now = bridge.workers()
             return len(now) == 2 and second not in now
 
-        wait_until(restarted, message="the supervisor to restart the killed bridge")
-        assert first in children_of(bridges.process.pid), "the other bridge went on"
-        for n, device in enumerate(devices):
-            assert Device.objects.get(pk=device.pk).reported_state == {"seq": n}
-        assert "exited with -9; restarting" in bridges.output()
+        wait_until(restarted, message="the bridge to restart the killed worker")
+        assert first in bridge.workers(), "the other worker went on"
+        assert "exited with -9; restarting" in bridge.output()
 
-        children = children_of(bridges.process.pid)
-        assert bridges.terminate() == 0  # SIGTERM: both stop, exit 0
-        assert not any(alive(pid) for pid in children)
+        workers = bridge.workers()
+        assert bridge.terminate() == 0  # SIGTERM: the bridge and its workers stop, exit 0
+        assert not any(alive(pid) for pid in workers)
     finally:
-        if bridges.process and bridges.process.poll() is None:
-            bridges.kill()
-        for client_id in (bridges.env["MQTT_CLIENT_ID"], bridges.env["MQTT_CLIENT_ID"] + "-2"):
-            purge_session(broker.settings, client_id)
+        if bridge.process and bridge.process.poll() is None:
+            bridge.kill()
+        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
 
 
-def test_a_killed_supervisor_takes_its_bridges_with_it(broker, mqtt_tenant):
-    bridges = Bridges(broker.settings, client_id=f"test-orphans-{mqtt_tenant.id}")
-    bridges.start()
-    children = children_of(bridges.process.pid)
-    bridges.kill()  # SIGKILL: no chance to stop them itself
-    wait_until(lambda: not any(alive(pid) for pid in children), timeout=30, message="the bridges to stop")
-    for client_id in (bridges.env["MQTT_CLIENT_ID"], bridges.env["MQTT_CLIENT_ID"] + "-2"):
-        purge_session(broker.settings, client_id)
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_rounds_leaves_every_device_at_its_last_one(broker, provision, mqtt_tenant):
+    """No pause between reports, a device's rounds one after the other: they are in flight at once
+    (routed to any worker, or to several bridges sharing a subscription, some land out of order)."""
+    devices = provision(150)
+    bridge = Workers(broker.settings, client_id=f"test-burst-{mqtt_tenant.id}")
+    bridge.start()
+    try:
+        with MqttClient(broker.settings) as publisher:
+            stream_rounds(publisher, mqtt_tenant.id, devices, 0, back_to_back=True).join(60)
+            wait_until(lambda: last_round_everywhere(devices), timeout=60, message="every device's last round")
+        assert bridge.terminate() == 0
+        stats = bridge.output().rsplit("bridge stopped stats=", 1)[1]
+        assert f"'accepted': {len(devices) * ROUNDS}," in stats and "'rejected': 0," in stats
+    finally:
+        if bridge.process and bridge.process.poll() is None:
+            bridge.kill()
+        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_bridge_takes_its_workers_with_it(broker, mqtt_tenant):
+    bridge = Workers(broker.settings, client_id=f"test-orphans-{mqtt_tenant.id}")
+    bridge.start()
+    workers = bridge.workers()
+    bridge.kill()  # SIGKILL: no chance to stop them itself
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30, message="the workers to stop")
+    purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])

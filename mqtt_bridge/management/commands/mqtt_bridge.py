@@ -1,9 +1,11 @@
 """python manage.py mqtt_bridge — publish desired state, ingest reported state.
 
-Wiring only: build the bridge (or, with --processes N > 1, supervise N of them: mqtt_bridge.processes),
-stop on SIGTERM/SIGINT, exit 0.
+Wiring only: build the bridge (with --processes N > 1, one that hands its ingestion to N worker
+processes: mqtt_bridge.partitions), stop on SIGTERM/SIGINT, exit 0. `--ingest-worker` is how the
+bridge starts one of those workers, not a command for people.
 """
 
+import argparse
 import gc
 import signal
 
@@ -11,7 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from mqtt_bridge.bridge import Bridge
-from mqtt_bridge.processes import DEFAULT_GROUP, Supervisor, default_processes
+from mqtt_bridge.partitions import default_processes
 
 
 class Command(BaseCommand):
@@ -22,27 +24,26 @@ class Command(BaseCommand):
         parser.add_argument("--shared-group", help="subscribe as $share/<group>/... (default: MQTT_SHARED_GROUP)")
         parser.add_argument(
             "--processes", type=int,
-            help="bridge processes sharing the load (default: MQTT_BRIDGE_PROCESSES, 1; 0: the number of "
-            "cores with MQTT_URL, 1 with the embedded broker)",
+            help="ingest worker processes, each device's messages on one of them (default: "
+            "MQTT_BRIDGE_PROCESSES; 0: the number of cores with MQTT_URL, 1 with the embedded broker)",
         )  # fmt: skip
+        parser.add_argument("--ingest-worker", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--worker-fds", help=argparse.SUPPRESS)
+        parser.add_argument("--protocol", type=int, help=argparse.SUPPRESS)
 
     def handle(self, *args, client_id=None, shared_group=None, processes=None, **options):
+        _out_of_the_collectors_way()
+        if options["ingest_worker"]:
+            from mqtt_bridge.ingest_worker import run_worker
+
+            read_fd, write_fd = (int(fd) for fd in options["worker_fds"].split(","))
+            run_worker(read_fd=read_fd, write_fd=write_fd, client_id=client_id, protocol=options["protocol"])
+            return
         count = processes if processes is not None else settings.MQTT_BRIDGE_PROCESSES
         count = count or default_processes(bool(settings.MQTT_URL))
         if count < 1:
-            raise CommandError("--processes must be 1 or more")
-        if count > 1:
-            group = shared_group or settings.MQTT_SHARED_GROUP or DEFAULT_GROUP
-            supervisor = Supervisor(count, client_id=client_id or settings.MQTT_CLIENT_ID, shared_group=group)
-            signal.signal(signal.SIGTERM, supervisor.request_stop)
-            signal.signal(signal.SIGINT, supervisor.request_stop)
-            raise SystemExit(supervisor.run())
-        bridge = Bridge(client_id=client_id, shared_group=shared_group)
-        # Django, the apps and their modules live as long as the process: out of the collector's way, so
-        # that a full collection walks only what the bridge made since (without this, one took 100-180 ms,
-        # every request in flight waiting for it; bench/mqtt_shadow_rtt).
-        gc.collect()
-        gc.freeze()
+            raise CommandError("--processes must be 0 (the number of cores) or more")
+        bridge = Bridge(client_id=client_id, shared_group=shared_group, processes=count)
 
         def request_stop(signum, frame):
             bridge.stopping.set()
@@ -50,3 +51,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         bridge.run_forever()
+
+
+def _out_of_the_collectors_way() -> None:
+    # Django, the apps and their modules live as long as the process: out of the collector's way, so
+    # that a full collection walks only what the bridge made since (without this, one took 100-180 ms,
+    # every request in flight waiting for it; bench/mqtt_shadow_rtt).
+    gc.collect()
+    gc.freeze()
