@@ -278,10 +278,16 @@ def shadow_event_publications(event: LeasedEvent) -> list[Publication]:
     """An event's messages: update/documents, and update/delta when due, in every enabled dialect."""
     extra = {"timestamp": int(event.created_at.timestamp()), **({"clientToken": event.client_token}
              if event.client_token else {})}  # fmt: skip
-    messages = [("update/documents", {**event.documents, **extra})]
-    if event.delta is not None:
-        messages.append(("update/delta", {**event.delta, **extra}))
-    encoded = [(suffix, json.dumps(body, separators=(",", ":")).encode()) for suffix, body in messages]
+    if event.encoded is not None:  # the JSON its insert encoded: the same bytes, without encoding them again
+        documents, delta = event.encoded
+        tail = json.dumps(extra, separators=(",", ":"))[1:]  # the extra members and the closing brace
+        bodies = [("update/documents", documents)] + ([("update/delta", delta)] if delta is not None else [])
+        encoded = [(suffix, f"{body[:-1]},{tail}".encode()) for suffix, body in bodies]
+    else:
+        messages = [("update/documents", {**event.documents, **extra})]
+        if event.delta is not None:
+            messages.append(("update/delta", {**event.delta, **extra}))
+        encoded = [(suffix, json.dumps(body, separators=(",", ":")).encode()) for suffix, body in messages]
     publications = []
     for dialect in topics.DIALECTS:
         if dialect in settings.MQTT_DIALECTS:

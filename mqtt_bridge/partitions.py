@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import pickle
@@ -46,6 +47,7 @@ from mqtt_bridge.ingest_loop import Counts
 logger = logging.getLogger(__name__)
 
 RESTART_PAUSE_SECONDS = 1.0
+PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size
 MANAGE = Path(__file__).resolve().parents[1] / "manage.py"
 PR_SET_PDEATHSIG = 1
 
@@ -114,6 +116,13 @@ def decode_done(frame: bytes) -> tuple[list[int], Counts, bool]:
     return pickle.loads(frame)  # noqa: S301 (our own child process, over its private pipe)
 
 
+def _widen(fd: int) -> None:
+    """A larger pipe (Linux: 64 KiB by default, about 300 reports), so a worker busy with a batch does not
+    block the network thread, which must go on receiving and acknowledging for the other workers."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 class _Worker:
     """One ingest worker process as the bridge sees it: its pipes and what it has not committed yet."""
 
@@ -131,6 +140,7 @@ class _Worker:
         """Start the process (caller holds the lock) and send it again what it had not committed."""
         worker_reads, bridge_writes = os.pipe()
         bridge_reads, worker_writes = os.pipe()
+        _widen(bridge_writes)
         command = [sys.executable, str(MANAGE), "mqtt_bridge", "--ingest-worker", "--worker-fds",
                    f"{worker_reads},{worker_writes}", "--client-id", self.client_id,
                    "--protocol", str(self.protocol)]  # fmt: skip

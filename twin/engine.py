@@ -294,6 +294,9 @@ class LeasedEvent:
     delta: dict | None
     client_token: str
     created_at: datetime
+    # documents and delta as the JSON the insert already encoded (PostgreSQL): the writer publishes them
+    # without encoding them again (mqtt_bridge.delivery.shadow_event_publications)
+    encoded: tuple[str, str | None] | None = None
 
 
 _leases: contextvars.ContextVar[tuple[float, list[LeasedEvent]] | None] = contextvars.ContextVar(
@@ -607,7 +610,9 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred
             [ShadowEvent(**event, created_at=now, leased_until=leased_until) for event in events]
         )
         pks = [row.pk for row in rows]
+        encoded = [None] * len(events)
     else:
+        encoded = [_encoded(event) for event in events]
         insert = (  # as _write_classic: the batch as one JSON document
             """
                 INSERT INTO twin_shadow_events
@@ -619,7 +624,7 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred
                 ORDER BY n
                 RETURNING id
                 """,
-            [now, leased_until, json.dumps(events, separators=(",", ":"))],
+            [now, leased_until, _recordset(events, encoded)],
         )
         pks = sorted(pk for (pk,) in _execute_together([*deferred, insert]))  # ids follow the insertion order
         deferred.clear()
@@ -628,9 +633,28 @@ def _insert_events(events: list[dict], now, shadows: dict[Key, Shadow], deferred
     names = {s.device_pk: (s.tenant_id, s.device_id) for s in shadows.values()}
     lease[1].extend(
         LeasedEvent(pk, *names[e["device_id"]], e["device_id"], e["shadow_name"], e["documents"], e["delta"],
-                    e["client_token"], now)
-        for pk, e in zip(pks, events, strict=True)
+                    e["client_token"], now, code)
+        for pk, e, code in zip(pks, events, encoded, strict=True)
     )  # fmt: skip
+
+
+def _encoded(event: dict) -> tuple[str, str | None]:
+    """An event's documents and delta as JSON, once: for the insert and for its messages."""
+    delta = event["delta"]
+    return _json(event["documents"]), None if delta is None else _json(delta)
+
+
+def _recordset(events: list[dict], encoded: list[tuple[str, str | None]]) -> str:
+    """The events as one JSON array for jsonb_to_recordset, spliced from their encoded documents."""
+    return "[" + ",".join(
+        f'{{"device_id":{e["device_id"]},"shadow_name":{_json(e["shadow_name"])},"documents":{documents},'
+        f'"delta":{"null" if delta is None else delta},"client_token":{_json(e["client_token"])}}}'
+        for e, (documents, delta) in zip(events, encoded, strict=True)
+    ) + "]"  # fmt: skip
+
+
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _audit_row(shadow: Shadow, change: ShadowChange, before: dict, now) -> dict:
