@@ -69,13 +69,24 @@ DEVICE, PLATFORM = "device", "platform"
 
 # New QUEUED executions, one per device of a target query aliased `t` (job_create, continuous_reconcile):
 # one INSERT ... SELECT, so 100,000 executions are one statement. Django knows no column defaults:
-# every column is here.
+# every column is here. The only way executions are made: every device id comes from device_state in
+# the same statement (its row locked: _lock_targets) and the job is the caller's, created or locked in its
+# transaction. That keeps their integrity on PostgreSQL, where job_executions has no foreign-key
+# triggers (jobs migration 0012).
 NEW_EXECUTIONS = """
     INSERT INTO job_executions
         (tenant_id, job_id, device_id, status, status_details, execution_number, queued_at, last_updated_at,
          notify_pending, notified_next, released_at, attempt, failed_retries, timed_out_retries, applied)
     SELECT %s, %s, t.id, %s, %s, 1, %s, %s, %s, %s, %s, 1, 0, 0, %s
 """
+
+
+def _lock_targets() -> str:
+    """PostgreSQL: what the device foreign key's per-row check did, set-based: the target devices' rows
+    are locked (KEY SHARE) as the INSERT reads them, so a concurrent DELETE of one waits for this
+    transaction (then is refused: jobs migration 0012), or, if it came first, the device is not selected.
+    (SQLite keeps its foreign keys, and its writes are serialized anyway.)"""
+    return " FOR KEY SHARE OF t" if connection.vendor == "postgresql" else ""
 
 
 def _new_execution_values(tenant_id: str, job_pk: int, now, *, released: bool) -> list:
@@ -193,10 +204,12 @@ def job_create(
     target_sql, target_params = targets.values("id").query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(  # in device order: a rollout releases them in that order (the ids follow it)
-            f"{NEW_EXECUTIONS} FROM ({target_sql}) AS t ORDER BY t.id",
+            f"{NEW_EXECUTIONS} FROM ({target_sql}) AS t ORDER BY t.id{_lock_targets()}",
             [*_new_execution_values(tenant.id, job.pk, now, released=not paced), *target_params],
         )  # fmt: skip
         count = cursor.rowcount
+    if device_ids and not tags:  # one execution per named device found (rolled back if one is missing)
+        _check_named_found(tenant, device_ids, count)
     released = 0 if paced else count
     Job.objects.filter(pk=job.pk).update(total=count, remaining=count, released=released)
     audit_record(tenant_id=tenant.id, job_id=job_id, action="job.create",
@@ -225,22 +238,31 @@ def _resolve_targets(tenant: Tenant, device_ids: list, tags: dict, *, allow_none
     if not device_ids and not tags:
         raise InvalidInput("targets: give device_ids, a tags selector, or both", code="no_targets")
     active = Device.objects.filter(tenant=tenant, status=DeviceStatus.ACTIVE).order_by()
-    if device_ids:
-        wanted = set(device_ids)
-        found = set(active.filter(device_id__any_of=sorted(wanted)).values_list("device_id", flat=True))
-        missing = sorted(wanted - found)
-        if missing:
-            shown = ", ".join(repr(m) for m in missing[:20]) + (
-                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-            )
-            raise InvalidInput(f"Unknown or inactive device(s) in this tenant: {shown}", code="unknown_targets",
-                               unknown=missing[:100])  # fmt: skip
-    by_ids = active.filter(device_id__any_of=sorted(set(device_ids))) if device_ids else active.none()
+    by_ids = _named_devices(tenant, device_ids) if device_ids else active.none()
+    if device_ids and tags:  # (ids alone: job_create checks with the INSERT's count, one query fewer)
+        _check_named_found(tenant, device_ids, by_ids.count())
     by_tags = tag_members(tenant.id, tags) if tags else active.none()
     selected = (by_ids | by_tags) if device_ids and tags else (by_ids if device_ids else by_tags)
-    if not allow_none and not selected.exists():  # a continuous job may wait for its first device
+    # Devices named and found make the selection non-empty; a continuous job may wait for its first device.
+    if not allow_none and not device_ids and not selected.exists():
         raise InvalidInput("targets: no active device matches the tag selector", code="no_targets")
     return selected
+
+
+def _named_devices(tenant: Tenant, device_ids: list[str]):
+    return Device.objects.filter(tenant=tenant, status=DeviceStatus.ACTIVE, device_id__any_of=sorted(set(device_ids)))
+
+
+def _check_named_found(tenant: Tenant, device_ids: list[str], found: int) -> None:
+    """Every device a job names is an active device of its tenant: `found` of them are (a count: 100,000 ids
+    are not fetched back), else InvalidInput naming the others."""
+    if found == len(set(device_ids)):
+        return
+    known = set(_named_devices(tenant, device_ids).values_list("device_id", flat=True))
+    missing = sorted(set(device_ids) - known)
+    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+    raise InvalidInput(f"Unknown or inactive device(s) in this tenant: {', '.join(map(repr, missing[:20]))}{more}",
+                       code="unknown_targets", unknown=missing[:100])  # fmt: skip
 
 
 def tag_members(tenant_id: str, tags: dict):
@@ -262,7 +284,7 @@ def continuous_reconcile(job: Job, now) -> tuple[int, int]:
         cursor.execute(
             f"{NEW_EXECUTIONS} FROM ({members_sql}) AS t"  # noqa: S608 (the ORM's own SQL, parameterized)
             " WHERE NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = %s AND e.device_id = t.id)"
-            " ORDER BY t.id",
+            f" ORDER BY t.id{_lock_targets()}",
             [*_new_execution_values(job.tenant_id, job.pk, now, released=True), *members_params, job.pk],
         )  # fmt: skip
         added = cursor.rowcount
