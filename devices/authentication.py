@@ -17,7 +17,9 @@ from urllib.parse import unquote
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.db import connection
+from django.utils import timezone
 from knox.auth import TokenAuthentication
+from knox.signals import token_expired
 from rest_framework import authentication, exceptions
 
 from devices.certificates import device_for_certificate
@@ -159,3 +161,14 @@ class OperatorTokenAuthentication(TokenAuthentication):
         if not BEARER_TOKEN_RE.fullmatch(token):  # NUL, control characters, non-ASCII, oversize
             raise exceptions.AuthenticationFailed("Invalid token.", code="authentication_failed")
         return super().authenticate_credentials(token)
+
+    def _cleanup_token(self, auth_token) -> bool:
+        """Only this token's own expiry. knox also reads and deletes the user's other expired tokens
+        here, a query on every authenticated request; they are pruned hourly instead
+        (devices.services.operator_tokens_prune, the bridge's sweep) and never authenticate meanwhile."""
+        if auth_token.expiry is not None and auth_token.expiry < timezone.now():
+            username = auth_token.user.get_username()
+            auth_token.delete()
+            token_expired.send(sender=self.__class__, username=username, source="auth_token")
+            return True
+        return False

@@ -209,6 +209,14 @@ def operator_token_create(*, user, replace_oldest: bool = False) -> str:
     return operator_token_issue(user=user, replace_oldest=replace_oldest)[1]
 
 
+def operator_tokens_prune(*, now=None) -> int:
+    """Delete expired bearer tokens (they no longer authenticate; this only keeps the table small)."""
+    count, _ = AuthToken.objects.filter(expiry__lt=now or timezone.now()).delete()
+    if count:
+        logger.info("operator tokens: %d expired pruned", count)
+    return count
+
+
 def operator_tokens_revoke(*, user) -> int:
     """Revoke every bearer token of the operator (a new password, a disabled password)."""
     count, _ = AuthToken.objects.filter(user=user).delete()

@@ -34,6 +34,7 @@ from django.db import close_old_connections, connection
 from django.db.utils import DatabaseError, InterfaceError
 
 from devices.audit import audit_prune
+from devices.services import operator_tokens_prune
 from iotcloud import outbox
 from jobs.release import rollout_tick
 from jobs.services import job_sweep, jobs_prune
@@ -289,7 +290,7 @@ class Bridge:
 
     def _sweep_loop(self) -> None:
         """Job timeouts and expiry; safe to run in every bridge at once (conditional updates). Hourly,
-        the audit trail's retention too."""
+        the audit trail's retention too, and expired operator tokens."""
         pruned_at = 0.0
         while not self.stopping.wait(settings.JOBS_SWEEP_SECONDS):
             close_old_connections()
@@ -299,6 +300,7 @@ class Bridge:
                     pruned_at = time.monotonic()
                     audit_prune()
                     jobs_prune()
+                    operator_tokens_prune()
             except (DatabaseError, InterfaceError):
                 logger.exception("job sweep failed; retrying")
                 connection.close()

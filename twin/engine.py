@@ -163,6 +163,7 @@ class ChangeResult:
     desired_version: int = 0
     reported_version: int = 0
     desired_before: dict | None = None  # a desired write's: the desired state it went over (as it was stored)
+    shadow: Shadow | None = None  # the shadow as the call left it (what was written; shared by its changes)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -228,6 +229,17 @@ def load_shadows(keys, *, lock: bool = False, locked: Sequence[Device] = ()) -> 
 def _device_row(device: Device) -> tuple:
     """A Device instance as _device_rows gives its row."""
     return tuple(getattr(device, field) for field in _DEVICE_FIELDS)
+
+
+def device_written(device: Device, shadow: Shadow) -> Device:
+    """`device` brought up to its classic shadow as a change left it (the inverse of _device_row), instead
+    of reading the row back. Other fields (last_seen, tags) stay as the caller read them."""
+    row = (shadow.device_pk, shadow.tenant_id, shadow.device_id, shadow.device_status, shadow.desired,
+           shadow.reported, shadow.desired_metadata, shadow.reported_metadata, shadow.desired_version,
+           shadow.reported_version, shadow.version, shadow.shadow_updated_at, shadow.reported_updated_at)  # fmt: skip
+    for name, value in zip(_DEVICE_FIELDS, row, strict=True):
+        setattr(device, name, value)
+    return device
 
 
 def _device_rows(tenant_id: str, device_ids: list[str], *, lock: bool) -> list[tuple]:
@@ -566,7 +578,7 @@ def _delete(shadow: Shadow, change: ShadowChange, now) -> ChangeResult:
 def _result(shadow: Shadow, *, accepted: dict) -> ChangeResult:
     return ChangeResult(
         accepted=accepted, version=shadow.version, desired_version=shadow.desired_version,
-        reported_version=shadow.reported_version,
+        reported_version=shadow.reported_version, shadow=shadow,
     )  # fmt: skip
 
 

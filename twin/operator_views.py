@@ -2,6 +2,7 @@
 
 import time
 
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -64,14 +65,13 @@ class DesiredView(APIView):
     def _write(self, request, device_id, mode):
         body = DesiredWriteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        device = _device(request, device_id)
-        device = twin_update_desired(
-            device=device,
-            document=body.validated_data["desired"],
-            mode=mode,
-            expected_version=_expected_version(request, body.validated_data.get("expected_version")),
-        )
-        return _twin_response(device)
+        expected_version = _expected_version(request, body.validated_data.get("expected_version"))
+        # One transaction: the device is found and locked in one read, which the engine then writes from.
+        with transaction.atomic():
+            device = _device(request, device_id, for_update=True)
+            device = twin_update_desired(device=device, document=body.validated_data["desired"], mode=mode,
+                                         expected_version=expected_version, locked=True)  # fmt: skip
+            return _twin_response(device)
 
 
 class DeltaView(APIView):

@@ -16,7 +16,7 @@ from django.conf import settings
 from devices.models import Device
 from iotcloud.errors import DomainError, InvalidInput, PayloadTooLarge
 from iotcloud.strict_json import JSONError, loads
-from twin.engine import CLASSIC, ChangeResult, Mode, ShadowChange, check_version, shadow_apply
+from twin.engine import CLASSIC, ChangeResult, Mode, ShadowChange, check_version, device_written, shadow_apply
 
 __all__ = ["DesiredMode", "Report", "check_version", "shadow_apply_one", "shadow_create", "shadow_delete",
            "shadow_write_desired", "twin_record_reported", "twin_record_reports", "twin_update_desired"]  # fmt: skip
@@ -28,16 +28,24 @@ DesiredMode = Mode  # the operator API's name for it
 
 
 def twin_update_desired(
-    *, device: Device, document: dict, mode: DesiredMode = DesiredMode.MERGE, expected_version: int | None = None
+    *,
+    device: Device,
+    document: dict,
+    mode: DesiredMode = DesiredMode.MERGE,
+    expected_version: int | None = None,
+    locked: bool = False,
 ) -> Device:
-    """Merge or replace the desired state; returns the device with the new version."""
+    """Merge or replace the desired state; returns the device with the new version (as written, not
+    read back). locked: the caller locked `device`'s row FOR UPDATE in its transaction as read, and the
+    engine uses that read (see twin.engine.load_shadows)."""
     (result,) = shadow_apply(
         [ShadowChange(device.tenant_id, device.device_id, desired=document, desired_mode=mode,
-                      expected_desired_version=expected_version)]
+                      expected_desired_version=expected_version)],
+        locked=[device] if locked else (),
     )  # fmt: skip
     if result.error is not None:
         raise result.error
-    device.refresh_from_db()
+    device_written(device, result.shadow)
     logger.info("desired %s %s v%d", mode.value, device, device.desired_version)
     return device
 

@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from knox.models import AuthToken
+from knox.settings import CONSTANTS
 
 from devices.services import operator_create, operator_token_create
 
@@ -88,3 +89,20 @@ def test_a_zero_cap_means_no_cap(tenant, settings):
     for _ in range(12):
         operator_token_create(user=user)
     assert AuthToken.objects.filter(user=user).count() == 12
+
+
+def test_an_operators_other_expired_tokens_are_pruned_hourly_not_on_every_request(api_client_factory, tenant):
+    from devices.services import operator_tokens_prune
+
+    user = operator_create(username="carol", tenant=tenant)
+    current, stale = operator_token_create(user=user), operator_token_create(user=user)
+    stale_row = AuthToken.objects.get(token_key=stale[: CONSTANTS.TOKEN_KEY_LENGTH])
+    AuthToken.objects.filter(pk=stale_row.pk).update(expiry=timezone.now() - timedelta(seconds=1))
+    api_client_factory(HTTP_AUTHORIZATION=f"Bearer {current}").get("/customer/devices", expect=200)
+    assert AuthToken.objects.filter(pk=stale_row.pk).exists()  # the request did not go looking for it
+    assert operator_tokens_prune() == 1
+    assert list(AuthToken.objects.filter(user=user).values_list("token_key", flat=True)) == [
+        current[: CONSTANTS.TOKEN_KEY_LENGTH]
+    ]
+    api_client_factory(HTTP_AUTHORIZATION=f"Bearer {stale}").get("/customer/devices", expect=401)
+    api_client_factory(HTTP_AUTHORIZATION=f"Bearer {current}").get("/customer/devices", expect=200)

@@ -210,3 +210,25 @@ def test_merge_result_over_the_size_limit_is_413(operator, device):
     before = snapshot(device)
     operator.patch(twin_url(device.device_id, "/desired"), {"desired": {"b": "y" * 5000}}, expect=413)
     assert snapshot(device) == before
+
+
+def test_a_desired_write_reads_the_device_once_locked_and_answers_from_what_it_wrote(postgres_only, operator, device):
+    """The device is found and locked in one SELECT ... FOR UPDATE, the engine writes from that read, and
+    the answer is what was written: no second read of the row, no knox cleanup query."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    operator.patch(twin_url(device.device_id, "/desired"), {"desired": {"fan": 1}}, expect=200)
+    with CaptureQueriesContext(connection) as queries:
+        body = operator.patch(twin_url(device.device_id, "/desired"), {"desired": {"led": "on"}}, expect=200).json()
+
+    statements = [q["sql"] for q in queries.captured_queries
+                  if q["sql"] not in ("BEGIN", "COMMIT") and "SAVEPOINT" not in q["sql"]]  # fmt: skip
+    device_reads = [s for s in statements if s.lstrip().startswith("SELECT") and 'FROM "device_state"' in s]
+    assert len(device_reads) == 1 and device_reads[0].rstrip().endswith('FOR UPDATE OF "device_state"'), statements
+    assert sum("knox_authtoken" in s for s in statements) == 1, statements
+    assert len(statements) == 5, statements  # token, membership, device, the write, the named shadows' names
+    stored = snapshot(device)
+    assert body["desired"] == stored["desired_state"] == {"fan": 1, "led": "on"}
+    assert body["desired_version"] == stored["desired_version"] == 2
+    assert body["shadow_updated_at"] is not None and body["metadata"]["desired"]["led"]["timestamp"] > 0
