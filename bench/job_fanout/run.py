@@ -6,11 +6,12 @@
 2. Fan-out: jobs.services.job_create for a job targeting every device by tag selector,
    then one naming all N device ids; seconds until all executions are committed (checked:
    N QUEUED executions each), with the INSERT ... SELECT and the COMMIT (deferred foreign-key
-   checks) timed apart. Goal: <= 3 s per 100,000 executions.
+   checks) timed apart. Goal (the performance issue's): <= 1 s per 100,000 executions, both kinds.
 3. More jobs by tag until there are --jobs of them (jobs x N executions); VACUUM ANALYZE.
 4. GET /device/v1/jobs/pending under gunicorn (as bench/http_device_api serves it) with wrk,
    round-robin over --sample random devices (each has min(jobs, 10) jobs pending), at
-   --connections and each of --more-connections. Goal: p99 <= 20 ms at --connections.
+   --connections and each of --more-connections. Goals (the performance issue's): p99 <= 15 ms at 16
+   connections, <= 50 ms at 64.
    last_seen is set to now first, so no request writes (--stale-last-seen: every first poll does).
 
 Query plans, the per-request SQL/Python breakdown and schema what-ifs: bench/job_fanout/whatif.py.
@@ -29,8 +30,8 @@ from bench.common import BenchError, app, cli, cpu, log, seed, servers, wrk
 from bench.common.report import table
 
 FLEET_TAGS = {"fleet": "bench"}
-FANOUT_GOAL_S = 3.0  # per 100,000 executions
-PENDING_P99_GOAL_MS = 20.0
+FANOUT_GOAL_S = 1.0  # per 100,000 executions
+PENDING_P99_GOAL_MS = {16: 15.0, 64: 50.0}  # by wrk connections
 PENDING = wrk.Scenario("jobs_pending", "GET jobs/pending", path="/device/v1/jobs/pending")
 
 
@@ -149,13 +150,12 @@ def bench(args, run) -> int:
                 f"{r['python_and_other']:.2f}",
             ]
         )
-    print(f"\nJob fan-out: {args.devices:,} devices, {len(fanout)} jobs ({len(fanout) * args.devices:,} executions)\n")
-    print(
-        table(
-            ["job", "selector", "executions", "s", "exec/s", "INSERT..SELECT s", "other SQL s", "COMMIT s", "python s"],
-            rows,
-        )
-    )
+    title = f"Job fan-out: {args.devices:,} devices, {len(fanout)} jobs ({len(fanout) * args.devices:,} executions)"
+    headers = ["job", "selector", "executions", "s", "exec/s", "INSERT..SELECT s", "other SQL s", "COMMIT s",
+               "python s"]  # fmt: skip
+    print(f"\n{title}\n")
+    print(table(headers, rows))
+    report.data["tables"] = [{"title": title, "headers": headers, "rows": rows}]
     target = FANOUT_GOAL_S * args.devices / 100_000
     for r in fanout[:2]:
         report.rate(f"fan-out ({r['selector']})", achieved=round(r["executions"] / r["seconds"]), unit="executions/s")
@@ -204,16 +204,16 @@ def bench(args, run) -> int:
             ]
             for p in pending
         ]
-        print(f"\nGET {PENDING.path}: {args.sample:,} device tokens, {expected_jobs} jobs per answer\n")
-        print(table(["connections", "req/s", "p50 ms", "p99 ms", "errors", "CPU (% of one core)"], rows))
-        p99 = pending[0]["latency_ms"]["p99"]
-        report.goal(
-            f"pending p99 at {args.connections} connections",
-            achieved=p99,
-            target=PENDING_P99_GOAL_MS,
-            unit="ms",
-            met=p99 <= PENDING_P99_GOAL_MS,
-        )
+        title = f"GET {PENDING.path}: {args.sample:,} device tokens, {expected_jobs} jobs per answer"
+        headers = ["connections", "req/s", "p50 ms", "p99 ms", "errors", "CPU (% of one core)"]
+        print(f"\n{title}\n")
+        print(table(headers, rows))
+        report.data["tables"].append({"title": title, "headers": headers, "rows": rows})
+        for p in pending:
+            target, p99 = PENDING_P99_GOAL_MS.get(p["connections"]), p["latency_ms"]["p99"]
+            if target is not None:
+                report.goal(f"pending p99 at {p['connections']} connections", achieved=p99, target=target,
+                            unit="ms", met=p99 <= target)  # fmt: skip
         report.data["server_log_tail"] = web.log_tail()
     report.data["pending"] = pending
     return report.finish(args.fail_on_missed_goals)
