@@ -54,7 +54,8 @@ class ProvisionTokenAuthentication(authentication.BaseAuthentication):
             device, rows = active_device_with_read(token, read)
         if device is None:
             raise exceptions.AuthenticationFailed("Invalid provision token", code="invalid_token")
-        device_touch(device=device)
+        if not lock:  # a locked row is written by the request itself, last_seen with it (DeviceAPIView)
+            device_touch(device=device)
         return DevicePrincipal(device, locked=lock, read_rows=rows), token
 
     def authenticate_header(self, request):

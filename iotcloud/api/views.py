@@ -22,6 +22,7 @@ from devices.authentication import (
 )
 from devices.permissions import IsDevice
 from devices.selectors import TokenRead, device_read_rows
+from devices.services import device_touch
 from devices.throttling import RateLimitedViewMixin
 from iotcloud.errors import InvalidInput
 from iotcloud.rules import fits_int64
@@ -175,7 +176,13 @@ class DeviceAPIView(RateLimitedViewMixin, APIView):
             return super().dispatch(request, *args, **kwargs)
         setattr(request, LOCK_DEVICE, True)
         with transaction.atomic():
-            return super().dispatch(request, *args, **kwargs)
+            response = super().dispatch(request, *args, **kwargs)
+            principal = getattr(self.request, "user", None)
+            if response.status_code >= 400 and getattr(principal, "locked", False):
+                # Refused, so nothing moved last_seen (an accepted write does, in its own statement:
+                # twin.engine), but the device was heard from.
+                device_touch(device=principal.device)
+            return response
 
     @property
     def device(self):

@@ -163,6 +163,21 @@ def test_last_seen_is_written_at_most_once_per_window(device, device_api, django
     assert Device.objects.get(pk=device.pk).last_seen == first
 
 
+def test_a_report_moves_last_seen_in_its_write_and_a_refused_one_still_does(device, device_api):
+    """The report's own write moves last_seen (no separate touch); a refused report writes nothing, and the
+    device was heard from anyway."""
+    Device.objects.filter(pk=device.pk).update(last_seen=None)
+    device_api.post("/device/v1/shadow/reported", {"reported": {"a": 1}, "version": 0}, expect=200)
+    assert Device.objects.get(pk=device.pk).last_seen is not None
+    Device.objects.filter(pk=device.pk).update(last_seen=None)
+    device_api.post("/device/v1/shadow/reported", {"reported": {"a": 2}, "version": 5}, expect=409)
+    refused = Device.objects.get(pk=device.pk)
+    assert refused.last_seen is not None and refused.reported_state == {"a": 1}
+    Device.objects.filter(pk=device.pk).update(last_seen=None)
+    device_api.post("/device/v1/shadow/reported", {"reported": "nope", "version": 0}, expect=400)
+    assert Device.objects.get(pk=device.pk).last_seen is not None
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -187,6 +202,7 @@ def test_a_report_is_one_locked_read_and_one_write(postgres_only, device, device
 
     twin_update_desired(device=device, document={"interval": 30})
     device_api.post("/device/v1/shadow/reported", {"reported": {"interval": 30}, "version": 1}, expect=200)
+    Device.objects.filter(pk=device.pk).update(last_seen=None)  # due: moved by the write, not a touch of its own
     with CaptureQueriesContext(connection) as queries:
         device_api.post("/device/v1/shadow/reported", {"reported": {"interval": 31}, "version": 1}, expect=200)
 
@@ -198,4 +214,5 @@ def test_a_report_is_one_locked_read_and_one_write(postgres_only, device, device
     assert len(statements) == 2, statements
     assert "provision_token_hash" in statements[0] and statements[0].rstrip().endswith("FOR UPDATE")
     assert statements[1].lstrip().startswith("UPDATE device_state")
-    assert Device.objects.get(pk=device.pk).reported_state == {"interval": 31}
+    row = Device.objects.get(pk=device.pk)
+    assert row.reported_state == {"interval": 31} and row.last_seen is not None
