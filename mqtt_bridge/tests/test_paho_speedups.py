@@ -90,3 +90,56 @@ def test_every_packet_type_sees_paho_tables(packet_type, original):
         paho_tables.names, paho_tables.properties, paho_tables.types,
     )  # fmt: skip
     assert patched.getNameFromIdent(38) == "User Property" and patched.getNameFromIdent(99) is None
+
+
+# --- MQTTMessageInfo's Condition, made only when someone waits -------------------------------------
+
+
+def test_a_received_message_makes_no_condition():
+    from paho.mqtt.client import MQTTMessage
+
+    message = MQTTMessage(7, b"tenant/t/device/d/shadow/reported")
+    assert paho_speedups._existing_condition(message.info) is None
+    assert message.info.mid == 7 and not message.info.is_published()
+
+
+def test_waiting_for_a_publish_wakes_when_it_is_acknowledged():
+    import threading
+
+    from paho.mqtt.client import MQTTMessageInfo
+
+    info = MQTTMessageInfo(3)
+    woke = threading.Event()
+
+    def wait():
+        info.wait_for_publish()  # no timeout: a lost notification would hang here
+        woke.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    threading.Event().wait(0.05)
+    info._set_as_published()
+    assert woke.wait(5) and info.is_published()
+
+    already = MQTTMessageInfo(4)
+    already._set_as_published()  # acknowledged before anyone waited: no Condition was made
+    assert paho_speedups._existing_condition(already) is None
+    already.wait_for_publish(timeout=1)
+    assert already.is_published()
+
+
+def test_no_waiter_misses_its_acknowledgement_under_races():
+    import threading
+
+    from paho.mqtt.client import MQTTMessageInfo
+
+    infos = [MQTTMessageInfo(n) for n in range(400)]
+    done = []
+    waiters = [threading.Thread(target=lambda i=i: (i.wait_for_publish(), done.append(i.mid)), daemon=True)
+               for i in infos]  # fmt: skip
+    setter = threading.Thread(target=lambda: [i._set_as_published() for i in infos], daemon=True)
+    for thread in [*waiters[::2], setter, *waiters[1::2]]:
+        thread.start()
+    for thread in [*waiters, setter]:
+        thread.join(10)
+    assert sorted(done) == list(range(400))
