@@ -3,8 +3,8 @@
 It reads the messages its bridge sends down a pipe, runs the ingest loop on them (its own database
 connection, its own MQTT connection for the answers and shadow events), and writes each committed
 batch's packet ids back up the other pipe. It stops when the bridge closes its input (after what it
-was sent is done), on SIGTERM or SIGINT, and when the bridge dies (PR_SET_PDEATHSIG): then what it
-had not committed was never acknowledged, and the broker redelivers it.
+was sent is done), and dies with the bridge (PR_SET_PDEATHSIG): then what it had not committed was
+never acknowledged, and the broker redelivers it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ FLUSH_SECONDS = 5.0  # at the end, how long the last answers may take to leave
 
 def run_worker(*, read_fd: int, write_fd: int, client_id: str, protocol: int) -> None:
     die_with_parent()
+    # The bridge stops us by closing our input (it got the SIGTERM, or the Ctrl-C that reached the
+    # whole group); a signal of our own would only cut short what it sent us.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
     broker = broker_settings()
     client = make_client(broker, client_id=client_id, protocol=protocol, persistent=False)
     connect_async(client, broker, protocol=protocol, persistent=False)

@@ -16,6 +16,8 @@ worker committed first (AckOrder). Nothing is acknowledged before its commit, so
   committed (the bridge keeps each QoS 1 message until its commit is reported);
 - the bridge killed takes its workers with it (PR_SET_PDEATHSIG), and the broker redelivers every
   unacknowledged message to its persistent session when it is back;
+- the workers ignore SIGTERM and SIGINT (a terminal's Ctrl-C or a service manager signals the whole
+  group): the bridge stops them by closing their input, after which each finishes what it was sent;
 - on a reconnect the broker redelivers what was not acknowledged, so the bookkeeping starts afresh.
 A batch committed just before its worker died is applied again when it is sent again, as a report
 committed just before a single bridge's crash is (the broker redelivers it): at least once, never lost.
@@ -58,9 +60,10 @@ def default_processes(has_external_broker: bool) -> int:
 
 
 def die_with_parent() -> None:
-    """SIGTERM this process when its parent dies (Linux; elsewhere a killed bridge leaves its workers)."""
+    """SIGKILL this process when its parent dies (Linux): a worker's uncommitted messages were never
+    acknowledged, so nothing is lost. Elsewhere the closed pipe stops it (mqtt_bridge.ingest_worker)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def worker_of(topic: str, count: int) -> int:

@@ -215,6 +215,31 @@ def test_a_burst_of_rounds_leaves_every_device_at_its_last_one(broker, provision
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_bridge_killed_mid_stream_loses_no_report_when_it_comes_back(broker, provision, mqtt_tenant):
+    """SIGKILL of the bridge itself: its workers die with it, nothing uncommitted was acknowledged, and the
+    broker redelivers it all to the bridge's session when it is back."""
+    devices = provision(60)
+    bridge = Workers(broker.settings, client_id=f"test-lead-kill-{mqtt_tenant.id}")
+    bridge.start()
+    try:
+        with MqttClient(broker.settings) as publisher:
+            sender = stream_rounds(publisher, mqtt_tenant.id, devices, 0.002)
+            wait_until(lambda: reports_landed(mqtt_tenant) >= 10, message="some reports to land")
+            workers = bridge.workers()
+            bridge.kill()
+            wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30, message="its workers to die")
+            sender.join(60)
+            assert not last_round_everywhere(devices), "the stream was done before the kill; nothing was tested"
+            bridge.start()
+            wait_until(lambda: last_round_everywhere(devices), timeout=60, message="every device's last round")
+        assert bridge.terminate() == 0
+    finally:
+        if bridge.process and bridge.process.poll() is None:
+            bridge.kill()
+        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_killed_bridge_takes_its_workers_with_it(broker, mqtt_tenant):
     bridge = Workers(broker.settings, client_id=f"test-orphans-{mqtt_tenant.id}")
     bridge.start()

@@ -9,7 +9,6 @@ dies, the others are stopped too.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from iotcloud.signals import set_on_stop_signals
 from mqtt_bridge.config import broker_settings
 
 
@@ -42,8 +42,7 @@ class Command(BaseCommand):
             children.append(("devices", [*manage, "simulate_devices", "--api-url", f"http://{addr}"], None))
 
         stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *a: stop.set())
-        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        set_on_stop_signals(stop)
         processes: list[tuple[str, subprocess.Popen]] = []
         self.stdout.write(f"MQTT broker: {broker_settings()}   web: http://{addr}/   (Ctrl-C stops everything)")
         self.stdout.write(self._login_hint(addr))

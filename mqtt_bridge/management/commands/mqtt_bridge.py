@@ -7,11 +7,11 @@ bridge starts one of those workers, not a command for people.
 
 import argparse
 import gc
-import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from iotcloud.signals import set_on_stop_signals
 from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.partitions import default_processes
 
@@ -44,12 +44,7 @@ class Command(BaseCommand):
         if count < 1:
             raise CommandError("--processes must be 0 (the number of cores) or more")
         bridge = Bridge(client_id=client_id, shared_group=shared_group, processes=count)
-
-        def request_stop(signum, frame):
-            bridge.stopping.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        set_on_stop_signals(bridge.stopping)
         bridge.run_forever()
 
 

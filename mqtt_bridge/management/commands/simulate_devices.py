@@ -17,7 +17,6 @@ from devices it provisions (or re-keys) itself.
 
 import json
 import random
-import signal
 import threading
 import time
 import urllib.error
@@ -30,6 +29,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from devices.models import Device, Tenant
 from devices.services import device_provision, device_rotate_token
+from iotcloud.signals import set_on_stop_signals
 from mqtt_bridge import topics
 from mqtt_bridge.accounts import acl
 from mqtt_bridge.config import broker_settings
@@ -229,8 +229,7 @@ class Command(BaseCommand):
         credentials = self._credentials(tenant, count)
         broker = broker_settings()
         stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *a: stop.set())
-        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        set_on_stop_signals(stop)
         kind = NativeDevice if protocol == NATIVE else SimulatedDevice
         devices = [
             kind(broker, tenant, device_id, token, self._log, api_url=api_url or None, job_seconds=job_seconds)
