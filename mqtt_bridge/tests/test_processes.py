@@ -8,6 +8,7 @@ all with exit 0; the bridge killed takes its workers with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -140,6 +141,19 @@ class Workers(BridgeProcess):
         return children_of(self.process.pid)
 
 
+@contextlib.contextmanager
+def running(broker, client_id: str):
+    """Workers started; at the end killed if still running, and their session purged."""
+    bridge = Workers(broker.settings, client_id=client_id)
+    bridge.start()
+    try:
+        yield bridge
+    finally:
+        if bridge.process and bridge.process.poll() is None:
+            bridge.kill()
+        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
+
+
 def stream_rounds(publisher, tenant_id: str, devices, pause: float, *, back_to_back=False) -> threading.Thread:
     """ROUNDS reports per device, round after round (back_to_back: a device's rounds one after the other),
     as fast as `pause` allows, in a thread (started)."""
@@ -165,9 +179,7 @@ def last_round_everywhere(devices) -> bool:
 @pytest.mark.django_db(transaction=True)
 def test_workers_apply_each_devices_reports_in_order_and_survive_a_killed_worker(broker, provision, mqtt_tenant):
     devices = provision(60)
-    bridge = Workers(broker.settings, client_id=f"test-workers-{mqtt_tenant.id}")
-    bridge.start()
-    try:
+    with running(broker, f"test-workers-{mqtt_tenant.id}") as bridge:
         first, second = bridge.workers()
         with MqttClient(broker.settings) as publisher:
             sender = stream_rounds(publisher, mqtt_tenant.id, devices, 0.001)
@@ -188,10 +200,6 @@ def test_workers_apply_each_devices_reports_in_order_and_survive_a_killed_worker
         workers = bridge.workers()
         assert bridge.terminate() == 0  # SIGTERM: the bridge and its workers stop, exit 0
         assert not any(alive(pid) for pid in workers)
-    finally:
-        if bridge.process and bridge.process.poll() is None:
-            bridge.kill()
-        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -199,19 +207,13 @@ def test_a_burst_of_rounds_leaves_every_device_at_its_last_one(broker, provision
     """No pause between reports, a device's rounds one after the other: they are in flight at once
     (routed to any worker, or to several bridges sharing a subscription, some land out of order)."""
     devices = provision(150)
-    bridge = Workers(broker.settings, client_id=f"test-burst-{mqtt_tenant.id}")
-    bridge.start()
-    try:
+    with running(broker, f"test-burst-{mqtt_tenant.id}") as bridge:
         with MqttClient(broker.settings) as publisher:
             stream_rounds(publisher, mqtt_tenant.id, devices, 0, back_to_back=True).join(60)
             wait_until(lambda: last_round_everywhere(devices), timeout=60, message="every device's last round")
         assert bridge.terminate() == 0
         stats = bridge.output().rsplit("bridge stopped stats=", 1)[1]
         assert f"'accepted': {len(devices) * ROUNDS}," in stats and "'rejected': 0," in stats
-    finally:
-        if bridge.process and bridge.process.poll() is None:
-            bridge.kill()
-        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -219,9 +221,7 @@ def test_a_bridge_killed_mid_stream_loses_no_report_when_it_comes_back(broker, p
     """SIGKILL of the bridge itself: its workers die with it, nothing uncommitted was acknowledged, and the
     broker redelivers it all to the bridge's session when it is back."""
     devices = provision(60)
-    bridge = Workers(broker.settings, client_id=f"test-lead-kill-{mqtt_tenant.id}")
-    bridge.start()
-    try:
+    with running(broker, f"test-lead-kill-{mqtt_tenant.id}") as bridge:
         with MqttClient(broker.settings) as publisher:
             sender = stream_rounds(publisher, mqtt_tenant.id, devices, 0.002)
             wait_until(lambda: reports_landed(mqtt_tenant) >= 10, message="some reports to land")
@@ -233,10 +233,6 @@ def test_a_bridge_killed_mid_stream_loses_no_report_when_it_comes_back(broker, p
             bridge.start()
             wait_until(lambda: last_round_everywhere(devices), timeout=60, message="every device's last round")
         assert bridge.terminate() == 0
-    finally:
-        if bridge.process and bridge.process.poll() is None:
-            bridge.kill()
-        purge_session(broker.settings, bridge.env["MQTT_CLIENT_ID"])
 
 
 @pytest.mark.django_db(transaction=True)
