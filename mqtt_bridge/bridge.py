@@ -209,7 +209,7 @@ class Bridge:
         if settings.MQTT_DEVICE_AUTH == "dynsec":  # claim certificates log in only where the broker has accounts
             filters.append(topics.CLAIM_REGISTRATION_FILTER)
         if self.shared_group and flags.session_present:
-            # A session that ran unshared before (one bridge, now several: mqtt_bridge --processes) still
+            # A session that ran unshared before (one bridge, now several hosts in a shared group) still
             # holds the plain subscriptions: it would get every report twice.
             client.unsubscribe(list(filters))
         filters = [topics.subscription(f, self.shared_group) for f in filters]
