@@ -42,7 +42,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-## bench: every benchmark at full size, one after the other (about 26 minutes; see bench/README.md)
+## bench: every benchmark at full size, one after the other (about 20 minutes; see bench/README.md)
 bench: install
 	$(PY) bench/all.py
 
