@@ -243,8 +243,11 @@ class Partitions:
             return False
         logger.warning("ingest worker %d (pid %d) exited with %s; restarting in %.0f s",
                        worker.index + 1, worker.process.pid, code, RESTART_PAUSE_SECONDS)  # fmt: skip
-        time.sleep(RESTART_PAUSE_SECONDS)
-        with worker.lock:
+        if self.stopping.wait(RESTART_PAUSE_SECONDS):
+            return False
+        with worker.lock:  # stop() closes inputs under this lock once stopping is set: never a late spawn
+            if self.stopping.is_set():
+                return False
             with contextlib.suppress(OSError):
                 worker.to_worker.close()
             worker.spawn()

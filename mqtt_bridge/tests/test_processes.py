@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,39 @@ def test_frames_carry_messages_and_commits_unchanged():
     counts = Counts(received=2, accepted=1, rate_limited=0, retained=1, events=3)
     qos0 = Incoming("tenant/t/device/e/shadow/reported", b"{}", mid=0, qos=0)
     assert decode_done(encode_done([message, qos0], counts, True)) == ([42], counts, True)
+
+
+class _Exited:
+    pid, returncode = 4242, -9
+
+    def wait(self):
+        return self.returncode
+
+
+class _Closed:
+    def close(self):
+        pass
+
+
+def test_a_worker_that_dies_while_the_bridge_stops_is_not_started_again(monkeypatch):
+    """The restart pause ends early when the bridge stops, and no worker is spawned after that."""
+    from mqtt_bridge import partitions
+
+    monkeypatch.setattr(partitions, "RESTART_PAUSE_SECONDS", 30)
+    stopping = threading.Event()
+    group = partitions.Partitions(1, client_id="t", protocol=5, acknowledge=lambda mids: None,
+                                  counted=lambda counts, may_write: None, stopping=stopping)  # fmt: skip
+    worker = group.workers[0]
+    worker.process, worker.from_worker, worker.to_worker = _Exited(), _Closed(), _Closed()
+    spawned = []
+    monkeypatch.setattr(worker, "spawn", lambda: spawned.append(True))
+    threading.Timer(0.1, stopping.set).start()
+    started = time.monotonic()
+    assert group._restart(worker) is False
+    assert time.monotonic() - started < 5 and spawned == []
+    stopping.clear()
+    monkeypatch.setattr(partitions, "RESTART_PAUSE_SECONDS", 0)
+    assert group._restart(worker) is True and spawned == [True]  # not stopping: started again
 
 
 # --- real processes -----------------------------------------------------------------------------------
